@@ -1,0 +1,1 @@
+"""optbench_jax: optimizers, a sharded Llama/MoE trainer and a fair benchmark harness in JAX."""

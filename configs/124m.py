@@ -1,0 +1,14 @@
+"""Semenov et al. (2025) 124M Llama: 12 x 768, 12 heads, seq 512, batch 256, FineWeb."""
+
+from configs import base
+
+
+def get_config():
+  c = base.base_config()
+  c.model.update(num_layers=12, d_model=768, num_heads=12)
+  c.data.update(source="shards", seq_len=512, global_batch_size=256)
+  c.optimizer.update(name="adamw", learning_rate=1e-3, weight_decay=0.1, grad_clip=0.5)
+  c.optimizer.hparams = dict(b1=0.8, b2=0.999)
+  c.optimizer.schedule.update(name="cosine", warmup_steps=2000, final_fraction=0.01)
+  c.train.update(steps=16000)
+  return c

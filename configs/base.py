@@ -78,7 +78,6 @@ def base_config() -> ml_collections.ConfigDict:
       full_eval_at_end=True,
       checkpoint_every=1000,
       keep_checkpoints=2,
-      sophia_update_interval=10,
       profile=False,
   ))
 

@@ -10,5 +10,18 @@ from optbench_jax.optim import hyperparams
 from optbench_jax.optim import labels
 from optbench_jax.optim import schedules
 from optbench_jax.optim.adam import adamw, nadamw
+from optbench_jax.optim.adam_mini import adam_mini
+from optbench_jax.optim.ademamix import ademamix
+from optbench_jax.optim.adopt import adopt
+from optbench_jax.optim.cautious import c_adamw, c_lion, cautious
+from optbench_jax.optim.mars import mars
+from optbench_jax.optim.muon import d_muon, muon
+from optbench_jax.optim.prodigy import prodigy
+from optbench_jax.optim.schedule_free import schedule_free_adamw, schedule_free_eval_params
+from optbench_jax.optim.scion import scion
+from optbench_jax.optim.sign import lion, signum
+from optbench_jax.optim.kron import kron
+from optbench_jax.optim.soap import soap
+from optbench_jax.optim.sophia import sophia
 from optbench_jax.optim.labels import label_params, weight_decay_mask
 from optbench_jax.optim.registry import create, names

@@ -1,0 +1,69 @@
+"""Every registered optimizer on the tiny model, CPU, about 30 minutes on 2 cores.
+
+  python -m trainers.sweep --config=configs/sweeps/tiny_all.py --workdir=runs/tiny_all --parallel=2
+  python -m optbench_jax.bench.report runs/tiny_all
+
+Per optimizer: a 3-point learning-rate grid at 50 steps (the other
+hyperparameters at the paper settings of REFERENCE.md, Semenov et al. 2025,
+with tiny-model learning rates), then the best point at 100 steps (transfer),
+so 4 trials per optimizer. The second budget is what the AdamW L(D) fit needs;
+gamma is fixed to the synthetic corpus's entropy floor, so two budgets
+suffice. One seed: the speedup interval is degenerate (add seeds for one).
+A smoke-scale comparison: 50-100 steps of a 164k-parameter model rank
+optimizers by early progress, not by what they do at scale.
+"""
+
+import ml_collections
+
+ADAM_LRS = [1e-3, 3e-3, 1e-2]
+SIGN_LRS = [1e-4, 3e-4, 1e-3]      # sign updates have unit-size entries: ~10x smaller lr
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.name = "tiny_all"
+  c.base_config = "configs/tiny.py"
+  c.overrides = {
+      "optimizer": {"schedule": {"warmup_steps": 5}},
+      "train": {"log_every": 5, "eval_batches": 4, "checkpoint_every": 50},
+      "data": {"synthetic_val_tokens": 40_000},
+  }
+  c.evals_per_trial = 5
+  c.reference_optimizer = "adamw"
+  c.budgets = [50, 100]
+  c.tune_budgets = [50]
+  c.seeds = [0]
+  c.strategy = "grid"
+  # ln(512) = 6.24 at init: a run still above 6.0 after 60% of its steps has not learned.
+  c.divergence = dict(loss_threshold=6.0, after_steps=2000, after_fraction=0.6)
+  c.speedup = dict(gamma="loss_floor", num_bootstrap=200)
+  adam = dict(b1=0.9, b2=0.99)
+  c.optimizers = {
+      "adamw": dict(baseline=adam, grid={"learning_rate": ADAM_LRS}),
+      "nadamw": dict(baseline=adam, grid={"learning_rate": ADAM_LRS}),
+      "adopt": dict(baseline=dict(b1=0.9, b2=0.999), grid={"learning_rate": ADAM_LRS}),
+      "ademamix": dict(baseline=dict(b1=0.9, b2=0.999, b3=0.999, alpha=8.0),
+                       grid={"learning_rate": ADAM_LRS}),
+      "lion": dict(baseline=dict(b1=0.9, b2=0.99), grid={"learning_rate": SIGN_LRS}),
+      "signum": dict(baseline=dict(momentum=0.9), grid={"learning_rate": SIGN_LRS}),
+      "mars": dict(baseline=dict(b1=0.95, b2=0.99), grid={"learning_rate": ADAM_LRS}),
+      "c_adamw": dict(baseline=adam, grid={"learning_rate": ADAM_LRS}),
+      "c_lion": dict(baseline=dict(b1=0.9, b2=0.99), grid={"learning_rate": SIGN_LRS}),
+      # Adam-mini splits q/k projections per head: it needs the model's head counts.
+      "adam_mini": dict(baseline=dict(b1=0.9, b2=0.99, num_heads=4, num_kv_heads=4),
+                        grid={"learning_rate": ADAM_LRS}),
+      "prodigy": dict(baseline=dict(b1=0.9, b2=0.999), grid={"learning_rate": [0.5, 1.0, 2.0]}),
+      "schedule_free_adamw": dict(baseline=dict(b1=0.9, b2=0.999),
+                                  grid={"learning_rate": ADAM_LRS},
+                                  overrides={"optimizer": {"schedule": {"name": "constant"}}}),
+      "muon": dict(baseline=dict(beta=0.95, adam_learning_rate=3e-3),
+                   grid={"learning_rate": [3e-3, 1e-2, 3e-2]}),
+      "d_muon": dict(baseline=dict(beta=0.95), grid={"learning_rate": ADAM_LRS}),
+      "scion": dict(baseline=dict(beta=0.9), grid={"learning_rate": ADAM_LRS}),
+      "soap": dict(baseline=dict(b1=0.9, b2=0.99, precondition_frequency=10),
+                   grid={"learning_rate": ADAM_LRS}),
+      "kron": dict(baseline=dict(b1=0.9), grid={"learning_rate": [3e-4, 1e-3, 3e-3]}),
+      "sophia": dict(baseline=dict(b1=0.9, b2=0.99, rho=0.04),
+                     grid={"learning_rate": [3e-4, 1e-3, 3e-3]}),
+  }
+  return c

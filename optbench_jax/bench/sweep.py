@@ -1,0 +1,408 @@
+"""The sweep runner: tuners propose trials, trials run as trainer processes, results are stored.
+
+Every trial is an ordinary trainer run in its own workdir
+(``<workdir>/trials/<trial id>/``), launched as
+
+    python -m trainers.lm --config=configs/from_json.py:<trial>/config.json --workdir=<trial>
+
+so on a pod each trial is a normal multi-host run, and locally ``parallel`` of
+them run side by side as independent processes. The runner:
+
+* validates the sweep and opens the results store *before* any trial starts
+  (a store of another sweep or a newer schema raises);
+* asks every (optimizer, budget) tuner for trials (tuning runs on ``seeds[0]``;
+  a finished tuner's best point is then re-run on the remaining seeds);
+* skips trials the store already holds as completed or diverged, and records
+  (without re-running) a trial whose workdir already has a final summary;
+* relaunches interrupted trials in their old workdir, so the trainer resumes
+  from its checkpoint;
+* watches each running trial's ``metrics.jsonl`` and stops it as diverged when
+  the loss is NaN/Inf, or >= the threshold after the rule's step (Wen et al.
+  2025: loss >= 6 after 2000 steps);
+* records a crashed trial as ``failed`` with the tail of its log and continues.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+from optbench_jax.bench import results_store, sweep_config, tuning
+
+SWEEP_SNAPSHOT = "sweep.json"
+TRIALS_DIR = "trials"
+LOG_TAIL_LINES = 15
+
+Launcher = Callable[[str, str], Sequence[str]]
+
+
+def default_launcher(config_path: str, trial_dir: str) -> list[str]:
+  """The trainer command line for one trial."""
+  loader = os.path.join(sweep_config.REPO_ROOT, "configs", "from_json.py")
+  return [sys.executable, "-m", "trainers.lm", f"--config={loader}:{config_path}",
+          f"--workdir={trial_dir}"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Trial:
+  optimizer: str
+  hparams: dict[str, Any]
+  budget_steps: int
+  seed: int
+
+  @property
+  def trial_id(self) -> str:
+    return sweep_config.trial_id(self.optimizer, self.hparams, self.budget_steps, self.seed)
+
+
+@dataclasses.dataclass
+class SweepOutcome:
+  """Counts of what one invocation did; ``interrupted`` trials resume on the next run."""
+  recorded: dict[str, int] = dataclasses.field(
+      default_factory=lambda: {s: 0 for s in results_store.STATUSES})
+  skipped: int = 0
+  launched: int = 0
+  interrupted: list[str] = dataclasses.field(default_factory=list)
+
+
+def read_metrics(path: str) -> list[dict[str, Any]]:
+  """Records of a metrics.jsonl; a torn last line (process killed mid-write) is ignored."""
+  if not os.path.exists(path):
+    return []
+  records = []
+  with open(path) as f:
+    for line in f:
+      try:
+        records.append(json.loads(line))
+      except json.JSONDecodeError:
+        continue
+  return records
+
+
+def divergence_reason(records: Sequence[Mapping[str, Any]], threshold: float,
+                      after_step: int) -> str | None:
+  """Why a run counts as diverged, from its training-loss records, or None."""
+  for record in records:
+    if "loss" not in record:
+      continue
+    loss = float(record["loss"])
+    step = int(record.get("step", 0))
+    if not math.isfinite(loss):
+      return f"training loss {loss} at step {step}"
+    if step >= after_step and loss >= threshold:
+      return f"training loss {loss:.4g} >= {threshold} at step {step} (rule applies from {after_step})"
+  return None
+
+
+def _step_time(records: Sequence[Mapping[str, Any]], summary: Mapping[str, Any],
+               tokens_per_step: int) -> float:
+  """Seconds per step, preferring steady-state throughput (excludes compile time)."""
+  if _number(summary.get("tokens_per_s")) > 0:       # the trainer's compile-free mean
+    return tokens_per_step / _number(summary["tokens_per_s"])
+  rates = [float(r["tokens_per_s"]) for r in records
+           if "tokens_per_s" in r and float(r["tokens_per_s"]) > 0]
+  rates = rates[1:] if len(rates) > 1 else rates      # the first window includes compilation
+  if rates:
+    rates.sort()
+    return tokens_per_step / rates[len(rates) // 2]
+  steps = int(summary.get("steps", 0) or 0)
+  wall = _number(summary.get("wall_time_s"))
+  return wall / steps if steps > 0 else math.nan
+
+
+def _number(value: Any) -> float:
+  """A summary field as a float; missing or null (JSON None) is NaN."""
+  try:
+    return math.nan if value is None else float(value)
+  except (TypeError, ValueError):
+    return math.nan
+
+
+def _log_tail(path: str) -> str:
+  if not os.path.exists(path):
+    return ""
+  with open(path, errors="replace") as f:
+    lines = f.readlines()
+  return "".join(lines[-LOG_TAIL_LINES:]).strip()
+
+
+class _Running:
+  """One launched trial process and its incremental view of metrics.jsonl."""
+
+  def __init__(self, trial: Trial, trial_dir: str, argv: Sequence[str], after_step: int,
+               threshold: float):
+    self.trial = trial
+    self.trial_dir = trial_dir
+    self.after_step = after_step
+    self.threshold = threshold
+    self.started = time.time()
+    self.diverged: str | None = None
+    self._log = open(os.path.join(trial_dir, "trial.log"), "a")
+    self._log.write(f"\n=== attempt at {time.ctime()}: {' '.join(argv)}\n")
+    self._log.flush()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (sweep_config.REPO_ROOT, env.get("PYTHONPATH", "")) if p)
+    # Own session so stopping a trial also stops anything it started.
+    self.process = subprocess.Popen(list(argv), cwd=sweep_config.REPO_ROOT, env=env,
+                                    stdout=self._log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+    self._metrics_offset = 0
+
+  def check_divergence(self) -> None:
+    path = os.path.join(self.trial_dir, "metrics.jsonl")
+    if self.diverged or not os.path.exists(path):
+      return
+    with open(path) as f:
+      f.seek(self._metrics_offset)
+      chunk = f.read()
+    complete = chunk[:chunk.rfind("\n") + 1]        # only whole lines
+    self._metrics_offset += len(complete.encode())
+    records = []
+    for line in complete.splitlines():
+      try:
+        records.append(json.loads(line))
+      except json.JSONDecodeError:
+        continue
+    reason = divergence_reason(records, self.threshold, self.after_step)
+    if reason:
+      self.diverged = reason
+      self.stop()
+
+  def stop(self) -> None:
+    if self.process.poll() is None:
+      try:
+        os.killpg(self.process.pid, signal.SIGTERM)
+        self.process.wait(timeout=30)
+      except subprocess.TimeoutExpired:
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+      except ProcessLookupError:
+        pass
+
+  def close(self) -> None:
+    self._log.close()
+
+
+class SweepRunner:
+  """Runs one sweep config in one workdir (see the module docstring)."""
+
+  def __init__(self, sweep: Any, workdir: str, parallel: int = 1,
+               launcher: Launcher = default_launcher, retry_failed: bool = True,
+               poll_interval_s: float = 0.5, log: Callable[[str], None] = print):
+    if parallel < 1:
+      raise ValueError(f"parallel must be >= 1, got {parallel}")
+    self.plain, self.base, self.fingerprint = sweep_config.load(sweep)
+    self.workdir = os.path.abspath(workdir)
+    self.parallel = parallel
+    self.launcher = launcher
+    self.retry_failed = retry_failed
+    self.poll_interval_s = poll_interval_s
+    self.log = log
+    os.makedirs(self.workdir, exist_ok=True)
+    self.store = results_store.ResultsStore(
+        os.path.join(self.workdir, results_store.STORE_FILENAME), self.fingerprint,
+        self.plain["name"])
+    with open(os.path.join(self.workdir, SWEEP_SNAPSHOT), "w") as f:
+      json.dump({"fingerprint": self.fingerprint, "sweep": self.plain,
+                 "base_config": sweep_config._plain(self.base)}, f, indent=1, sort_keys=True)
+
+  # Trial bookkeeping -----------------------------------------------------------------------
+  def _trial_dir(self, trial: Trial) -> str:
+    return os.path.join(self.workdir, TRIALS_DIR, trial.trial_id)
+
+  def _config(self, trial: Trial):
+    return sweep_config.trial_config(self.plain, self.base, trial.optimizer, trial.hparams,
+                                     trial.budget_steps, trial.seed)
+
+  def _result(self, trial: Trial, status: str, reason: str, summary: Mapping[str, Any],
+              records: Sequence[Mapping[str, Any]]) -> results_store.TrialResult:
+    config = self._config(trial)
+    per_step = sweep_config.tokens_per_step(config)
+    curve = tuple((int(r["step"]), float(r["eval_loss"])) for r in records if "eval_loss" in r)
+    final = _number(summary.get("final_eval_loss"))
+    if status == results_store.COMPLETED and not math.isfinite(final):
+      status, reason = results_store.DIVERGED, f"final eval loss {final}"
+    return results_store.TrialResult(
+        trial_id=trial.trial_id, optimizer=trial.optimizer, budget_steps=trial.budget_steps,
+        seed=trial.seed, hparams=dict(trial.hparams), status=status, reason=reason,
+        final_eval_loss=final, eval_curve=curve,
+        wall_time_s=_number(summary.get("wall_time_s")),
+        steps=int(summary.get("steps", 0) or (records[-1].get("step", 0) if records else 0)),
+        tokens=int(summary.get("tokens", 0) or 0), budget_tokens=trial.budget_steps * per_step,
+        step_time_s=_step_time(records, summary or {}, per_step),
+        params=int(summary.get("params", 0) or 0),
+        loss_floor=_number(summary.get("loss_floor")),
+        workdir=self._trial_dir(trial), config=config.to_dict())
+
+  def _classify(self, trial: Trial, trial_dir: str, returncode: int | None,
+                diverged: str | None, started: float) -> results_store.TrialResult | None:
+    """The result of a finished process, or None when it was interrupted (resume later)."""
+    records = read_metrics(os.path.join(trial_dir, "metrics.jsonl"))
+    summary_path = os.path.join(trial_dir, "summary.json")
+    summary = {}
+    # A summary left by an earlier attempt says nothing about this one.
+    if os.path.exists(summary_path) and os.path.getmtime(summary_path) >= started - 1:
+      with open(summary_path) as f:
+        summary = json.load(f)
+    if diverged:
+      return self._result(trial, results_store.DIVERGED, diverged, summary, records)
+    status = summary.get("status")
+    if status == "completed":
+      rule = divergence_reason(records, self.plain["divergence"]["loss_threshold"],
+                               sweep_config.divergence_step(self.plain, trial.budget_steps))
+      if rule:
+        return self._result(trial, results_store.DIVERGED, rule, summary, records)
+      return self._result(trial, results_store.COMPLETED, "", summary, records)
+    if status == "diverged":
+      reason = summary.get("message") or divergence_reason(records, math.inf, 0) or "trainer stopped: diverged"
+      return self._result(trial, results_store.DIVERGED, str(reason), summary, records)
+    if status == "preempted":
+      return None
+    tail = _log_tail(os.path.join(trial_dir, "trial.log"))
+    reason = f"exit code {returncode}" + (f"; log tail:\n{tail}" if tail else "")
+    if returncode == 0:
+      reason = f"exited 0 without a summary.json ({reason})"
+    return self._result(trial, results_store.FAILED, reason, summary, records)
+
+  # Main loop ----------------------------------------------------------------------------------
+  def run(self) -> SweepOutcome:
+    outcome = SweepOutcome()
+    plain = self.plain
+    tuners = {}
+    for optimizer, spec in plain["optimizers"].items():
+      for budget in plain["tune_budgets"]:
+        tuners[(optimizer, budget)] = tuning.make_tuner(
+            plain["strategy"], spec["grid"], spec["baseline"], plain["threshold"],
+            plain["trial_budget"] or None)
+    replicated: set[tuple[str, int]] = set()
+    waiting: dict[str, list[Callable[[float], None]]] = {}   # trial id -> result callbacks
+    queue: list[Trial] = []
+    running: dict[str, _Running] = {}
+
+    def submit(trial: Trial, callback: Callable[[float], None]) -> bool:
+      """Returns True if the trial's result was already known (callback called)."""
+      tid = trial.trial_id
+      if tid in waiting:
+        waiting[tid].append(callback)
+        return False
+      final = self.store.final_result(tid)
+      if final is None:
+        final = self._recover_finished(trial)
+      if final is None and not self.retry_failed:
+        failures = self.store.attempts(tid)
+        final = failures[-1] if failures else None
+      if final is not None:
+        outcome.skipped += 1
+        callback(final.objective)
+        return True
+      waiting[tid] = [callback]
+      queue.append(trial)
+      return False
+
+    def gather() -> None:
+      """Collects proposals until every tuner waits on a trial that must run."""
+      progress = True
+      while progress:
+        progress = False
+        for (optimizer, budget), tuner in tuners.items():
+          batch = tuner.propose()
+          for point in batch:
+            trial = Trial(optimizer, point, budget, plain["seeds"][0])
+            progress |= submit(trial, lambda loss, t=tuner, p=point: t.observe(p, loss))
+          if not batch and self._tuner_finished(tuner) and (optimizer, budget) not in replicated:
+            replicated.add((optimizer, budget))
+            best, best_loss = tuner.best
+            if math.isfinite(best_loss):
+              for seed in plain["seeds"][1:]:
+                submit(Trial(optimizer, best, budget, seed), lambda loss: None)
+              for other in plain["budgets"]:     # untuned budgets reuse this best config
+                if other not in plain["tune_budgets"] and \
+                   sweep_config.transfer_source(plain, other) == budget:
+                  for seed in plain["seeds"]:
+                    submit(Trial(optimizer, best, other, seed), lambda loss: None)
+
+    gather()
+    try:
+      self._loop(outcome, queue, running, waiting, gather)
+    finally:
+      for run in running.values():     # interrupted sweep: trials checkpoint and stop
+        run.stop()
+        run.close()
+    return outcome
+
+  def _loop(self, outcome, queue, running, waiting, gather) -> None:
+    while queue or running:
+      while queue and len(running) < self.parallel:
+        trial = queue.pop(0)
+        running[trial.trial_id] = self._launch(trial)
+        outcome.launched += 1
+      time.sleep(self.poll_interval_s)
+      for tid, run in list(running.items()):
+        run.check_divergence()
+        returncode = run.process.poll()
+        if returncode is None:
+          continue
+        del running[tid]
+        run.close()
+        result = self._classify(run.trial, run.trial_dir, returncode, run.diverged, run.started)
+        if result is None:
+          outcome.interrupted.append(tid)
+          self.log(f"[sweep] {tid}: interrupted (preempted); rerun the sweep to resume it")
+          waiting.pop(tid, None)
+          continue
+        self.store.record(result)
+        outcome.recorded[result.status] += 1
+        self.log(f"[sweep] {tid}: {result.status}"
+                 + (f" final_eval_loss={result.final_eval_loss:.4f}"
+                    if result.status == results_store.COMPLETED else f" ({result.reason[:200]})"))
+        for callback in waiting.pop(tid, []):
+          callback(result.objective)
+      gather()
+
+  @staticmethod
+  def _tuner_finished(tuner) -> bool:
+    if isinstance(tuner, tuning.CoordinateDescentTuner):
+      return tuner.done
+    return len(tuner.losses) == tuner.num_trials
+
+  def _recover_finished(self, trial: Trial) -> results_store.TrialResult | None:
+    """Records a trial whose process finished after the last sweep stopped watching it."""
+    trial_dir = self._trial_dir(trial)
+    if not os.path.exists(os.path.join(trial_dir, "summary.json")):
+      return None
+    result = self._classify(trial, trial_dir, None, None, started=0.0)
+    if result is None or result.status == results_store.FAILED:
+      return None
+    self.store.record(result)
+    return result
+
+  def _launch(self, trial: Trial) -> _Running:
+    trial_dir = self._trial_dir(trial)
+    os.makedirs(trial_dir, exist_ok=True)
+    config_path = os.path.join(trial_dir, "config.json")
+    with open(config_path, "w") as f:
+      json.dump(self._config(trial).to_dict(), f, indent=1, sort_keys=True)
+    self.log(f"[sweep] launching {trial.trial_id} {trial.hparams}")
+    return _Running(trial, trial_dir, self.launcher(config_path, trial_dir),
+                    sweep_config.divergence_step(self.plain, trial.budget_steps),
+                    self.plain["divergence"]["loss_threshold"])
+
+  def close(self) -> None:
+    self.store.close()
+
+
+def run_sweep(sweep: Any, workdir: str, parallel: int = 1, **kwargs) -> SweepOutcome:
+  """Validates, then runs (or resumes) ``sweep`` in ``workdir``; see :class:`SweepRunner`."""
+  runner = SweepRunner(sweep, workdir, parallel, **kwargs)
+  try:
+    return runner.run()
+  finally:
+    runner.close()

@@ -1,0 +1,66 @@
+"""Causal multi-head attention with rotary position embeddings and grouped-query heads.
+
+RoPE (Su et al., 2021) in the *rotate-half* layout of Llama / GPT-NeoX / the
+Semenov et al. code: the head dimension is split into halves (x1, x2) and
+pair i = (x1[i], x2[i]) is rotated by angle p * theta^(-2i/hd):
+  rope(x)_p = x * cos(p w) + rotate_half(x) * sin(p w),  rotate_half(x) = (-x2, x1).
+The rotation is computed in float32 and cast back. The score q_m . k_n then
+depends only on m - n (tested).
+
+The attention itself is ``jax.nn.dot_product_attention(is_causal=True)``
+(XLA on CPU/TPU, cuDNN flash attention on GPU when available); it handles
+GQA natively when num_kv_heads < num_heads.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from optbench_jax.models import layers, sharding
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, theta: float = 10000.0) -> jax.Array:
+  """Rotates ``x`` [..., S, N, hd] by the positions [S] (rotate-half RoPE)."""
+  hd = x.shape[-1]
+  inv_freq = theta ** (-jnp.arange(0, hd, 2, dtype=jnp.float32) / hd)
+  angles = positions.astype(jnp.float32)[:, None] * inv_freq[None, :]
+  angles = jnp.concatenate([angles, angles], axis=-1)[:, None, :]  # [S, 1, hd]
+  x32 = x.astype(jnp.float32)
+  x1, x2 = jnp.split(x32, 2, axis=-1)
+  rotated = jnp.concatenate([-x2, x1], axis=-1)
+  return (x32 * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
+
+
+class CausalSelfAttention(nn.Module):
+  """q/k/v/o projections (no biases), RoPE on q and k, causal softmax attention."""
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  rope_theta: float
+  init_std: float
+  out_std: float
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+  mesh: object = None
+  rules: tuple = sharding.DEFAULT_RULES
+
+  @nn.compact
+  def __call__(self, x):
+    b, s, d = x.shape
+    h, hkv, hd = self.num_heads, self.num_kv_heads, self.head_dim
+    proj = lambda n, axes, std, name: layers.dense(n, std, axes, self.dtype, self.param_dtype,
+                                                   name)
+    q = proj(h * hd, ("embed", "heads"), self.init_std, "q_proj")(x).reshape(b, s, h, hd)
+    k = proj(hkv * hd, ("embed", "kv_heads"), self.init_std, "k_proj")(x).reshape(b, s, hkv, hd)
+    v = proj(hkv * hd, ("embed", "kv_heads"), self.init_std, "v_proj")(x).reshape(b, s, hkv, hd)
+    q = sharding.constrain(q, ("batch", "seq", "act_heads", None), self.mesh, self.rules)
+    k = sharding.constrain(k, ("batch", "seq", "act_kv_heads", None), self.mesh, self.rules)
+    v = sharding.constrain(v, ("batch", "seq", "act_kv_heads", None), self.mesh, self.rules)
+    positions = jnp.arange(s)
+    q = apply_rope(q, positions, self.rope_theta)
+    k = apply_rope(k, positions, self.rope_theta)
+    out = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+    out = sharding.constrain(out, ("batch", "seq", "act_heads", None), self.mesh, self.rules)
+    return proj(d, ("heads", "embed"), self.out_std, "o_proj")(out.reshape(b, s, h * hd))

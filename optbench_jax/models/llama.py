@@ -1,0 +1,110 @@
+"""Llama-style decoder (dense or MoE) with layers stacked by ``nn.scan``.
+
+Architecture (Semenov et al. 2025 / Llama): token embedding, L pre-norm blocks
+  x = x + Attn(RMSNorm(x));  x = x + MLP(RMSNorm(x))
+(MLP = SwiGLU, or a top-k MoE of SwiGLU experts for kind='moe'), a final
+RMSNorm and the LM head (tied: logits = h E^T; untied: h W_head). No biases.
+Init N(0, init_std^2) everywhere except the projections writing into the
+residual stream (o_proj, down_proj), which use init_std / sqrt(2 L).
+
+The L blocks are one ``nn.scan`` over stacked parameters (leading axis L under
+``params['layers']``), so compile time does not grow with depth;
+``scan_layers=False`` keeps the same parameter tree and fully unrolls the
+scan (faster steps on some backends, compile time linear in depth).
+``remat``: 'full' recomputes each block in the backward pass; 'dots' saves
+only the weight matmul outputs (``dots_with_no_batch_dims_saveable``) and
+recomputes the rest (norms, activations, attention scores).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from optbench_jax.models import attention, layers, moe, sharding
+from optbench_jax.models.spec import ModelSpec
+
+# Auxiliary losses: per layer already x coef / L, so summed over layers;
+# other aux entries are diagnostics, averaged over layers.
+LOSS_AUX = ("moe_aux_loss", "router_z_loss")
+
+
+class Block(nn.Module):
+  """One pre-norm decoder block; the scan body: (x, ) -> (x, per-layer aux)."""
+  spec: ModelSpec
+  mesh: Any = None
+  rules: tuple = sharding.DEFAULT_RULES
+
+  @nn.compact
+  def __call__(self, x):
+    s = self.spec
+    dt, pdt = s.dtype, s.params_dtype
+    out_std = layers.residual_std(s.init_std, s.num_layers)
+    h = layers.RMSNorm(s.norm_eps, dt, pdt, name="attn_norm")(x)
+    x = x + attention.CausalSelfAttention(
+        s.num_heads, s.num_kv_heads, s.head_dim, s.rope_theta, s.init_std, out_std, dt, pdt,
+        self.mesh, self.rules, name="attn")(h)
+    x = sharding.constrain(x, ("batch", "seq", "act_embed"), self.mesh, self.rules)
+    h = layers.RMSNorm(s.norm_eps, dt, pdt, name="mlp_norm")(x)
+    if s.kind == "moe":
+      y, aux = moe.MoE(s.num_experts, s.experts_top_k, s.ffn_dim, s.capacity_factor,
+                       s.moe_aux_loss_coef, s.moe_z_loss_coef, s.num_layers, s.init_std, out_std,
+                       dt, pdt, self.mesh, self.rules, name="moe")(h)
+    else:
+      y = layers.SwiGLU(s.ffn_dim, s.init_std, out_std, dt, pdt, self.mesh, self.rules,
+                        name="mlp")(h)
+      aux = {key: jnp.float32(0.0) for key in LOSS_AUX}
+    x = sharding.constrain(x + y.astype(x.dtype), ("batch", "seq", "act_embed"), self.mesh,
+                           self.rules)
+    return x, aux
+
+
+def _remat_policy(remat: str):
+  if remat == "dots":
+    return jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+  return None  # 'full': save nothing
+
+
+class LanguageModel(nn.Module):
+  """tokens int32 [B, S] -> (logits float32 [B, S, V], aux dict of float32 scalars)."""
+  spec: ModelSpec
+  mesh: Any = None
+  rules: tuple = sharding.DEFAULT_RULES
+
+  @nn.compact
+  def __call__(self, tokens):
+    s = self.spec
+    if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
+      raise ValueError(f"tokens must be an integer array [batch, seq], got {tokens.dtype}"
+                       f"{list(tokens.shape)}")
+    dt, pdt = s.dtype, s.params_dtype
+    embed = nn.Embed(s.vocab_size, s.d_model, dtype=dt, param_dtype=pdt,
+                     embedding_init=layers.normal_init(s.init_std, ("vocab", "embed")),
+                     name="embed")
+    tokens = sharding.constrain(tokens, ("batch", "seq"), self.mesh, self.rules)
+    x = embed(tokens)
+    x = sharding.constrain(x, ("batch", "seq", "act_embed"), self.mesh, self.rules)
+
+    block = Block
+    if s.remat != "none":
+      block = nn.remat(Block, prevent_cse=False, policy=_remat_policy(s.remat))
+    stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                    length=s.num_layers, unroll=1 if s.scan_layers else s.num_layers,
+                    metadata_params={nn.PARTITION_NAME: "layers"})
+    x, per_layer = stack(s, self.mesh, self.rules, name="layers")(x)
+
+    h = layers.RMSNorm(s.norm_eps, dt, pdt, name="final_norm")(x)
+    if s.tie_embeddings:
+      head = embed.embedding.T  # [d, V]: logits = h E^T
+    else:
+      head = layers.Kernel((s.d_model, s.vocab_size), s.init_std, ("embed", "vocab"), pdt,
+                           name="lm_head")()
+    # Matmul in the compute dtype, accumulated and returned in float32.
+    logits = jnp.einsum("bsd,dv->bsv", h.astype(dt), head.astype(dt),
+                        preferred_element_type=jnp.float32)
+    logits = sharding.constrain(logits, ("batch", "seq", "act_vocab"), self.mesh, self.rules)
+    aux = {key: (jnp.sum(v) if key in LOSS_AUX else jnp.mean(v)) for key, v in per_layer.items()}
+    return logits, aux

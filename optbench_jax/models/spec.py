@@ -1,0 +1,112 @@
+"""The model section of a config, resolved and validated once (sentinels -> values).
+
+``ModelSpec.from_config`` accepts the ``config.model`` ConfigDict (schema in
+``configs/base.py``), a plain dict with the same keys, or a ModelSpec. It
+resolves the sentinels (``num_kv_heads=0`` -> num_heads, ``ffn_dim=0`` ->
+the SwiGLU rule) and raises ONE ValueError naming the offending key before
+anything is traced or compiled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+
+from optbench_jax.models import layers
+
+KINDS = ("llama", "moe")
+REMAT = ("none", "full", "dots")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  kind: str = "llama"
+  num_layers: int = 12
+  d_model: int = 768
+  num_heads: int = 12
+  num_kv_heads: int = 0
+  ffn_dim: int = 0
+  vocab_size: int = 50304
+  tie_embeddings: bool = True
+  rope_theta: float = 10000.0
+  norm_eps: float = 1e-5
+  init_std: float = 0.02
+  z_loss: float = 0.0
+  scan_layers: bool = True
+  remat: str = "none"
+  compute_dtype: str = "float32"
+  param_dtype: str = "float32"
+  num_experts: int = 0
+  experts_top_k: int = 2
+  capacity_factor: float = 0.0
+  moe_aux_loss_coef: float = 0.1
+  moe_z_loss_coef: float = 0.01
+
+  @classmethod
+  def from_config(cls, model_cfg: Any) -> "ModelSpec":
+    if isinstance(model_cfg, ModelSpec):
+      return model_cfg
+    values = dict(model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else model_cfg)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+      raise ValueError(f"unknown model config key(s) {unknown}; known: {sorted(known)}")
+    spec = cls(**values)
+    spec = dataclasses.replace(
+        spec,
+        num_kv_heads=spec.num_kv_heads or spec.num_heads,
+        ffn_dim=layers.ffn_hidden_dim(spec.d_model, spec.ffn_dim))
+    spec.validate()
+    return spec
+
+  @property
+  def head_dim(self) -> int:
+    return self.d_model // self.num_heads
+
+  @property
+  def dtype(self):
+    return jnp.dtype(self.compute_dtype)
+
+  @property
+  def params_dtype(self):
+    return jnp.dtype(self.param_dtype)
+
+  def validate(self) -> None:
+    def fail(key, why):
+      raise ValueError(f"model.{key}={getattr(self, key)!r}: {why}")
+    if self.kind not in KINDS:
+      fail("kind", f"must be one of {KINDS}")
+    for key in ("num_layers", "d_model", "num_heads", "num_kv_heads", "vocab_size", "ffn_dim"):
+      if int(getattr(self, key)) < 1:
+        fail(key, "must be >= 1")
+    if self.d_model % self.num_heads:
+      fail("num_heads", f"must divide d_model={self.d_model}")
+    if self.head_dim % 2:
+      fail("num_heads", f"head_dim = d_model / num_heads = {self.head_dim} must be even (RoPE)")
+    if self.num_heads % self.num_kv_heads:
+      fail("num_kv_heads", f"must divide num_heads={self.num_heads} (grouped-query attention)")
+    if self.remat not in REMAT:
+      fail("remat", f"must be one of {REMAT}")
+    for key in ("compute_dtype", "param_dtype"):
+      if getattr(self, key) not in DTYPES:
+        fail(key, f"must be one of {DTYPES}")
+    if self.norm_eps <= 0 or self.init_std <= 0 or self.rope_theta <= 0:
+      bad = next(k for k in ("norm_eps", "init_std", "rope_theta") if getattr(self, k) <= 0)
+      fail(bad, "must be > 0")
+    if self.z_loss < 0:
+      fail("z_loss", "must be >= 0")
+    if self.kind == "moe":
+      if self.num_experts < 1:
+        fail("num_experts", "must be >= 1 for kind='moe'")
+      if not 1 <= self.experts_top_k <= self.num_experts:
+        fail("experts_top_k", f"must be in [1, num_experts={self.num_experts}]")
+      if self.capacity_factor < 0:
+        fail("capacity_factor", "must be >= 0 (0 = dropless)")
+      if self.moe_aux_loss_coef < 0 or self.moe_z_loss_coef < 0:
+        fail("moe_aux_loss_coef" if self.moe_aux_loss_coef < 0 else "moe_z_loss_coef",
+             "must be >= 0")
+    elif self.num_experts:
+      fail("num_experts", "must be 0 for kind='llama' (set kind='moe' for experts)")

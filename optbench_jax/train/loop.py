@@ -1,0 +1,380 @@
+"""``run(config, workdir)``: the training loop, from config to ``summary.json``.
+
+Order of work: validate the config, build the mesh, check the batch split, the
+model, the optimizer (registry errors) and the data directory -- all before
+anything is compiled. Then restore the latest checkpoint of ``workdir`` (or
+initialise), train, evaluate every ``eval_every`` steps on ``eval_batches``
+validation batches plus a full validation pass at the end, checkpoint every
+``checkpoint_every`` steps and at the end, and write ``metrics.jsonl``,
+``loss_curve.png`` and ``summary.json``.
+
+Stops: SIGTERM (or a multi-host preemption notice) saves a checkpoint and
+returns ``status="preempted"``; a NaN/Inf loss or update stops the run with
+``status="diverged"`` without saving (the last good checkpoint is kept).
+
+The loop dispatches step t+1 before pulling step t's metrics to the host, so
+the device never waits for Python; it synchronises only at log, eval and
+checkpoint steps.
+"""
+
+from __future__ import annotations
+
+import json
+import logging as pylogging
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from optbench_jax import data as data_lib
+from optbench_jax import models
+from optbench_jax.models import flops as flops_lib
+from optbench_jax.models import sharding as sharding_lib
+from optbench_jax.train import checkpoint as checkpoint_lib
+from optbench_jax.train import config_checks
+from optbench_jax.train import mesh as mesh_lib
+from optbench_jax.train import metrics as metrics_lib
+from optbench_jax.train import optimizer as optimizer_lib
+from optbench_jax.train import state as state_lib
+from optbench_jax.train import step as step_lib
+from optbench_jax.train.config_checks import ConfigError
+
+COMPLETED, DIVERGED, PREEMPTED = "completed", "diverged", "preempted"
+
+
+class _StopSignal:
+  """Turns SIGTERM into a flag the loop polls (the handler itself does no work)."""
+
+  def __init__(self):
+    self.received = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    logging.warning("received signal %d: checkpointing and stopping", signum)
+    self.received = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _setup(config: ml_collections.ConfigDict, workdir: str | None, devices, *, need_data: bool):
+  """Everything that can fail on bad input, before compiling. Returns a namespace dict."""
+  try:
+    model_spec = models.ModelSpec.from_config(config.model)
+  except ValueError as e:
+    raise ConfigError(f"config.model: {e}") from None
+  mesh = mesh_lib.make_mesh(config.mesh, devices)
+  batch_sharding = sharding_lib.batch_sharding(mesh)
+  batch_axes = {a: mesh.shape[a] for a in jax.tree.leaves(tuple(batch_sharding.spec))
+                if a is not None}
+  config_checks.check_batch_split(config, batch_axes, jax.process_count())
+  abstract_params = models.abstract_params(config.model)
+  param_batch_axes = models.param_batch_axes(abstract_params)
+  optimizer = optimizer_lib.build(config, abstract_params, param_batch_axes)
+  manifest = _prepare_data(config, workdir) if need_data else None
+  return dict(model_spec=model_spec, mesh=mesh, batch_sharding=batch_sharding,
+              optimizer=optimizer, manifest=manifest)
+
+
+def _prepare_data(config: ml_collections.ConfigDict, workdir: str):
+  """The corpus manifest: the synthetic corpus is generated (once) into data.path or workdir/data."""
+  d = config.data
+  if d.source == "synthetic":
+    path = d.path or os.path.join(workdir, "data")
+    make = lambda: data_lib.write_synthetic_corpus(  # pylint: disable=g-long-lambda
+        path, vocab_size=d.synthetic_vocab_size, branching=d.synthetic_branching,
+        seed=d.synthetic_seed, train_tokens=d.synthetic_train_tokens,
+        val_tokens=d.synthetic_val_tokens)
+    try:
+      if jax.process_index() == 0:
+        manifest = make()
+      _barrier("synthetic_corpus")
+      if jax.process_index() != 0:
+        manifest = make()   # idempotent: reuses a shared copy, or writes a host-local one
+    except (data_lib.DataError, ValueError) as e:
+      raise ConfigError(f"config.data (synthetic corpus at {path}): {e}") from None
+  else:
+    if not d.path or not os.path.isdir(d.path):
+      raise ConfigError(f"config.data.path {d.path!r} is not a directory (data.source='shards')")
+    try:
+      manifest = data_lib.read_manifest(d.path)
+    except data_lib.DataError as e:
+      raise ConfigError(f"config.data.path: {e}") from None
+  if manifest.vocab_size > config.model.vocab_size:
+    raise ConfigError(f"the corpus at {manifest.directory} has vocab_size {manifest.vocab_size}, "
+                      f"larger than config.model.vocab_size ({config.model.vocab_size})")
+  return manifest
+
+
+class _DropOrbaxInfo(pylogging.Filter):
+  def filter(self, record):
+    return record.levelno >= pylogging.WARNING or "orbax" not in record.pathname
+
+
+def _quiet_orbax() -> None:
+  """Orbax logs several INFO lines per save through absl; keep its warnings only."""
+  absl_logger = logging.get_absl_logger()
+  if not any(isinstance(f, _DropOrbaxInfo) for f in absl_logger.filters):
+    absl_logger.addFilter(_DropOrbaxInfo())
+
+
+def _barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices(name)
+
+
+def _to_global(batch: dict, sharding) -> dict:
+  """Host-local numpy batch -> global jax.Arrays laid out by ``sharding``."""
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in batch.items()}
+
+
+def _count_params(model_cfg) -> int:
+  count = models.count_params(model_cfg)
+  return int(count["total"] if isinstance(count, dict) else count)
+
+
+def dry_run(config: Any, devices: list | None = None) -> dict:
+  """Parameter count, FLOPs/token and per-device memory of params + optimizer state.
+
+  Uses ``jax.eval_shape`` only. When the config's mesh is larger than the local
+  devices (e.g. planning a TPU pod run from a laptop) the figures are computed
+  on an abstract mesh of the config's shape.
+  """
+  config = config_checks.resolve(config)
+  config_checks.validate(config)
+  try:
+    models.ModelSpec.from_config(config.model)
+  except ValueError as e:
+    raise ConfigError(f"config.model: {e}") from None
+  try:
+    mesh = mesh_lib.make_mesh(config.mesh, devices)
+    device_count = mesh.size
+  except ConfigError:
+    if -1 in [config.mesh[a] for a in mesh_lib.AXES]:
+      raise
+    device_count = int(np.prod([config.mesh[a] for a in mesh_lib.AXES]))
+    mesh = mesh_lib.abstract_mesh(config.mesh, device_count)
+  abstract_params = models.abstract_params(config.model)
+  optimizer = optimizer_lib.build(config, abstract_params, models.param_batch_axes(abstract_params))
+  abstract = state_lib.abstract_state(config.model, optimizer.tx)
+  shardings = state_lib.state_shardings(config.model, abstract, mesh)
+  report = dict(
+      params=_count_params(config.model),
+      flops_per_token=float(flops_lib.flops_per_token(config.model, config.data.seq_len)),
+      mesh={a: int(mesh.shape[a]) for a in mesh_lib.AXES}, devices=device_count,
+      optimizer=config.optimizer.name,
+      param_bytes_per_device=state_lib.per_device_bytes(abstract.params, shardings.params),
+      opt_state_bytes_per_device=state_lib.per_device_bytes(abstract.opt_state,
+                                                            shardings.opt_state),
+      param_bytes_total=state_lib.total_bytes(abstract.params),
+      opt_state_bytes_total=state_lib.total_bytes(abstract.opt_state))
+  gib = 2.0**30
+  print(f"model: {config.model.kind}, {report['params']:,} parameters, "
+        f"{report['flops_per_token']:.4g} FLOPs/token (seq_len {config.data.seq_len})\n"
+        f"mesh: {report['mesh']} ({device_count} devices)\n"
+        f"per device: params {report['param_bytes_per_device'] / gib:.3f} GiB, "
+        f"optimizer state ({config.optimizer.name}) "
+        f"{report['opt_state_bytes_per_device'] / gib:.3f} GiB, total "
+        f"{(report['param_bytes_per_device'] + report['opt_state_bytes_per_device']) / gib:.3f} GiB")
+  return report
+
+
+def run(config: Any, workdir: str, devices: list | None = None) -> dict:
+  """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint); returns the summary.
+
+  ``devices``: the devices of the mesh (default: all of ``jax.devices()``).
+  """
+  start_time, start_perf = time.time(), time.perf_counter()
+  _quiet_orbax()
+  config = config_checks.resolve(config)
+  config_checks.validate(config)
+  workdir = os.path.abspath(workdir)
+  is_writer = jax.process_index() == 0
+  if is_writer:
+    os.makedirs(workdir, exist_ok=True)
+  devices = list(jax.devices() if devices is None else devices)
+  setup = _setup(config, workdir, devices, need_data=True)
+  mesh, batch_sharding, optimizer, manifest = (
+      setup["mesh"], setup["batch_sharding"], setup["optimizer"], setup["manifest"])
+  d, t = config.data, config.train
+  micro_batch = d.global_batch_size // d.grad_accum_steps
+
+  model = models.build_model(config.model, mesh=mesh)
+  abstract = state_lib.abstract_state(config.model, optimizer.tx)
+  shardings = state_lib.state_shardings(config.model, abstract, mesh)
+  train_iter = data_lib.make_train_iterator(
+      str(manifest.directory), seq_len=d.seq_len, global_batch_size=d.global_batch_size,
+      seed=d.shuffle_seed, process_index=jax.process_index(),
+      process_count=jax.process_count(), prefetch_threads=d.prefetch_threads)
+  checkpointer = checkpoint_lib.Checkpointer(workdir, keep=t.keep_checkpoints)
+  resumed_from = checkpointer.latest_step()
+  if resumed_from is not None:
+    logging.info("restoring step %d from %s", resumed_from, checkpointer.directory)
+    state = checkpointer.restore(resumed_from, state_lib.with_shardings(abstract, shardings),
+                                 train_iter)
+  else:
+    state = state_lib.create_sharded_state(config.model, optimizer.tx, shardings, config.seed)
+  step = int(jax.device_get(state.step))
+
+  writer = metrics_lib.MetricsWriter(workdir, enabled=is_writer)
+  writer.truncate_after(step)
+  train_step = step_lib.make_train_step(model, optimizer, config, mesh, shardings, batch_sharding)
+  eval_step = step_lib.make_eval_step(model, optimizer, mesh, shardings, batch_sharding)
+
+  tokens_per_step = d.global_batch_size * d.seq_len
+  flops_per_token = float(flops_lib.flops_per_token(config.model, d.seq_len))
+  peak, peak_source = metrics_lib.peak_flops(devices)
+  n_params = _count_params(config.model)
+  logging.info("%s: %s parameters, %.4g FLOPs/token, mesh %s, peak %.4g FLOP/s (%s)",
+               config.model.kind, f"{n_params:,}", flops_per_token, dict(mesh.shape), peak,
+               peak_source)
+
+  def evaluate(max_batches):
+    it = data_lib.make_eval_iterator(
+        str(manifest.directory), seq_len=d.seq_len, batch_size=micro_batch,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        max_batches=max_batches)
+    total = None
+    for batch in it:
+      total = metrics_lib.merge(total, jax.device_get(eval_step(state, _to_global(batch,
+                                                                              batch_sharding))))
+    return metrics_lib.to_floats(total.compute())["eval_loss"]
+
+  status, message = COMPLETED, ""
+  pending, throughput, compile_time = None, [], None
+  last_eval = None
+  # Throughput counts only time spent training: eval and checkpoint time and the
+  # first (compiling) step are excluded.
+  interval_start, synced_step, timed_steps, timed_seconds = time.perf_counter(), step, 0, 0.0
+  previous = None   # (step, device metrics) dispatched but not yet checked
+
+  def check(step_metrics_pair):
+    """Pulls one step's metrics to the host and merges them; False if not finite."""
+    nonlocal pending
+    done_step, device_metrics = step_metrics_pair
+    host = jax.device_get(device_metrics)
+    values = (host.loss.total, host.update_norm.total, host.grad_norm.total)
+    if not all(np.isfinite(v) for v in values):
+      return False, f"non-finite loss or update at step {done_step}"
+    pending = metrics_lib.merge(pending, host)
+    return True, ""
+
+  def log(at_step):
+    """Writes the metrics merged since the last record (and the throughput, if timed)."""
+    nonlocal pending, timed_steps, timed_seconds
+    if pending is None:
+      return
+    values = metrics_lib.to_floats(pending.compute())
+    if timed_steps and timed_seconds > 0:
+      step_time = timed_seconds / timed_steps
+      tokens_per_s = tokens_per_step / step_time
+      values.update(step_time_s=step_time, tokens_per_s=tokens_per_s,
+                    mfu=flops_per_token * tokens_per_s / peak)
+      throughput.append((timed_steps, tokens_per_s))
+      timed_steps, timed_seconds = 0, 0.0
+    values.update(metrics_lib.device_memory())
+    writer.write(at_step, values)
+    logging.info("step %d/%d | loss %.4f | lr %.3g | grad %.3g%s", at_step, t.steps,
+                 values["loss"], values["lr"], values["grad_norm"],
+                 f" | {values['tokens_per_s']:.0f} tok/s | MFU {values['mfu']:.1%}"
+                 if "mfu" in values else "")
+    pending = None
+
+  with _StopSignal() as stop:
+    while step < t.steps:
+      if stop.received or (jax.process_count() > 1 and checkpointer.reached_preemption(step)):
+        ok, message = check(previous) if previous is not None else (True, "")
+        previous = None
+        if not ok:
+          status = DIVERGED
+          break
+        log(step)
+        checkpointer.save(step, state, train_iter)
+        status, message = PREEMPTED, f"stopped by signal at step {step}; checkpoint saved"
+        break
+      batch = _to_global(next(train_iter), batch_sharding)
+      state, device_metrics = train_step(state, batch)
+      step += 1
+      if previous is not None:   # step - 1 is done or nearly: check it while `step` runs
+        ok, message = check(previous)
+        if not ok:
+          status = DIVERGED
+          break
+      previous = (step, device_metrics)
+
+      is_last = step == t.steps
+      log_now = step % t.log_every == 0 or is_last
+      eval_now = t.eval_every > 0 and step % t.eval_every == 0 and not is_last
+      save_now = (t.checkpoint_every > 0 and step % t.checkpoint_every == 0) or is_last
+      if not (log_now or eval_now or save_now or compile_time is None):
+        continue
+      ok, message = check(previous)
+      previous = None
+      if not ok:
+        status = DIVERGED
+        break
+      now = time.perf_counter()
+      if compile_time is None:   # the first step of this process: compile + run
+        compile_time = now - start_perf
+      else:
+        timed_seconds += now - interval_start
+        timed_steps += step - synced_step
+      synced_step = step
+      if log_now:
+        log(step)
+      if eval_now:
+        last_eval = evaluate(t.eval_batches)
+        writer.write(step, {"eval_loss": last_eval, "eval_batches": t.eval_batches})
+        logging.info("step %d | eval loss %.4f", step, last_eval)
+      if save_now:
+        checkpointer.save(step, state, train_iter)
+      interval_start = time.perf_counter()
+
+  final_eval = None
+  if status == COMPLETED:
+    final_eval = evaluate(None if t.full_eval_at_end else t.eval_batches)
+    writer.write(step, {"eval_loss": final_eval, "full_eval": bool(t.full_eval_at_end)})
+    logging.info("final eval loss %.4f (%s)", final_eval,
+                 "full validation split" if t.full_eval_at_end else f"{t.eval_batches} batches")
+    checkpointer.save(step, state, train_iter)
+  elif status == DIVERGED:
+    logging.error("training diverged: %s; keeping the last good checkpoint (step %s) in %s",
+                  message, checkpointer.latest_step(), checkpointer.directory)
+  checkpointer.wait()
+  checkpointer.close()
+
+  weighted = sum(n for n, _ in throughput)
+  mean_tps = sum(n * tps for n, tps in throughput) / weighted if weighted else None
+  summary = dict(
+      status=status, message=message, final_eval_loss=final_eval, last_eval_loss=last_eval,
+      steps=step, tokens=step * tokens_per_step, wall_time_s=time.time() - start_time,
+      compile_time_s=compile_time, resumed_from_step=resumed_from, params=n_params,
+      loss_floor=manifest.loss_floor_nats, flops_per_token=flops_per_token,
+      tokens_per_s=mean_tps, mfu=mean_tps * flops_per_token / peak if mean_tps else None,
+      peak_flops=peak, peak_flops_source=peak_source, devices=len(devices),
+      processes=jax.process_count(), mesh={a: int(mesh.shape[a]) for a in mesh_lib.AXES},
+      workdir=workdir, config=config.to_dict())
+  if is_writer:
+    records = metrics_lib.read_records(writer.path) if os.path.exists(writer.path) else []
+    metrics_lib.plot_loss_curve(records, os.path.join(workdir, "loss_curve.png"),
+                                manifest.loss_floor_nats,
+                                title=f"{config.model.kind} / {config.optimizer.name}")
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2, default=str)
+  writer.close()
+  return summary

@@ -1,0 +1,192 @@
+"""Training metrics: clu collections, MFU, device memory, JSONL / TensorBoard, plots.
+
+The train step returns a ``clu.metrics`` collection per step; the loop merges
+them over a log interval and writes one JSON object per record to
+``<workdir>/metrics.jsonl`` (``{"step", "loss", ...}`` for training,
+``{"step", "eval_loss", ...}`` for evaluation). ``clu.metric_writers`` imports
+TensorFlow, so the JSONL writer is our own; TensorBoard event files are added
+when ``tensorboardX`` is installed. Only process 0 writes.
+
+MFU = model FLOPs per token x tokens/s / peak FLOP/s. Model FLOPs per token
+are counted as MaxText does (``models.flops.flops_per_token``: 6 N_matmul plus
+causal attention; optimizer FLOPs excluded). The peak is the dense bf16 figure
+of the accelerator times the device count, or on CPU the float32 matmul rate
+measured at start-up (virtual CPU devices share the host's cores, so the host
+peak is not multiplied by the device count).
+"""
+
+# No `from __future__ import annotations`: clu reads the metric classes from the
+# dataclass annotations at run time.
+import functools
+import json
+import math
+import os
+import time
+from typing import Any, Iterable
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from clu import metrics as clu_metrics
+
+
+@flax.struct.dataclass
+class TrainMetrics(clu_metrics.Collection):
+  loss: clu_metrics.Average.from_output("loss")
+  lm_loss: clu_metrics.Average.from_output("lm_loss")
+  moe_aux_loss: clu_metrics.Average.from_output("moe_aux_loss")
+  router_z_loss: clu_metrics.Average.from_output("router_z_loss")
+  grad_norm: clu_metrics.Average.from_output("grad_norm")
+  update_norm: clu_metrics.Average.from_output("update_norm")
+  lr: clu_metrics.LastValue.from_output("lr")
+
+
+@flax.struct.dataclass
+class TokenAverage(clu_metrics.Average):
+  """Token-weighted mean from per-batch ``loss_sum`` and ``tokens`` (padding excluded)."""
+
+  @classmethod
+  def from_model_output(cls, loss_sum: jax.Array, tokens: jax.Array, **_) -> "TokenAverage":
+    return cls(total=loss_sum.astype(jnp.float32), count=tokens.astype(jnp.int32))
+
+
+@flax.struct.dataclass
+class EvalMetrics(clu_metrics.Collection):
+  eval_loss: TokenAverage
+
+
+def merge(total: Any, update: Any) -> Any:
+  return update if total is None else total.merge(update)
+
+
+def to_floats(computed: dict) -> dict:
+  return {k: float(np.asarray(v)) for k, v in computed.items()}
+
+
+# Dense bf16 peak FLOP/s per device, matched against ``device.device_kind``
+# (lower case, first match wins).
+PEAK_FLOPS = (
+    ("h200", 989e12), ("h100", 989e12), ("gh200", 989e12), ("a100", 312e12),
+    ("l4", 121e12), ("a10", 125e12), ("v100", 125e12),
+    ("tpu v6", 918e12), ("tpu v5p", 459e12), ("tpu v5 lite", 197e12), ("tpu v5e", 197e12),
+    ("tpu v5", 459e12), ("tpu v4", 275e12), ("tpu v3", 123e12),
+)
+
+
+@functools.lru_cache(maxsize=None)
+def measure_matmul_peak(size: int = 2048, repeats: int = 3) -> float:
+  """FLOP/s of a jitted float32 ``size^3`` matmul on the default device (best of ``repeats``)."""
+  a = jnp.ones((size, size), jnp.float32)
+  matmul = jax.jit(lambda x, y: x @ y)
+  matmul(a, a).block_until_ready()
+  best = math.inf
+  for _ in range(repeats):
+    start = time.perf_counter()
+    matmul(a, a).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2 * size**3 / best
+
+
+def device_peak_flops(device) -> float | None:
+  kind = device.device_kind.lower()
+  for name, flops in PEAK_FLOPS:
+    if name in kind:
+      return flops
+  return None
+
+
+def peak_flops(devices: list) -> tuple[float, str]:
+  """Total peak FLOP/s of ``devices`` and where the figure comes from."""
+  if devices[0].platform == "cpu":
+    return measure_matmul_peak(), "measured fp32 matmul (host)"
+  per_device = device_peak_flops(devices[0])
+  if per_device is None:
+    return measure_matmul_peak() * len(devices), f"measured fp32 matmul x {len(devices)}"
+  return per_device * len(devices), f"{devices[0].device_kind} bf16 table x {len(devices)}"
+
+
+def device_memory() -> dict:
+  """Bytes in use / peak on the most loaded local device (empty where unsupported)."""
+  in_use, peak = [], []
+  for device in jax.local_devices():
+    try:
+      stats = device.memory_stats()
+    except Exception:  # pylint: disable=broad-except
+      stats = None
+    if stats:
+      in_use.append(stats.get("bytes_in_use", 0))
+      peak.append(stats.get("peak_bytes_in_use", 0))
+  if not in_use:
+    return {}
+  return {"memory_bytes_in_use": max(in_use), "memory_peak_bytes": max(peak)}
+
+
+class MetricsWriter:
+  """Appends records to ``metrics.jsonl`` (and TensorBoard when available); process 0 only."""
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.enabled = enabled
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self._tb = None
+    if enabled:
+      try:
+        import tensorboardX  # pylint: disable=import-outside-toplevel
+        self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
+      except ImportError:
+        pass
+
+  def truncate_after(self, step: int) -> None:
+    """Drops records past ``step`` (written by an interrupted run that is now resumed)."""
+    if not self.enabled or not os.path.exists(self.path):
+      return
+    kept = [r for r in read_records(self.path) if r["step"] <= step]
+    with open(self.path, "w") as f:
+      for record in kept:
+        f.write(json.dumps(record) + "\n")
+
+  def write(self, step: int, values: dict) -> None:
+    if not self.enabled:
+      return
+    record = {"step": int(step), **values}
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    if self._tb is not None:
+      for key, value in values.items():
+        if isinstance(value, (int, float)):
+          self._tb.add_scalar(key, value, step)
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+def read_records(path: str) -> list[dict]:
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_loss_curve(records: Iterable[dict], out_path: str, loss_floor: float | None = None,
+                    title: str = "") -> None:
+  """Train and eval loss against step, with the corpus's entropy floor when known."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  records = list(records)
+  train = [(r["step"], r["loss"]) for r in records if "loss" in r]
+  evals = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  if train:
+    ax.plot(*zip(*train), label="train loss", lw=1.2)
+  if evals:
+    ax.plot(*zip(*evals), "o-", label="eval loss", lw=1.2, ms=4)
+  if loss_floor is not None:
+    ax.axhline(loss_floor, color="k", ls="--", lw=0.8, label=f"entropy floor {loss_floor:.3f}")
+  ax.set_xlabel("step")
+  ax.set_ylabel("loss (nats/token)")
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(out_path, dpi=120)
+  plt.close(fig)

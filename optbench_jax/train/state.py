@@ -1,0 +1,103 @@
+"""The training state (step, parameters, optimizer state) and its shardings.
+
+Parameter shardings come from the model's logical-axis rules. Optimizer-state
+shardings are derived from them: a state leaf whose path ends with a
+parameter's path and has that parameter's shape (Adam moments, momentum
+buffers, ...) gets the parameter's sharding; every other leaf (step counters,
+factored or preconditioner statistics of a different shape) is replicated.
+Nothing here allocates: shapes come from ``jax.eval_shape``, and the state is
+created directly in its shardings by a jitted init.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from optbench_jax import models
+from optbench_jax.models import sharding as sharding_lib
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array      # int32 scalar: optimizer steps taken
+  params: Any          # float32 (config.model.param_dtype) parameters
+  opt_state: Any       # the optimizer's state, float32
+
+
+def _key_name(entry) -> str:
+  return str(getattr(entry, "key", getattr(entry, "name", getattr(entry, "idx", entry))))
+
+
+def _path(path) -> tuple[str, ...]:
+  return tuple(_key_name(e) for e in path)
+
+
+def init_state(model_cfg, tx, rng) -> TrainState:
+  params = models.init_params(model_cfg, rng)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def abstract_state(model_cfg, tx) -> TrainState:
+  """Shapes and dtypes of the state (nothing allocated)."""
+  return jax.eval_shape(functools.partial(init_state, model_cfg, tx), jax.random.PRNGKey(0))
+
+
+def derive_opt_state_shardings(opt_state: Any, params: Any, param_shardings: Any,
+                               mesh) -> Any:
+  """Optimizer-state shardings matched to parameters by path suffix and shape."""
+  by_path = {}
+  for (path, leaf), sharding in zip(jax.tree_util.tree_flatten_with_path(params)[0],
+                                    jax.tree.leaves(param_shardings)):
+    by_path[_path(path)] = (tuple(leaf.shape), sharding)
+  replicated = NamedSharding(mesh, P())
+
+  def pick(path, leaf):
+    names = _path(path)
+    for start in range(len(names)):
+      match = by_path.get(names[start:])
+      if match is not None and match[0] == tuple(leaf.shape):
+        return match[1]
+    return replicated
+
+  return jax.tree_util.tree_map_with_path(pick, opt_state)
+
+
+def state_shardings(model_cfg, state: TrainState, mesh) -> TrainState:
+  """NamedShardings for every leaf of ``state`` (abstract or concrete)."""
+  params = sharding_lib.param_shardings(model_cfg, mesh)
+  return TrainState(
+      step=NamedSharding(mesh, P()), params=params,
+      opt_state=derive_opt_state_shardings(state.opt_state, state.params, params, mesh))
+
+
+def with_shardings(abstract: Any, shardings: Any) -> Any:
+  """ShapeDtypeStruct leaves carrying target shardings (orbax restore targets)."""
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      abstract, shardings)
+
+
+def create_sharded_state(model_cfg, tx, shardings: TrainState, seed: int) -> TrainState:
+  """Initialises the state directly in its shardings (no full copy on one device)."""
+  init = jax.jit(functools.partial(init_state, model_cfg, tx), out_shardings=shardings)
+  return init(jax.random.PRNGKey(seed))
+
+
+def per_device_bytes(abstract: Any, shardings: Any) -> int:
+  """Bytes one device holds for ``abstract`` laid out with ``shardings``."""
+  total = 0
+  for leaf, sharding in zip(jax.tree.leaves(abstract), jax.tree.leaves(shardings)):
+    shape = sharding.shard_shape(leaf.shape)
+    total += math.prod(shape) * np.dtype(leaf.dtype).itemsize
+  return total
+
+
+def total_bytes(abstract: Any) -> int:
+  return sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(abstract))

@@ -1,0 +1,135 @@
+"""The jitted train and eval steps.
+
+Train step, for a global batch split into A = ``grad_accum_steps`` micro-batches:
+
+    g = (1/A) sum_a grad L_a(params),  L = lm_loss (+ z-loss) + MoE aux losses
+    updates, opt_state = tx.update(g, opt_state, params[, hessian_grads=h])
+    params = params + updates
+
+where ``tx`` already chains global-norm clipping before the optimizer.
+Micro-batches run in a ``lax.scan`` so that memory is one micro-batch's
+activations. Each micro-batch takes every A-th row of the global batch
+(reshape [B, S] -> [B/A, A, S]), so the rows a device holds stay on it.
+
+Sophia-G (Liu et al. 2024, Alg. 2) gets ``hessian_grads``: the gradient of the
+LM loss on labels sampled from the model's own logits ("Gauss-Newton-Bartlett"),
+computed only on steps with ``step % update_interval == 0`` (``lax.cond``;
+zeros otherwise). The batch-size scaling of the estimate is the optimizer's.
+
+The step is one ``jax.jit`` with the state donated; shardings of state and
+batch are given explicitly (the state's from ``state.state_shardings``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from optbench_jax.models import losses
+from optbench_jax.train import metrics as metrics_lib
+from optbench_jax.train.optimizer import Optimizer, eval_params
+from optbench_jax.train.state import TrainState
+
+AUX_KEYS = ("moe_aux_loss", "router_z_loss")
+
+
+def split_micro_batches(batch: dict, accum: int, mesh, batch_spec: P) -> dict:
+  """[B, ...] -> [A, B/A, ...]: micro-batch a holds rows a, a+A, a+2A, ..."""
+  def split(x):
+    x = x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1)
+    spec = P(None, *batch_spec) if len(batch_spec) else P()
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+  return jax.tree.map(split, batch)
+
+
+def accumulate(value_and_grad: Callable, params: Any, batch: dict, accum: int, mesh,
+               batch_spec: P, *args) -> tuple[Any, Any]:
+  """Mean of ``value_and_grad(params, micro_batch, *args)`` over ``accum`` micro-batches."""
+  if accum == 1:
+    return value_and_grad(params, batch, *args)
+  micro = split_micro_batches(batch, accum, mesh, batch_spec)
+
+  def body(carry, micro_batch):
+    value, grads = value_and_grad(params, micro_batch, *args)
+    return jax.tree.map(jnp.add, carry, (value, grads)), None
+
+  first = jax.eval_shape(value_and_grad, params, jax.tree.map(lambda x: x[0], micro), *args)
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), first)
+  total, _ = jax.lax.scan(body, zeros, micro)
+  return jax.tree.map(lambda x: x / accum, total)
+
+
+def make_loss_fn(model, z_loss: float) -> Callable:
+  """``(params, batch) -> (total loss, (cross-entropy, aux losses))``."""
+  def loss_fn(params, batch):
+    logits, aux = model.apply({"params": params}, batch["inputs"])
+    loss, parts = losses.lm_loss(logits, batch["targets"], batch.get("mask"), z_loss=z_loss)
+    aux = {key: jnp.asarray(aux.get(key, 0.0), jnp.float32) for key in AUX_KEYS}
+    return loss + sum(aux.values()), (parts["cross_entropy"], aux)
+  return loss_fn
+
+
+def make_sampled_label_loss(model) -> Callable:
+  """``(params, batch, key) -> LM loss on labels drawn from the model's own softmax``."""
+  def loss_fn(params, batch, key):
+    logits, _ = model.apply({"params": params}, batch["inputs"])
+    labels = jax.random.categorical(key, jax.lax.stop_gradient(logits).astype(jnp.float32))
+    loss, _ = losses.lm_loss(logits, labels, batch.get("mask"))
+    return loss
+  return loss_fn
+
+
+def make_train_step(model, optimizer: Optimizer, config, mesh, state_shardings: TrainState,
+                    batch_sharding: NamedSharding) -> Callable:
+  """``train_step(state, batch) -> (state, TrainMetrics)``, jitted, state donated."""
+  accum = config.data.grad_accum_steps
+  batch_spec = batch_sharding.spec
+  grad_fn = jax.value_and_grad(make_loss_fn(model, config.model.z_loss), has_aux=True)
+  sampled_grad_fn = jax.value_and_grad(make_sampled_label_loss(model))
+  hessian_key = jax.random.PRNGKey(config.seed + 1)
+
+  def train_step(state: TrainState, batch: dict):
+    (loss, (lm, aux)), grads = accumulate(grad_fn, state.params, batch, accum, mesh, batch_spec)
+    extra = {}
+    if optimizer.needs_hessian_grads:
+      key = jax.random.fold_in(hessian_key, state.step)
+
+      def estimate():
+        return accumulate(sampled_grad_fn, state.params, batch, accum, mesh, batch_spec, key)[1]
+
+      extra["hessian_grads"] = jax.lax.cond(
+          state.step % optimizer.hessian_interval == 0, estimate,
+          lambda: jax.tree.map(jnp.zeros_like, grads))
+    updates, opt_state = optimizer.tx.update(grads, state.opt_state, state.params, **extra)
+    params = optax.apply_updates(state.params, updates)
+    step_metrics = metrics_lib.TrainMetrics.single_from_model_output(
+        loss=loss, lm_loss=lm, grad_norm=optax.tree.norm(grads),
+        update_norm=optax.tree.norm(updates),
+        lr=jnp.asarray(optimizer.schedule(state.step), jnp.float32), **aux)
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), step_metrics
+
+  replicated = NamedSharding(mesh, P())
+  return jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
+                 out_shardings=(state_shardings, replicated), donate_argnums=0)
+
+
+def make_eval_step(model, optimizer: Optimizer, mesh, state_shardings: TrainState,
+                   batch_sharding: NamedSharding) -> Callable:
+  """``eval_step(state, batch) -> EvalMetrics`` (token-weighted; padding masked out)."""
+  def eval_step(state: TrainState, batch: dict):
+    params = eval_params(optimizer, state.opt_state, state.params)
+    logits, _ = model.apply({"params": params}, batch["inputs"])
+    mask = batch.get("mask")
+    loss, _ = losses.lm_loss(logits, batch["targets"], mask)
+    tokens = (jnp.sum(mask.astype(jnp.float32)) if mask is not None
+              else jnp.asarray(batch["targets"].size, jnp.float32))
+    loss_sum = jnp.where(tokens > 0, loss * tokens, 0.0)
+    return metrics_lib.EvalMetrics.single_from_model_output(loss_sum=loss_sum, tokens=tokens)
+
+  replicated = NamedSharding(mesh, P())
+  return jax.jit(eval_step, in_shardings=(state_shardings, batch_sharding),
+                 out_shardings=replicated)

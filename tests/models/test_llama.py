@@ -1,0 +1,224 @@
+"""Dense Llama: sizes of every preset, an independent reference forward, causality, init, scan."""
+
+import importlib
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from optbench_jax import models as M
+from optbench_jax.optim import labels
+
+TINY = dict(num_layers=2, d_model=32, num_heads=4, num_kv_heads=2, ffn_dim=64, vocab_size=128)
+
+# Published sizes (REFERENCE section 1). Semenov et al. count all parameters with
+# tied embeddings (embedding included): our counts agree to 0.1%. MoE-520M:
+# total 520.0M / active 180.3M. Wen et al.'s names are non-embedding counts of
+# the stated d / ffn / 32 layers, rounded: 134.3M, 302.0M, 536.9M, 1.208B, so
+# 130M and 520M are 3.3% off their names -> 5% tolerance for that study.
+PUBLISHED = [
+    ("124m", "total", 123.6e6, 0.005),
+    ("210m", "total", 208.5e6, 0.005),
+    ("720m", "total", 720e6, 0.01),
+    ("moe_520m", "total", 520e6, 0.01),
+    ("moe_520m", "active", 180e6, 0.01),
+    ("130m", "non_embedding", 130e6, 0.05),
+    ("300m", "non_embedding", 300e6, 0.05),
+    ("520m", "non_embedding", 520e6, 0.05),
+    ("1_2b", "non_embedding", 1.2e9, 0.05),
+]
+
+
+@pytest.mark.parametrize("name,kind,size,rtol", PUBLISHED)
+def test_param_count_matches_published_size(name, kind, size, rtol):
+  cfg = importlib.import_module(f"configs.{name}").get_config()
+  counts = M.count_params(cfg.model)
+  assert abs(counts[kind] - size) / size < rtol, counts
+
+
+def test_param_count_exact_for_124m():
+  # 12 * (4 d^2 + 3 d f + 2 d) + V d + d with d=768, f=2048, V=50304.
+  d, f, v, n_layer = 768, 2048, 50304, 12
+  expected = n_layer * (4 * d * d + 3 * d * f + 2 * d) + v * d + d
+  counts = M.count_params(importlib.import_module("configs.124m").get_config().model)
+  assert counts == dict(total=expected, non_embedding=expected - v * d, embedding=v * d,
+                        active=expected)
+
+
+def test_ffn_rule():
+  assert M.ModelSpec.from_config(dict(d_model=768)).ffn_dim == 2048
+  assert M.ModelSpec.from_config(dict(d_model=2048, num_heads=16)).ffn_dim == 5632
+  assert M.ModelSpec.from_config(dict(d_model=768, ffn_dim=3072)).ffn_dim == 3072
+
+
+def _rms(x, scale, eps):
+  return x / np.sqrt(np.mean(x * x, -1, keepdims=True) + eps) * scale
+
+
+def _rope(x, pos, theta):  # x [S, N, hd]; pairs (i, i + hd/2) as complex numbers
+  hd = x.shape[-1]
+  w = theta ** (-np.arange(0, hd, 2) / hd)
+  z = (x[..., :hd // 2] + 1j * x[..., hd // 2:]) * np.exp(1j * pos[:, None, None] * w)
+  return np.concatenate([z.real, z.imag], -1)
+
+
+def reference_forward(p, tokens, cfg):
+  """Float64 NumPy Llama written from the equations, one sequence at a time."""
+  spec = M.ModelSpec.from_config(cfg)
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), p)
+  h, hkv, hd = spec.num_heads, spec.num_kv_heads, spec.head_dim
+  out = []
+  for seq in np.asarray(tokens):
+    s = len(seq)
+    x = p["embed"]["embedding"][seq]
+    for layer in range(spec.num_layers):
+      lp = jax.tree.map(lambda a: a[layer], p["layers"])
+      a = _rms(x, lp["attn_norm"]["scale"], spec.norm_eps)
+      q = (a @ lp["attn"]["q_proj"]["kernel"]).reshape(s, h, hd)
+      k = (a @ lp["attn"]["k_proj"]["kernel"]).reshape(s, hkv, hd)
+      v = (a @ lp["attn"]["v_proj"]["kernel"]).reshape(s, hkv, hd)
+      q, k = _rope(q, np.arange(s), spec.rope_theta), _rope(k, np.arange(s), spec.rope_theta)
+      k, v = np.repeat(k, h // hkv, axis=1), np.repeat(v, h // hkv, axis=1)
+      scores = np.einsum("qnd,knd->nqk", q, k) / math.sqrt(hd)
+      scores = np.where(np.tril(np.ones((s, s), bool)), scores, -np.inf)
+      att = np.exp(scores - scores.max(-1, keepdims=True))
+      att /= att.sum(-1, keepdims=True)
+      o = np.einsum("nqk,knd->qnd", att, v).reshape(s, h * hd)
+      x = x + o @ lp["attn"]["o_proj"]["kernel"]
+      m = _rms(x, lp["mlp_norm"]["scale"], spec.norm_eps)
+      g, u = m @ lp["mlp"]["gate_proj"]["kernel"], m @ lp["mlp"]["up_proj"]["kernel"]
+      x = x + (g / (1 + np.exp(-g)) * u) @ lp["mlp"]["down_proj"]["kernel"]
+    x = _rms(x, p["final_norm"]["scale"], spec.norm_eps)
+    head = p["embed"]["embedding"].T if spec.tie_embeddings else p["lm_head"]["kernel"]
+    out.append(x @ head)
+  return np.stack(out)
+
+
+def _perturbed_params(cfg, seed=0):
+  # Norm scales are ones at init; perturb them so the reference checks their use.
+  params = M.init_params(cfg, jax.random.key(seed))
+  keys = iter(jax.random.split(jax.random.key(seed + 1), 64))
+  return jax.tree_util.tree_map_with_path(
+      lambda path, x: x + 0.1 * jax.random.normal(next(keys), x.shape)
+      if "scale" in str(path) else x, params)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_forward_matches_numpy_reference(tie):
+  cfg = dict(TINY, tie_embeddings=tie)
+  params = _perturbed_params(cfg)
+  tokens = jax.random.randint(jax.random.key(2), (2, 12), 0, cfg["vocab_size"])
+  logits, aux = jax.jit(M.build_model(cfg).apply)({"params": params}, tokens)
+  assert logits.dtype == jnp.float32 and logits.shape == (2, 12, 128)
+  np.testing.assert_allclose(logits, reference_forward(params, tokens, cfg), rtol=1e-4, atol=1e-4)
+  assert float(aux["moe_aux_loss"]) == 0.0 and float(aux["router_z_loss"]) == 0.0
+  assert ("lm_head" in params) != tie
+
+
+def test_causal():
+  params = M.init_params(TINY, jax.random.key(0))
+  apply = jax.jit(M.build_model(TINY).apply)
+  tokens = jax.random.randint(jax.random.key(1), (1, 16), 0, 128)
+  changed = tokens.at[:, 9:].set((tokens[:, 9:] + 7) % 128)
+  a, _ = apply({"params": params}, tokens)
+  b, _ = apply({"params": params}, changed)
+  np.testing.assert_array_equal(a[:, :9], b[:, :9])
+  assert np.abs(a[:, 9:] - b[:, 9:]).max() > 1e-3
+
+
+def test_init_std():
+  cfg = dict(num_layers=4, d_model=128, num_heads=4, ffn_dim=512, vocab_size=512,
+             tie_embeddings=False)
+  p = M.init_params(cfg, jax.random.key(0))
+  resid = 0.02 / math.sqrt(2 * 4)
+  expected = {("embed", "embedding"): 0.02, ("lm_head", "kernel"): 0.02,
+              ("attn", "q_proj"): 0.02, ("attn", "k_proj"): 0.02, ("attn", "v_proj"): 0.02,
+              ("attn", "o_proj"): resid, ("mlp", "gate_proj"): 0.02, ("mlp", "up_proj"): 0.02,
+              ("mlp", "down_proj"): resid}
+  flat = {labels.path_names(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(p)[0]}
+  for names, leaf in flat.items():
+    if "scale" in names:
+      np.testing.assert_array_equal(leaf, 1.0)
+      continue
+    std = next(v for k, v in expected.items() if all(n in names for n in k))
+    assert abs(float(jnp.std(leaf)) / std - 1) < 0.05, (names, float(jnp.std(leaf)), std)
+    assert abs(float(jnp.mean(leaf))) < 0.1 * std
+  # Layers are initialised independently (split rngs in the scan).
+  q = p["layers"]["attn"]["q_proj"]["kernel"]
+  assert not np.allclose(q[0], q[1])
+
+
+def test_param_tree_contract_and_batch_axes():
+  p = M.abstract_params(dict(TINY, tie_embeddings=False))
+  assert p["layers"]["attn"]["q_proj"]["kernel"].shape == (2, 32, 32)
+  assert p["layers"]["attn"]["k_proj"]["kernel"].shape == (2, 32, 16)
+  assert p["layers"]["mlp"]["down_proj"]["kernel"].shape == (2, 64, 32)
+  assert p["lm_head"]["kernel"].shape == (32, 128)
+  axes = M.param_batch_axes(p)
+  assert axes["layers"]["attn_norm"]["scale"] == 1 and axes["embed"]["embedding"] == 0
+  got = labels.label_params(p, batch_axes=axes)
+  assert got["layers"]["attn"]["o_proj"]["kernel"] == labels.MATRIX
+  assert got["layers"]["mlp_norm"]["scale"] == labels.VECTOR
+  assert got["embed"]["embedding"] == labels.EMBEDDING
+  assert got["lm_head"]["kernel"] == labels.HEAD
+  specs = M.logical_axes(TINY)
+  assert tuple(specs["layers"]["mlp"]["gate_proj"]["kernel"]) == ("layers", "embed", "mlp")
+
+
+def test_remat_same_loss_and_grads():
+  params = M.init_params(TINY, jax.random.key(0))
+  tokens = jax.random.randint(jax.random.key(1), (2, 8), 0, 128)
+
+  def loss(cfg):
+    model = M.build_model(cfg)
+    return jax.jit(jax.value_and_grad(
+        lambda p: M.losses.lm_loss(model.apply({"params": p}, tokens)[0], tokens)[0]))(params)
+
+  l0, g0 = loss(TINY)
+  for remat in ("full", "dots"):
+    l1, g1 = loss(dict(TINY, remat=remat))
+    np.testing.assert_allclose(l0, l1, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), g0, g1)
+
+
+def _hlo_ops(cfg):
+  model = M.build_model(cfg)
+  params = M.abstract_params(cfg)
+  tokens = jax.ShapeDtypeStruct((2, 8), jnp.int32)
+  text = jax.jit(model.apply).lower({"params": params}, tokens).as_text()
+  return sum(1 for line in text.splitlines() if " = " in line)
+
+
+def test_scan_hlo_size_independent_of_depth():
+  two, eight = _hlo_ops(dict(TINY, num_layers=2)), _hlo_ops(dict(TINY, num_layers=8))
+  assert eight == two, (two, eight)  # the scan body is emitted once
+  # scan_layers=False unrolls: the program grows with depth (the layer body is
+  # an outlined function called once per layer, hence not 4x).
+  unrolled = _hlo_ops(dict(TINY, num_layers=8, scan_layers=False))
+  assert unrolled > 1.3 * two, (two, unrolled)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(kind="gpt"), "model.kind"),
+    (dict(num_heads=5), "model.num_heads"),
+    (dict(num_kv_heads=3), "model.num_kv_heads"),
+    (dict(remat="some"), "model.remat"),
+    (dict(num_experts=4), "model.num_experts"),
+    (dict(kind="moe", num_experts=4, experts_top_k=5), "model.experts_top_k"),
+    (dict(d_modle=4), "unknown model config key"),
+])
+def test_bad_config_raises_one_clear_error(bad, match):
+  with pytest.raises(ValueError, match=match):
+    M.build_model(dict(TINY, **bad))
+
+
+def test_bfloat16_compute_float32_params_and_logits():
+  cfg = dict(TINY, compute_dtype="bfloat16")
+  params = M.init_params(cfg, jax.random.key(0))
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+  tokens = jax.random.randint(jax.random.key(1), (2, 8), 0, 128)
+  low, _ = jax.jit(M.build_model(cfg).apply)({"params": params}, tokens)
+  assert low.dtype == jnp.float32
+  np.testing.assert_allclose(low, reference_forward(params, tokens, TINY), atol=0.05)

@@ -1,0 +1,116 @@
+"""Bad input fails with one clear ConfigError before anything is compiled."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import ml_collections
+import pytest
+
+from optbench_jax import train
+from optbench_jax.train import config_checks
+from optbench_jax.train import loop
+from optbench_jax.train import state as state_lib
+from tests.train import tiny
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture
+def no_compile(monkeypatch):
+  """Any attempt to build the sharded state or the train step fails the test."""
+  def forbidden(*args, **kwargs):
+    raise AssertionError("the trainer started compiling before rejecting the config")
+  monkeypatch.setattr(state_lib, "create_sharded_state", forbidden)
+  monkeypatch.setattr(loop.step_lib, "make_train_step", forbidden)
+
+
+def _expect(config, message, tmp_path, devices):
+  with pytest.raises(config_checks.ConfigError, match=message) as error:
+    train.run(config, str(tmp_path / "work"), devices=devices)
+  assert "\n" not in str(error.value)
+  assert not (tmp_path / "work" / "checkpoints").exists()
+
+
+def test_unknown_config_key(tmp_path, no_compile):
+  config = tiny.micro_config(tmp_path)
+  config.train.unlock()
+  config.train.stesp = 10
+  _expect(config, r"unknown config key 'train.stesp' \(did you mean 'train.steps'\?\)",
+          tmp_path, tiny.one_device())
+
+
+def test_batch_not_divisible_by_devices(tmp_path, no_compile):
+  config = tiny.micro_config(tmp_path)
+  config.data.global_batch_size = 12
+  config.mesh.update(data=8)
+  _expect(config, r"micro-batch .* 12 .* divisible by the 8 devices", tmp_path,
+          jax.devices()[:8])
+
+
+def test_batch_not_divisible_by_accumulation(tmp_path, no_compile):
+  config = tiny.micro_config(tmp_path)
+  config.data.grad_accum_steps = 3
+  _expect(config, "grad_accum_steps", tmp_path, tiny.one_device())
+
+
+def test_mesh_larger_than_the_device_count(tmp_path, no_compile):
+  config = tiny.micro_config(tmp_path)
+  config.mesh.update(data=4, fsdp=4)
+  _expect(config, "needs 16 devices, but 8 device", tmp_path, jax.devices()[:8])
+
+
+def test_unknown_optimizer_and_hyperparameter(tmp_path, no_compile):
+  config = tiny.micro_config(tmp_path)
+  config.optimizer.name = "adamww"
+  _expect(config, "unknown optimizer 'adamww'; did you mean 'adamw'", tmp_path,
+          tiny.one_device())
+  config.optimizer.name = "adamw"
+  config.optimizer.hparams = dict(bta1=0.9)
+  _expect(config, "unknown hyperparameter.*'bta1'", tmp_path, tiny.one_device())
+
+
+def test_missing_data_directory(tmp_path, no_compile):
+  config = tiny.micro_config(tmp_path)
+  config.data.update(source="shards", path=str(tmp_path / "missing"))
+  _expect(config, "is not a directory", tmp_path, tiny.one_device())
+
+
+def test_bad_values_name_their_key(tmp_path, no_compile):
+  config = tiny.micro_config(tmp_path)
+  config.model.d_model = 33
+  _expect(config, r"d_model \(33\) must be divisible by model.num_heads", tmp_path,
+          tiny.one_device())
+
+
+def test_partial_configs_get_the_defaults():
+  resolved = config_checks.resolve({"train": {"steps": 7}, "optimizer": {"hparams": {"b1": 0.5}}})
+  assert resolved.train.steps == 7 and resolved.train.log_every == 50
+  assert resolved.optimizer.hparams.b1 == 0.5 and resolved.optimizer.name == "adamw"
+
+
+def test_json_config_round_trip(tmp_path):
+  config = tiny.micro_config(tmp_path)
+  path = tmp_path / "config.json"
+  path.write_text(json.dumps(config.to_dict()))
+  sys.path.insert(0, REPO)
+  from configs import from_json  # pylint: disable=import-outside-toplevel
+  loaded = from_json.get_config(str(path))
+  assert loaded.to_dict() == config_checks.resolve(config).to_dict()
+
+
+def test_command_line_rejects_an_unknown_override_and_dry_runs(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  bad = subprocess.run(
+      [sys.executable, "-m", "trainers.lm", "--config=configs/tiny.py", "--dry_run",
+       "--config.train.stesp=3"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  assert bad.returncode != 0 and "stesp" in bad.stderr
+  ok = subprocess.run(
+      [sys.executable, "-m", "trainers.lm", "--config=configs/tiny.py", "--dry_run",
+       f"--workdir={tmp_path}/w"], cwd=REPO, env=env, capture_output=True, text=True,
+      timeout=120)
+  assert ok.returncode == 0, ok.stderr
+  assert "parameters" in ok.stdout and "per device" in ok.stdout
+  assert not (tmp_path / "w").exists()

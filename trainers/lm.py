@@ -1,0 +1,62 @@
+r"""Train a Llama / MoE language model: ``python -m trainers.lm --config=configs/tiny.py``.
+
+  python -m trainers.lm --config=configs/124m.py --config.optimizer.name=ademamix --workdir=runs/x
+  python -m trainers.lm --config=configs/520m.py --dry_run      # sizes only, nothing allocated
+
+``--config`` is an ml_collections config file (overrides: ``--config.a.b=v``);
+``--workdir`` holds checkpoints, ``metrics.jsonl``, ``loss_curve.png`` and
+``summary.json``; rerunning with the same workdir resumes. ``--multihost``
+forces ``jax.distributed.initialize()`` (it is also called when the
+environment names several processes, see ``optbench_jax.train.mesh``).
+The exit status is 0 for a completed or preempted run, 1 for a diverged one.
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                               "configs", "tiny.py")
+_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG,
+                                          "Trainer config file (configs/*.py).")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Directory for checkpoints, metrics and plots (default: "
+    "runs/<config file>_<optimizer>).")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print sizes, FLOPs/token and per-device memory, "
+                             "then exit.")
+_MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize().")
+
+
+def main(argv):
+  del argv
+  # Before anything touches a JAX backend.
+  from optbench_jax.train import mesh  # pylint: disable=import-outside-toplevel
+  mesh.maybe_initialize_distributed(force=_MULTIHOST.value)
+  from optbench_jax import train  # pylint: disable=import-outside-toplevel
+
+  config = _CONFIG.value
+  try:
+    if _DRY_RUN.value:
+      train.dry_run(config)
+      return 0
+    workdir = _WORKDIR.value
+    if workdir is None:
+      name = os.path.splitext(os.path.basename(config_flags.get_config_filename(
+          flags.FLAGS["config"]).split(":")[0]))[0]
+      workdir = os.path.join("runs", f"{name}_{config.optimizer.name}")
+    summary = train.run(config, workdir)
+  except train.ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(f"{summary['status']}: {summary['steps']} steps, final eval loss "
+        f"{summary['final_eval_loss']}, workdir {summary['workdir']}")
+  return 1 if summary["status"] == "diverged" else 0
+
+
+if __name__ == "__main__":
+  logging.set_verbosity(logging.INFO)
+  app.run(lambda argv: sys.exit(main(argv)))

@@ -17,6 +17,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory (results store,
 _PARALLEL = flags.DEFINE_integer("parallel", 1, "Trials run at once, as independent processes.")
 _RETRY_FAILED = flags.DEFINE_bool("retry_failed", True,
                                   "Rerun trials whose earlier attempt crashed (history is kept).")
+_TRIAL_TIMEOUT = flags.DEFINE_float("trial_timeout_s", 0.0,
+                                    "Stop a trial after this many seconds and record it as "
+                                    "failed (0: no limit).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -30,7 +33,8 @@ def main(argv):
   del argv
   signal.signal(signal.SIGTERM, _terminate)
   outcome = sweep.run_sweep(_CONFIG.value, _WORKDIR.value, parallel=_PARALLEL.value,
-                            retry_failed=_RETRY_FAILED.value)
+                            retry_failed=_RETRY_FAILED.value,
+                            trial_timeout_s=_TRIAL_TIMEOUT.value)
   print(f"[sweep] launched {outcome.launched}, skipped {outcome.skipped} already finished, "
         f"recorded {outcome.recorded}, interrupted {len(outcome.interrupted)}")
   if outcome.interrupted:

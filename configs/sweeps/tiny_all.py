@@ -1,6 +1,7 @@
 """Every registered optimizer on the tiny model, CPU, about 30 minutes on 2 cores.
 
-  python -m trainers.sweep --config=configs/sweeps/tiny_all.py --workdir=runs/tiny_all --parallel=2
+  python -m trainers.sweep --config=configs/sweeps/tiny_all.py --workdir=runs/tiny_all --parallel=2 \
+      --trial_timeout_s=600
   python -m optbench_jax.bench.report runs/tiny_all
 
 Per optimizer: a 3-point learning-rate grid at 50 steps (the other

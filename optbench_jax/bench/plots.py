@@ -18,7 +18,17 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-imp
 from optbench_jax.bench import sensitivity  # pylint: disable=wrong-import-position
 
 
+def _axes():
+  # 20 distinct colours: a sweep can hold every registered optimizer (18).
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  ax.set_prop_cycle(color=plt.cm.tab20.colors)
+  return fig, ax
+
+
 def _save(fig, path: str) -> str:
+  for ax in fig.axes:
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(fontsize=7, ncol=2)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -27,7 +37,7 @@ def _save(fig, path: str) -> str:
 
 def loss_curves(analysis, budget: int, path: str) -> str:
   """Validation loss vs tokens of each optimizer's best run at ``budget`` (tuning seed)."""
-  fig, ax = plt.subplots(figsize=(7, 4.5))
+  fig, ax = _axes()
   for name in analysis.optimizers:
     best = analysis.best.get((name, budget))
     if not best or not best.best_result or not best.best_result.eval_curve:
@@ -42,14 +52,13 @@ def loss_curves(analysis, budget: int, path: str) -> str:
   ax.set_xlabel("training tokens")
   ax.set_ylabel("validation loss (nats/token)")
   ax.set_title(f"Validation loss of each optimizer's best run, budget {budget} steps")
-  ax.legend(fontsize=7, ncol=2)
   ax.grid(alpha=0.3)
   return _save(fig, path)
 
 
 def lr_sensitivity(analysis, budget: int, path: str) -> str:
   """Final loss vs learning rate around each optimizer's optimum (others fixed at best)."""
-  fig, ax = plt.subplots(figsize=(7, 4.5))
+  fig, ax = _axes()
   seed = analysis.sweep["seeds"][0]
   for name in analysis.optimizers:
     best = analysis.best.get((name, budget))
@@ -69,14 +78,13 @@ def lr_sensitivity(analysis, budget: int, path: str) -> str:
   ax.set_xlabel("peak learning rate (log scale)")
   ax.set_ylabel("final validation loss (nats/token)")
   ax.set_title(f"Learning-rate sensitivity at {budget} steps (x: diverged)")
-  ax.legend(fontsize=7, ncol=2)
   ax.grid(alpha=0.3)
   return _save(fig, path)
 
 
 def speedup_vs_budget(analysis, path: str) -> str:
   """Speedup over the reference vs budget (tokens), with bootstrap intervals."""
-  fig, ax = plt.subplots(figsize=(7, 4.5))
+  fig, ax = _axes()
   for name in analysis.optimizers:
     points = []
     for budget in analysis.budgets:
@@ -94,6 +102,5 @@ def speedup_vs_budget(analysis, path: str) -> str:
   ax.set_xlabel("training budget (tokens, log scale)")
   ax.set_ylabel(f"speedup over {analysis.reference} (x, D_eff / D)")
   ax.set_title(f"Token speedup vs {analysis.reference} (95% bootstrap interval over seeds)")
-  ax.legend(fontsize=7, ncol=2)
   ax.grid(alpha=0.3)
   return _save(fig, path)

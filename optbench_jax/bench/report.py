@@ -41,11 +41,16 @@ def _fmt(x: float, digits: int = 4) -> str:
   return f"{x:.{digits}g}"
 
 
-def _hparams(hparams: dict[str, Any] | None) -> str:
+def _hparams(hparams: dict[str, Any] | None, grid: dict[str, list], trials: int) -> str:
+  """The best point; a value at the edge of its grid gets a '*' (the optimum may lie beyond)."""
   if hparams is None:
-    return "(all trials diverged or failed)"
-  return ", ".join(f"{k}={_fmt(v) if isinstance(v, float) else v}"
-                   for k, v in sorted(hparams.items()))
+    return "(all trials diverged or failed)" if trials else "(not run yet)"
+  parts = []
+  for k, v in sorted(hparams.items()):
+    values = [x for x in grid.get(k, []) if not isinstance(x, str)]
+    edge = len(values) > 1 and not isinstance(v, str) and v in (min(values), max(values))
+    parts.append(f"{k}={_fmt(v) if isinstance(v, float) else v}{'*' if edge else ''}")
+  return ", ".join(parts)
 
 
 def _tokens(n: int) -> str:
@@ -68,7 +73,7 @@ def budget_table(a: analysis_lib.SweepAnalysis, budget: int) -> tuple[list[str],
       spread = f" ± {np.std(finite, ddof=1):.4f}" if len(finite) > 1 else ""
       loss = f"{np.mean(finite):.4f}{spread} (n={len(finite)})"
     else:
-      loss = "diverged"
+      loss = "diverged/failed" if b.tuning_trials else "not run yet"
     est = a.speedups.get((name, budget))
     if est is None:
       token_speedup, wall = "n/a", "n/a"
@@ -77,7 +82,8 @@ def budget_table(a: analysis_lib.SweepAnalysis, budget: int) -> tuple[list[str],
       wall = _fmt(speedup.wall_clock_speedup(est.point, a.overheads[(name, budget)]), 3)
     rows.append([name, loss, token_speedup, wall, _fmt(a.overheads[(name, budget)], 3),
                  _fmt(a.state_bytes_per_param.get(name, math.nan), 3),
-                 f"{b.tuning_trials} ({b.diverged_trials})", _hparams(b.hparams)])
+                 f"{b.tuning_trials} ({b.diverged_trials})",
+                 _hparams(b.hparams, a.sweep["optimizers"][name]["grid"], b.tuning_trials)])
   return headers, rows
 
 
@@ -120,11 +126,14 @@ def build(run_dir: str, num_bootstrap: int | None = None) -> list[tuple]:
       "seed (never an intermediate checkpoint). Token speedup = D_eff / D with D_eff from "
       f"{a.reference}'s fitted L(D) = alpha D^-beta + gamma (Wen et al. 2025); interval: "
       "bootstrap over seeds. Wall-clock speedup = token speedup / step-time overhead "
-      f"(median s/step vs {a.reference} at the same budget).")))
+      f"(median s/step vs {a.reference} at the same budget; trials that shared the machine "
+      "with others make it noisy). Trials: on the tuning seed (diverged or failed among them). "
+      "A '*' marks a best value at the edge of its grid: the optimum may lie beyond it.")))
   plot_dir = os.path.join(run_dir, PLOTS_DIR)
   os.makedirs(plot_dir, exist_ok=True)
   for budget in a.budgets:
-    tokens = next((b.budget_tokens for (n, s), b in a.best.items() if s == budget), 0)
+    per_step = next((r.budget_tokens / r.budget_steps for r in a.results if r.budget_steps), 0)
+    tokens = int(budget * per_step)
     blocks.append(("h", 2, f"Budget {budget} steps ({_tokens(tokens)} tokens)"))
     headers, rows = budget_table(a, budget)
     blocks.append(("table", headers, rows))

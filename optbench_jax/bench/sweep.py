@@ -39,6 +39,7 @@ from optbench_jax.bench import results_store, sweep_config, tuning
 SWEEP_SNAPSHOT = "sweep.json"
 TRIALS_DIR = "trials"
 LOG_TAIL_LINES = 15
+STOP_GRACE_S = 30.0        # SIGTERM lets a trainer checkpoint; SIGKILL after this long
 
 Launcher = Callable[[str, str], Sequence[str]]
 
@@ -144,6 +145,7 @@ class _Running:
     self.threshold = threshold
     self.started = time.time()
     self.diverged: str | None = None
+    self.timed_out: str | None = None
     self._log = open(os.path.join(trial_dir, "trial.log"), "a")
     self._log.write(f"\n=== attempt at {time.ctime()}: {' '.join(argv)}\n")
     self._log.flush()
@@ -180,7 +182,7 @@ class _Running:
     if self.process.poll() is None:
       try:
         os.killpg(self.process.pid, signal.SIGTERM)
-        self.process.wait(timeout=30)
+        self.process.wait(timeout=STOP_GRACE_S)
       except subprocess.TimeoutExpired:
         os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
@@ -196,7 +198,8 @@ class SweepRunner:
 
   def __init__(self, sweep: Any, workdir: str, parallel: int = 1,
                launcher: Launcher = default_launcher, retry_failed: bool = True,
-               poll_interval_s: float = 0.5, log: Callable[[str], None] = print):
+               poll_interval_s: float = 0.5, log: Callable[[str], None] = print,
+               trial_timeout_s: float = 0.0):
     if parallel < 1:
       raise ValueError(f"parallel must be >= 1, got {parallel}")
     self.plain, self.base, self.fingerprint = sweep_config.load(sweep)
@@ -205,6 +208,9 @@ class SweepRunner:
     self.launcher = launcher
     self.retry_failed = retry_failed
     self.poll_interval_s = poll_interval_s
+    # Operational, not part of the fingerprint: a hung trial (e.g. a deadlock) is
+    # stopped after this many seconds and recorded as failed (retried on rerun).
+    self.trial_timeout_s = trial_timeout_s
     self.log = log
     os.makedirs(self.workdir, exist_ok=True)
     self.store = results_store.ResultsStore(
@@ -347,12 +353,19 @@ class SweepRunner:
       time.sleep(self.poll_interval_s)
       for tid, run in list(running.items()):
         run.check_divergence()
+        if (self.trial_timeout_s and not run.timed_out and
+            time.time() - run.started > self.trial_timeout_s):
+          run.timed_out = f"no result after {self.trial_timeout_s:g} s: stopped (hung or too slow)"
+          run.stop()
         returncode = run.process.poll()
         if returncode is None:
           continue
         del running[tid]
         run.close()
         result = self._classify(run.trial, run.trial_dir, returncode, run.diverged, run.started)
+        if run.timed_out and (result is None or result.status != results_store.DIVERGED):
+          result = self._result(run.trial, results_store.FAILED, run.timed_out, {},
+                                read_metrics(os.path.join(run.trial_dir, "metrics.jsonl")))
         if result is None:
           outcome.interrupted.append(tid)
           self.log(f"[sweep] {tid}: interrupted (preempted); rerun the sweep to resume it")

@@ -81,7 +81,12 @@ def scale_by_prodigy(learning_rate: Any = 1.0, b1: Any = 0.9, b2: Any = 0.999,
     travelled = optax.tree.vdot(updates, jax.tree.map(jnp.subtract, state.params0, params))
     numerator = b3 * state.numerator_weighted + (d / estim_lr0) * d_lr * travelled
     denominator = optax.tree.sum(jax.tree.map(jnp.abs, grad_sum))
-    new_d = jnp.maximum(d, estim_lr_coef * numerator / denominator)
+    # With eta = 0 (a warmup starting at zero) s and r stay 0 and the estimate is
+    # 0/0: keep d, as the authors' PyTorch code does (it skips the estimate when
+    # lr == 0). optax.contrib.prodigy returns NaN there.
+    safe_denominator = jnp.where(denominator > 0, denominator, 1.0)
+    estimate = jnp.where(denominator > 0, estim_lr_coef * numerator / safe_denominator, 0.0)
+    new_d = jnp.maximum(d, estimate)
     direction = jax.tree.map(lambda m, v: m / (jnp.sqrt(v) + new_d * eps), exp_avg, exp_avg_sq)
     direction, decay_state = decay.update(direction, state.decay_state, params)
     step = jax.tree.map(lambda u, p: (d * bc * u).astype(p.dtype), direction, params)

@@ -14,6 +14,7 @@ Planted behaviour (so tests know the right answers):
   lr == 0.5  -> crashes with exit code 3 at step 2 (a "failed" trial)
   lr == 0.3  -> training loss becomes NaN at step 3 (a "diverged" trial)
   lr == 0.2  -> training loss stays at 9.0 (diverged by the loss-threshold rule)
+  lr == 0.1  -> hangs (sleeps) after step 1, ignoring SIGTERM (a deadlocked trial)
 Environment:
   FAKE_PREEMPT_AT=k  -> stop at step k with status "preempted" unless resuming
   FAKE_STEP_SLEEP=s  -> seconds per step (default 0.002)
@@ -54,6 +55,10 @@ def main(config_path, workdir):
   with open(os.path.join(workdir, "metrics.jsonl"), "a") as metrics:
     for step in range(start + 1, steps + 1):
       time.sleep(sleep)
+      if lr == 0.1 and step == 2:
+        import signal
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        time.sleep(3600)
       if lr == 0.5 and step == 2:
         print("fake trainer: simulated crash", file=sys.stderr)
         sys.exit(3)

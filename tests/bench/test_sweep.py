@@ -222,3 +222,13 @@ def test_hyperparameters_land_in_the_right_config_keys():
   assert config.optimizer.hparams.to_dict() == {"warmup_steps": 11, "b2": 0.999}
   assert config.optimizer.schedule.name == "constant" and config.train.steps == 40
   assert config.seed == 3 and config.data.shuffle_seed == 3
+
+
+def test_hung_trial_is_stopped_and_recorded_failed(tmp_path, monkeypatch):
+  monkeypatch.setattr(sweep, "STOP_GRACE_S", 0.5)
+  spec = make_sweep(seeds=[0], optimizers={"adamw": dict(
+      baseline={"b2": 0.95}, grid={"learning_rate": [3e-3, 0.1]})})
+  out = run(spec, tmp_path, parallel=2, trial_timeout_s=3.0)
+  assert out.recorded == {"completed": 1, "diverged": 0, "failed": 1}
+  _, results = by_lr(str(tmp_path / "results.sqlite"))
+  assert "no result after 3 s" in results[(0.1, 0)].reason

@@ -1,6 +1,7 @@
 """Prodigy against a NumPy reference from the paper's equations and optax.contrib.prodigy."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -115,3 +116,16 @@ def test_trains_mlp():
 def test_bad_hyperparameters(bad, match):
   with pytest.raises(ValueError, match=match):
     O.prodigy(**bad)
+
+
+def test_zero_learning_rate_at_start_keeps_d_finite():
+  """A warmup that starts at lr 0 must not turn the d estimate into 0/0 = NaN."""
+  params = harness.make_params()
+  grads = harness.make_grads(params, 6)
+  tx = O.prodigy(learning_rate=O.schedules.cosine(1.0, total_steps=10, warmup_steps=2))
+  traj = harness.run_trajectory(tx, params, grads)
+  for p in traj:
+    for leaf in jax.tree.leaves(p):
+      assert bool(jnp.all(jnp.isfinite(leaf)))
+  assert not all(bool(jnp.all(a == b)) for a, b in zip(jax.tree.leaves(traj[-1]),
+                                                       jax.tree.leaves(params)))

@@ -14,6 +14,9 @@ figure. Timings are interleaved (round-robin over optimizers) and the median
 is reported, so background load hits every row alike.
 
     PYTHONPATH=. python benchmarks/preconditioners.py [--layers 12] [--repeats 3]
+
+``--layers`` shrinks the timed tree (memory: ~8 GB at 12 layers); state
+bytes are always counted on the full ``--state_layers`` tree from shapes.
 """
 
 from __future__ import annotations
@@ -57,18 +60,14 @@ def materialise(tree, seed):
 
 
 def state_bytes(state) -> int:
-  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
-
-
-def time_call(fn, *args) -> float:
-  start = time.perf_counter()
-  jax.block_until_ready(fn(*args))
-  return time.perf_counter() - start
+  return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(state))
 
 
 def main():
   parser = argparse.ArgumentParser()
-  parser.add_argument("--layers", type=int, default=12)
+  parser.add_argument("--layers", type=int, default=12, help="layers of the timed tree")
+  parser.add_argument("--state_layers", type=int, default=12,
+                      help="layers of the tree whose state bytes are counted (shapes only)")
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--frequency", type=int, default=10)
   parser.add_argument("--kron_probability", type=float, default=0.1)
@@ -87,33 +86,39 @@ def main():
   kron_plain = scale_by_kron(preconditioner_update_probability=1e-9, batch_axes=axes)
   kron_fit = scale_by_kron(preconditioner_update_probability=1.0, batch_axes=axes)
 
-  rows = {}
-  st = adamw.init(params)
-  rows["adamw"] = [(jax.jit(adamw.update, donate_argnums=1), st, "plain")]
-  st = soap.init(params)  # identity bases: timing does not depend on their values
-  soap_update = jax.jit(soap.update, donate_argnums=1)
-  rows["soap"] = [(soap_update, st, "plain"), (soap_update, soap.init(params), "refresh")]
-  st_bytes = {"adamw": state_bytes(rows["adamw"][0][1]), "soap": state_bytes(st)}
-  st = kron_plain.init(params)
-  st_bytes["kron"] = state_bytes(st)
-  rows["kron"] = [(jax.jit(kron_plain.update, donate_argnums=1), st, "plain"),
-                  (jax.jit(kron_fit.update, donate_argnums=1), kron_fit.init(params), "refresh")]
-  del st
+  # One state per optimizer, shared by its "plain" and "refresh" variants (the
+  # state is donated and replaced by each call), to keep memory down.
+  rows = {"adamw": [(jax.jit(adamw.update), "plain")],
+          "soap": [(jax.jit(soap.update), "plain"),
+                   (jax.jit(soap.update), "refresh")],
+          "kron": [(jax.jit(kron_plain.update), "plain"),
+                   (jax.jit(kron_fit.update), "refresh")]}
+  current = {"adamw": adamw.init(params), "kron": kron_plain.init(params),
+             "soap": soap.init(params)}  # identity bases: timing does not depend on values
+  # State bytes per parameter at the full size, from shapes only.
+  full = llama_tree(args.state_layers)
+  full_axes = batch_axes(full)
+  builders = {"adamw": adamw,
+              "soap": scale_by_soap(precondition_frequency=f, batch_axes=full_axes),
+              "kron": scale_by_kron(batch_axes=full_axes)}
+  n_full = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(full))
+  st_bytes = {n: state_bytes(jax.eval_shape(tx.init, full)) / n_full
+              for n, tx in builders.items()}
 
-  times = {name: {v: [] for _, _, v in entries} for name, entries in rows.items()}
-  states = {(name, v): s for name, entries in rows.items() for _, s, v in entries}
+  times = {name: {v: [] for _, v in entries} for name, entries in rows.items()}
   for rep in range(args.repeats + 1):  # first round compiles
     for name, entries in rows.items():
-      for fn, _, variant in entries:
-        s = states[(name, variant)]
-        # pin the count so every repetition times the same kind of step
-        if name == "soap":
+      for fn, variant in entries:
+        s = current[name]
+        if name == "soap":  # pin the count: an ordinary step or a refresh step
           s = s._replace(count=jnp.asarray(2 if variant == "plain" else f, jnp.int32))
         start = time.perf_counter()
         out = fn(grads, s, params)
         jax.block_until_ready(out)
         elapsed = time.perf_counter() - start
-        states[(name, variant)] = out[1]
+        current[name] = out[1]
+        del out
+        print(f"  round {rep} {name}/{variant}: {elapsed:.2f} s", flush=True)
         if rep > 0:
           times[name][variant].append(elapsed)
 
@@ -131,8 +136,9 @@ def main():
   for name in ("adamw", "soap", "kron"):
     refresh = med[name].get("refresh", float("nan"))
     print(f"{name:10s} {med[name]['plain']:9.3f} {refresh:10.3f} {amortised[name]:12.3f} "
-          f"{amortised[name] / base:8.2f} {st_bytes[name] / n_params:14.2f}")
-  print(f"(SOAP precondition_frequency={f}; Kron update probability={args.kron_probability})")
+          f"{amortised[name] / base:8.2f} {st_bytes[name]:14.2f}")
+  print(f"(SOAP precondition_frequency={f}; Kron update probability={args.kron_probability}; "
+        f"state bytes/param for the {n_full / 1e6:.1f}M tree with {args.state_layers} layers)")
 
 
 if __name__ == "__main__":

@@ -78,7 +78,9 @@ def best_configs(results: Sequence[results_store.TrialResult], optimizers: Seque
       here = [r for r in results if r.optimizer == optimizer and r.budget_steps == budget]
       tuned = [r for r in here if r.seed == tuning_seed]
       finite = [r for r in tuned if math.isfinite(r.objective)]
-      times = [r.step_time_s for r in here if math.isfinite(r.step_time_s)]
+      # Completed runs only: a run stopped at step 1 measures compilation, not steps.
+      times = [r.step_time_s for r in here
+               if r.status == results_store.COMPLETED and math.isfinite(r.step_time_s)]
       # Ties break as in the tuners (by the canonical point), so the replicated point wins.
       winner = min(finite, key=lambda r: (r.objective, tuning.point_key(r.hparams)), default=None)
       seed_losses = []

@@ -44,7 +44,7 @@ def _fmt(x: float, digits: int = 4) -> str:
 def _hparams(hparams: dict[str, Any] | None, grid: dict[str, list], trials: int) -> str:
   """The best point; a value at the edge of its grid gets a '*' (the optimum may lie beyond)."""
   if hparams is None:
-    return "(all trials diverged or failed)" if trials else "(not run yet)"
+    return "(all trials diverged or failed)" if trials else "(not run)"
   parts = []
   for k, v in sorted(hparams.items()):
     values = [x for x in grid.get(k, []) if not isinstance(x, str)]
@@ -73,7 +73,7 @@ def budget_table(a: analysis_lib.SweepAnalysis, budget: int) -> tuple[list[str],
       spread = f" ± {np.std(finite, ddof=1):.4f}" if len(finite) > 1 else ""
       loss = f"{np.mean(finite):.4f}{spread} (n={len(finite)})"
     else:
-      loss = "diverged/failed" if b.tuning_trials else "not run yet"
+      loss = "diverged/failed" if b.tuning_trials else "not run"
     est = a.speedups.get((name, budget))
     if est is None:
       token_speedup, wall = "n/a", "n/a"
@@ -128,7 +128,8 @@ def build(run_dir: str, num_bootstrap: int | None = None) -> list[tuple]:
       "bootstrap over seeds. Wall-clock speedup = token speedup / step-time overhead "
       f"(median s/step vs {a.reference} at the same budget; trials that shared the machine "
       "with others make it noisy). Trials: on the tuning seed (diverged or failed among them). "
-      "A '*' marks a best value at the edge of its grid: the optimum may lie beyond it.")))
+      "A '*' marks a best value at the edge of its grid: the optimum may lie beyond it. "
+      "'not run': no trial yet, or (untuned budgets) no tuned config to transfer.")))
   plot_dir = os.path.join(run_dir, PLOTS_DIR)
   os.makedirs(plot_dir, exist_ok=True)
   for budget in a.budgets:

@@ -265,18 +265,19 @@ def scale_by_kron(b1: float = 0.9, preconditioner_lr: float = 0.1,
     key, draw_key, probe_key = jax.random.split(state.key, 3)
     do_update = jax.random.uniform(draw_key) < probability(count)
 
-    def fit(factors):
-      new = []
-      for i, (lay, m, qs) in enumerate(zip(lays, momenta, factors)):
-        if not qs:
-          new.append(qs)
-          continue
-        probe = jax.random.normal(jax.random.fold_in(probe_key, i), m.shape, jnp.float32)
-        fit_one = lambda qs, g, v: update_factors(qs, g, v, preconditioner_lr)  # pylint: disable=cell-var-from-loop
-        new.append(_batched(fit_one, lay.n_batch)(qs, m, probe))
-      return new
-
-    factors = jax.lax.cond(do_update, fit, lambda f: list(f), list(factors))
+    fit_one = lambda qs, g, v: update_factors(qs, g, v, preconditioner_lr)  # pylint: disable=unnecessary-lambda-assignment
+    new_factors = []
+    for i, (lay, m, qs) in enumerate(zip(lays, momenta, factors)):
+      if not qs:
+        new_factors.append(qs)
+        continue
+      probe = jax.random.normal(jax.random.fold_in(probe_key, i), m.shape, jnp.float32)
+      fit = _batched(fit_one, lay.n_batch)
+      # One cond per leaf: a single cond around every leaf's triangular solves
+      # deadlocks XLA:CPU's concurrent thunk executor (jax 0.10.2, seen on 2 cores).
+      new_factors.append(jax.lax.cond(do_update, lambda q, m=m, v=probe, fit=fit: fit(q, m, v),
+                                      lambda q: q, tuple(qs)))
+    factors = new_factors
     out = []
     for lay, m, qs, g in zip(lays, momenta, factors, leaves):
       u = _batched(precondition, lay.n_batch)(qs, m) if qs else m

@@ -161,6 +161,23 @@ def _layout(shape, n_batch, adam_only, max_precond_dim, merge_small_dims, block_
   return _Layout(tuple(shape), n_batch, core, blocks, n_blocks, rotated, False)
 
 
+def _after(previous: jax.Array | None, x: jax.Array) -> jax.Array:
+  """``x``, available only once ``previous`` is computed.
+
+  Serialises the batched LAPACK calls (eigh / QR) of different factors. On CPU
+  jaxlib runs each batched call as a ParallelBatchMap on the intra-op thread
+  pool and blocks a pool thread while it waits; two such calls scheduled
+  concurrently (e.g. the L and R refresh of a stacked leaf) can occupy every
+  pool thread and deadlock (seen on 2 cores, jax 0.10.2). On accelerators the
+  ordering costs nothing.
+  """
+  if previous is None:
+    return x
+  # A true data dependency (XLA does not fold 0 * y for floats, and dropped an
+  # optimization_barrier here): x + 0 * sum(previous).
+  return x + (0.0 * jnp.sum(previous)).astype(x.dtype)
+
+
 def _letters(k: int) -> str:
   return string.ascii_lowercase[:k]
 
@@ -249,7 +266,14 @@ def scale_by_soap(b1: float = 0.95, b2: float = 0.95, shampoo_beta: float | None
                            for j, fj in zip(axes_of(lay), f)))
 
     def first_step(_):
-      bases = [tuple(linalg.eigenbasis_init(fj) for fj in f) for f in factors]
+      bases, previous = [], None
+      for f in factors:
+        qs = []
+        for fj in f:
+          fj = _after(previous, fj)
+          previous = linalg.eigenbasis_init(fj)
+          qs.append(previous)
+        bases.append(tuple(qs))
       zeros = [jnp.zeros_like(g) for g in grads]
       return zeros, mus, nus, bases
 
@@ -269,24 +293,31 @@ def scale_by_soap(b1: float = 0.95, b2: float = 0.95, shampoo_beta: float | None
         new_nus.append(v)
       return out, new_mus, new_nus, old_bases
 
-    first = state.count == 0
-    out, new_mus, new_nus, bases = jax.lax.cond(first, first_step, adam_step, None)
-
-    def refresh(operands):
-      bases, nus = operands
-      new_bases, new_nus = [], []
+    def refresh(bases, nus):
+      new_bases, new_nus, previous = [], [], None
       for lay, f, q, v in zip(lays, factors, bases, nus):
         qs = []
         for j, fj, qj in zip(axes_of(lay), f, q):
+          fj = _after(previous, fj)
           qj, order = linalg.eigenbasis_refresh(fj, qj)
+          previous = qj
           v = _permute_axis(v, order, j, len(lay.core))
           qs.append(qj)
         new_bases.append(tuple(qs))
         new_nus.append(v)
       return new_bases, new_nus
 
-    do_refresh = jnp.logical_and(~first, state.count % precondition_frequency == 0)
-    bases, new_nus = jax.lax.cond(do_refresh, refresh, lambda x: x, (bases, new_nus))
+    def adam_then_refresh(_):
+      out, new_mus, new_nus, bases = adam_step(None)
+      bases, new_nus = refresh(bases, new_nus)
+      return out, new_mus, new_nus, bases
+
+    # One switch, so only the taken branch runs: build / Adam / Adam + refresh.
+    first = state.count == 0
+    do_refresh = state.count % precondition_frequency == 0
+    branch = jnp.where(first, 0, jnp.where(do_refresh, 2, 1))
+    out, new_mus, new_nus, bases = jax.lax.switch(
+        branch, (first_step, adam_step, adam_then_refresh), None)
 
     out = [u.astype(g.dtype) for u, g in zip(out, leaves)]
     new_state = ScaleBySoapState(

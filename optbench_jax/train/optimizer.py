@@ -115,6 +115,10 @@ def build(config: ml_collections.ConfigDict, params: Any, batch_axes: Any) -> Op
   for key, value in (("num_heads", spec.num_heads), ("num_kv_heads", spec.num_kv_heads)):
     if key in accepted and key not in hparams:
       kwargs[key] = value
+  # Sophia-G scales its estimate by the number of tokens the sampled-label loss
+  # averages over: the whole global batch (the step accumulates over micro-batches).
+  if o.name in HESSIAN_GRAD_OPTIMIZERS and "batch_size" in accepted and "batch_size" not in hparams:
+    kwargs["batch_size"] = config.data.global_batch_size * config.data.seq_len
   clash = sorted(set(kwargs) & set(hparams))
   if clash:
     raise ConfigError(f"config.optimizer.hparams must not set {clash}: the trainer sets them "

@@ -1,21 +1,7 @@
-"""Wen et al. (2025) 130m Llama-2-style model: 32 x 512, ffn 2048, 8 heads, seq 4096, untied.
+"""Wen et al. (2025) 130m model: 32 x 512, ffn 2048, 8 heads (settings in configs/wen2025.py)."""
 
-Sizes in that study count non-embedding parameters. We tokenize with GPT-2 BPE
-(vocab 50304) rather than their Llama-3 tokenizer; see BUILD_NOTES.md.
-"""
-
-from configs import base
+from configs import wen2025
 
 
 def get_config():
-  c = base.base_config()
-  c.model.update(num_layers=32, d_model=512, ffn_dim=2048, num_heads=8, tie_embeddings=False,
-                 compute_dtype="bfloat16")
-  c.data.update(source="shards", seq_len=4096, global_batch_size=128)
-  c.optimizer.update(name="adamw", learning_rate=4e-3, weight_decay=0.1, grad_clip=1.0)
-  c.optimizer.hparams = dict(b1=0.9, b2=0.98)
-  c.optimizer.schedule.update(name="wsd", warmup_steps=1000, decay_fraction=0.2,
-                              decay_shape="linear", final_fraction=0.0)
-  c.train.update(steps=10000)
-  c.mesh.update(data=1, fsdp=-1)
-  return c
+  return wen2025.wen2025_config(d_model=512, ffn_dim=2048, num_heads=8)

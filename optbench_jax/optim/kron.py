@@ -206,11 +206,22 @@ def _clip_rms(u: jax.Array, n_batch: int, limit: float) -> jax.Array:
   return u / jnp.maximum(1.0, rms / limit)
 
 
+def _scale_factors_on_first_step(qs, m: jax.Array, n_batch: int, first: jax.Array) -> tuple:
+  """Multiplies the factors of one leaf by s^(1/k), s = (mean |m|^4)^(-1/8), when ``first``."""
+  if not qs:
+    return qs
+  axes = tuple(range(n_batch, m.ndim))
+  s = jnp.mean(jnp.square(jnp.square(m)), axis=axes) ** (-1.0 / 8.0)
+  s = jnp.where(jnp.isfinite(s), s, 1.0) ** (1.0 / len(qs))
+  s = jnp.where(first, s, 1.0)
+  return tuple(q * s.reshape(s.shape + (1,) * (q.ndim - n_batch)) for q in qs)
+
+
 def scale_by_kron(b1: float = 0.9, preconditioner_lr: float = 0.1,
                   preconditioner_update_probability: Any = None,
                   flat_start_steps: int = 500, min_update_probability: float = 0.03,
                   update_probability_decay: float = 0.001,
-                  max_size_triangular: int = 8192, init_scale: float = 1.0,
+                  max_size_triangular: int = 8192, init_scale: float | None = 1.0,
                   clip_update_rms: float = 1.1, seed: int = 0,
                   batch_axes: labels_lib.BatchAxesSpec = None
                   ) -> optax.GradientTransformationExtraArgs:
@@ -218,7 +229,8 @@ def scale_by_kron(b1: float = 0.9, preconditioner_lr: float = 0.1,
   hyperparams.check_beta("b1", b1)
   hyperparams.check_positive("preconditioner_lr", preconditioner_lr)
   hyperparams.check_int_at_least("max_size_triangular", max_size_triangular, 0)
-  hyperparams.check_positive("init_scale", init_scale)
+  if init_scale is not None:
+    hyperparams.check_positive("init_scale", init_scale)
   hyperparams.check_positive("clip_update_rms", clip_update_rms)
   _check_int_hparam("seed", seed, 0)
   if preconditioner_update_probability is None:
@@ -241,7 +253,7 @@ def scale_by_kron(b1: float = 0.9, preconditioner_lr: float = 0.1,
     factors = []
     for p, lay in zip(leaves, layouts(params)):
       batch = p.shape[:lay.n_batch]
-      scale = init_scale ** (1.0 / max(len(lay.dims), 1))
+      scale = (1.0 if init_scale is None else init_scale) ** (1.0 / max(len(lay.dims), 1))
       factors.append(tuple(
           jnp.broadcast_to(scale * jnp.eye(d, dtype=jnp.float32), batch + (d, d)) if tri
           else jnp.full(batch + (d,), scale, jnp.float32)
@@ -262,6 +274,11 @@ def scale_by_kron(b1: float = 0.9, preconditioner_lr: float = 0.1,
     momenta = [m / debias for m in mus]
     factors = treedef.flatten_up_to(state.factors)
 
+    if init_scale is None:
+      # psgd_jax / kron_torch: on the first step Q = s^(1/k) I per dim with
+      # s = (mean |g|^4)^(-1/8), so P g = s^2 g starts at roughly unit scale.
+      factors = [_scale_factors_on_first_step(qs, m, lay.n_batch, state.count == 0)
+                 for qs, m, lay in zip(factors, momenta, lays)]
     key, draw_key, probe_key = jax.random.split(state.key, 3)
     do_update = jax.random.uniform(draw_key) < probability(count)
 
@@ -293,7 +310,7 @@ def kron(learning_rate: Any, b1: float = 0.9, weight_decay: Any = 0.0, mask: Any
          preconditioner_lr: float = 0.1, preconditioner_update_probability: Any = None,
          flat_start_steps: int = 500, min_update_probability: float = 0.03,
          update_probability_decay: float = 0.001, max_size_triangular: int = 8192,
-         init_scale: float = 1.0, clip_update_rms: float = 1.1, seed: int = 0,
+         init_scale: float | None = 1.0, clip_update_rms: float = 1.1, seed: int = 0,
          batch_axes: labels_lib.BatchAxesSpec = None
          ) -> optax.GradientTransformationExtraArgs:
   """PSGD Kron with decoupled weight decay (see the module docstring).
@@ -313,7 +330,8 @@ def kron(learning_rate: Any, b1: float = 0.9, weight_decay: Any = 0.0, mask: Any
     flat_start_steps, min_update_probability, update_probability_decay: the
       schedule's flat start (>= 0 steps), floor in (0, 1], and decay rate.
     max_size_triangular: >= 0; dims above it get a diagonal factor.
-    init_scale: > 0, Q starts at init_scale * I (split over the dims).
+    init_scale: > 0, Q starts at init_scale * I (split over the dims); None = derive it
+      from the first gradient as psgd_jax does: Q = s^(1/k) I, s = (mean |g|^4)^(-1/8).
     clip_update_rms: > 0, the per-matrix RMS limit of the preconditioned update.
     seed: >= 0, seeds the PRNG key kept in the state.
     batch_axes: leading stacked axes per leaf (int, pytree or callable).

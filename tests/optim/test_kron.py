@@ -235,3 +235,22 @@ def test_sharded_matches_unsharded_with_sharded_factors():
   for leaf, want in zip(jax.tree.leaves(state), jax.tree.leaves(state_sh)):
     assert leaf.sharding.is_equivalent_to(want, leaf.ndim), (leaf.sharding, want)
   assert state[0].factors["layers"]["kernel"][0].sharding.spec[0] == "fsdp"
+
+
+def test_init_scale_from_the_first_gradient():
+  """init_scale=None: after step 1 each factor is s^(1/k) x its unit start, s = (mean |g|^4)^(-1/8)."""
+  params = {"w": jnp.zeros((6, 5), jnp.float32)}
+  g = {"w": jnp.asarray(np.random.default_rng(3).normal(size=(6, 5)) * 0.01, jnp.float32)}
+  tx = O.kron(learning_rate=1e-3, init_scale=None, preconditioner_update_probability=1e-9)
+  state = tx.init(params)
+  _, state = jax.jit(tx.update)(g, state, params)
+  kron_state = next(s for s in jax.tree.leaves(state, is_leaf=lambda x: hasattr(x, "factors"))
+                    if hasattr(s, "factors"))
+  expected = np.mean(np.asarray(g["w"], np.float64) ** 4) ** (-1 / 8)
+  for q in kron_state.factors["w"]:
+    np.testing.assert_allclose(np.asarray(q), expected ** 0.5 * np.eye(q.shape[0]), rtol=1e-5)
+  _, state2 = jax.jit(tx.update)(g, state, params)
+  kron_state2 = next(s for s in jax.tree.leaves(state2, is_leaf=lambda x: hasattr(x, "factors"))
+                     if hasattr(s, "factors"))
+  for q1, q2 in zip(kron_state.factors["w"], kron_state2.factors["w"]):
+    np.testing.assert_allclose(np.asarray(q2), np.asarray(q1), rtol=1e-6)

@@ -61,7 +61,16 @@ def check_non_negative(name: str, value: Any) -> None:
 
 
 def check_int_at_least(name: str, value: Any, minimum: int) -> None:
-  """Integer counts such as ``ns_steps`` or ``precondition_frequency``."""
+  """Integer counts such as ``ns_steps`` or ``precondition_frequency``.
+
+  Integer scalar arrays (what ``optax.inject_hyperparams`` passes) are checked
+  by value; tracers cannot be inspected and pass through.
+  """
+  if isinstance(value, jax.core.Tracer):
+    return
+  if (hasattr(value, "dtype") and getattr(value, "ndim", 1) == 0
+      and np.issubdtype(value.dtype, np.integer)):
+    value = int(value)
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
     raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
   if value < minimum:

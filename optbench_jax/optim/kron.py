@@ -71,16 +71,6 @@ class ScaleByKronState(NamedTuple):
 
 
 
-def _check_int_hparam(name: str, value, minimum: int) -> None:
-  """An integer >= minimum; also accepts the integer arrays / tracers that
-  ``optax.inject_hyperparams`` passes (tracers cannot be inspected)."""
-  if isinstance(value, jax.core.Tracer):
-    return
-  if hasattr(value, "dtype") and getattr(value, "ndim", 1) == 0 and jnp.issubdtype(
-      value.dtype, jnp.integer):
-    value = int(value)
-  hyperparams.check_int_at_least(name, value, minimum)
-
 def update_probability_schedule(flat_start_steps: int = 500, min_prob: float = 0.03,
                                 decay: float = 0.001, max_prob: float = 1.0
                                 ) -> Callable[[jax.Array], jax.Array]:
@@ -88,7 +78,7 @@ def update_probability_schedule(flat_start_steps: int = 500, min_prob: float = 0
 
   ``p(t) = clip(max_prob * exp(-decay (t - flat_start_steps)), min_prob, max_prob)``.
   """
-  _check_int_hparam("flat_start_steps", flat_start_steps, 0)
+  hyperparams.check_int_at_least("flat_start_steps", flat_start_steps, 0)
   _check_probability("min_prob", min_prob)
   _check_probability("max_prob", max_prob)
   hyperparams.check_non_negative("decay", decay)
@@ -232,7 +222,7 @@ def scale_by_kron(b1: float = 0.9, preconditioner_lr: float = 0.1,
   if init_scale is not None:
     hyperparams.check_positive("init_scale", init_scale)
   hyperparams.check_positive("clip_update_rms", clip_update_rms)
-  _check_int_hparam("seed", seed, 0)
+  hyperparams.check_int_at_least("seed", seed, 0)
   if preconditioner_update_probability is None:
     probability = update_probability_schedule(flat_start_steps, min_update_probability,
                                               update_probability_decay)

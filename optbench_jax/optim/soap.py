@@ -330,23 +330,13 @@ def scale_by_soap(b1: float = 0.95, b2: float = 0.95, shampoo_beta: float | None
 
 
 
-def _check_int_hparam(name: str, value, minimum: int) -> None:
-  """An integer >= minimum; also accepts the integer arrays / tracers that
-  ``optax.inject_hyperparams`` passes (tracers cannot be inspected)."""
-  if isinstance(value, jax.core.Tracer):
-    return
-  if hasattr(value, "dtype") and getattr(value, "ndim", 1) == 0 and jnp.issubdtype(
-      value.dtype, jnp.integer):
-    value = int(value)
-  hyperparams.check_int_at_least(name, value, minimum)
-
 def _check(b1, b2, shampoo_beta, eps, precondition_frequency, max_precond_dim, block_size):
   hyperparams.check_beta("b1", b1)
   hyperparams.check_beta("b2", b2)
   if shampoo_beta is not None:
     hyperparams.check_beta("shampoo_beta", shampoo_beta)
   hyperparams.check_positive("eps", eps)
-  _check_int_hparam("precondition_frequency", precondition_frequency, 1)
+  hyperparams.check_int_at_least("precondition_frequency", precondition_frequency, 1)
   hyperparams.check_int_at_least("max_precond_dim", max_precond_dim, 0)
   if block_size is not None:
     hyperparams.check_int_at_least("block_size", block_size, 1)

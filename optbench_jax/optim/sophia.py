@@ -69,16 +69,6 @@ class ScaleBySophiaState(NamedTuple):
 
 
 
-def _check_int_hparam(name: str, value, minimum: int) -> None:
-  """An integer >= minimum; also accepts the integer arrays / tracers that
-  ``optax.inject_hyperparams`` passes (tracers cannot be inspected)."""
-  if isinstance(value, jax.core.Tracer):
-    return
-  if hasattr(value, "dtype") and getattr(value, "ndim", 1) == 0 and jnp.issubdtype(
-      value.dtype, jnp.integer):
-    value = int(value)
-  hyperparams.check_int_at_least(name, value, minimum)
-
 def hutchinson_diagonal(obj_fn, params: Any, key: jax.Array) -> Any:
   """z * (H z) for a Rademacher z drawn from ``key`` (one probe per leaf)."""
   signs = optax.tree.random_like(key, params, jax.random.rademacher, dtype=jnp.float32)
@@ -96,10 +86,10 @@ def scale_by_sophia(b1: float = 0.965, b2: float = 0.99, rho: float = 0.04,
   hyperparams.check_beta("b2", b2)
   hyperparams.check_positive("rho", rho)
   hyperparams.check_positive("eps", eps)
-  _check_int_hparam("update_interval", update_interval, 1)
+  hyperparams.check_int_at_least("update_interval", update_interval, 1)
   hyperparams.check_choice("estimator", estimator, ESTIMATORS)
-  _check_int_hparam("batch_size", batch_size, 1)
-  _check_int_hparam("seed", seed, 0)
+  hyperparams.check_int_at_least("batch_size", batch_size, 1)
+  hyperparams.check_int_at_least("seed", seed, 0)
 
   def init_fn(params):
     zeros = lambda p: jnp.zeros(p.shape, jnp.float32)  # pylint: disable=unnecessary-lambda-assignment

@@ -8,7 +8,6 @@ each, returning the path.
 from __future__ import annotations
 
 import math
-import os
 
 import matplotlib
 

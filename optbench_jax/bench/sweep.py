@@ -34,6 +34,7 @@ import sys
 import time
 from typing import Any, Callable, Mapping, Sequence
 
+from optbench_jax import atomic_files
 from optbench_jax.bench import results_store, sweep_config, tuning
 
 SWEEP_SNAPSHOT = "sweep.json"
@@ -216,9 +217,10 @@ class SweepRunner:
     self.store = results_store.ResultsStore(
         os.path.join(self.workdir, results_store.STORE_FILENAME), self.fingerprint,
         self.plain["name"])
-    with open(os.path.join(self.workdir, SWEEP_SNAPSHOT), "w") as f:
-      json.dump({"fingerprint": self.fingerprint, "sweep": self.plain,
-                 "base_config": sweep_config._plain(self.base)}, f, indent=1, sort_keys=True)
+    atomic_files.write_json(
+        os.path.join(self.workdir, SWEEP_SNAPSHOT),
+        {"fingerprint": self.fingerprint, "sweep": self.plain,
+         "base_config": sweep_config._plain(self.base)}, indent=1, sort_keys=True)
 
   # Trial bookkeeping -----------------------------------------------------------------------
   def _trial_dir(self, trial: Trial) -> str:
@@ -256,8 +258,11 @@ class SweepRunner:
     summary = {}
     # A summary left by an earlier attempt says nothing about this one.
     if os.path.exists(summary_path) and os.path.getmtime(summary_path) >= started - 1:
-      with open(summary_path) as f:
-        summary = json.load(f)
+      try:
+        with open(summary_path) as f:
+          summary = json.load(f)
+      except (OSError, ValueError) as e:   # e.g. an older trainer killed mid-write
+        summary = {"status": "unreadable", "message": f"summary.json unreadable: {e}"}
     if diverged:
       return self._result(trial, results_store.DIVERGED, diverged, summary, records)
     status = summary.get("status")
@@ -274,7 +279,10 @@ class SweepRunner:
       return None
     tail = _log_tail(os.path.join(trial_dir, "trial.log"))
     reason = f"exit code {returncode}" + (f"; log tail:\n{tail}" if tail else "")
-    if returncode == 0:
+    if status == "unreadable":
+      reason = f"{summary['message']}; {reason}"
+      summary = {}
+    elif returncode == 0:
       reason = f"exited 0 without a summary.json ({reason})"
     return self._result(trial, results_store.FAILED, reason, summary, records)
 

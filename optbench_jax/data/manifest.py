@@ -38,6 +38,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from optbench_jax import atomic_files
+
 FORMAT = "optbench_jax.token_shards"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -101,9 +103,7 @@ class Manifest:
 def write_manifest(manifest: Manifest) -> pathlib.Path:
   """Writes ``manifest.json`` atomically (temp file + rename) and returns its path."""
   path = manifest.directory / MANIFEST_NAME
-  tmp = path.with_name(f".{MANIFEST_NAME}.tmp{os.getpid()}")
-  tmp.write_text(json.dumps(manifest.to_json(), indent=1) + "\n")
-  os.replace(tmp, path)
+  atomic_files.write_json(path, manifest.to_json(), indent=1)
   return path
 
 

@@ -35,7 +35,6 @@ import math
 from typing import Any, Callable, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from optbench_jax.optim import hyperparams

@@ -46,7 +46,6 @@ Factors and bases are float32 whatever the parameter dtype.
 from __future__ import annotations
 
 import dataclasses
-import math
 import string
 from typing import Any, NamedTuple
 

@@ -19,7 +19,6 @@ checkpoint steps.
 
 from __future__ import annotations
 
-import json
 import logging as pylogging
 import os
 import signal
@@ -32,6 +31,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from optbench_jax import atomic_files
 from optbench_jax import data as data_lib
 from optbench_jax import models
 from optbench_jax.models import flops as flops_lib
@@ -374,7 +374,6 @@ def run(config: Any, workdir: str, devices: list | None = None) -> dict:
     metrics_lib.plot_loss_curve(records, os.path.join(workdir, "loss_curve.png"),
                                 manifest.loss_floor_nats,
                                 title=f"{config.model.kind} / {config.optimizer.name}")
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-      json.dump(summary, f, indent=2, default=str)
+    atomic_files.write_json(os.path.join(workdir, "summary.json"), summary, indent=2, default=str)
   writer.close()
   return summary

@@ -13,7 +13,8 @@ Planted behaviour (so tests know the right answers):
   reports half the throughput (step-time overhead 2, wall-clock speedup 1).
   lr == 0.5  -> crashes with exit code 3 at step 2 (a "failed" trial)
   lr == 0.3  -> training loss becomes NaN at step 3 (a "diverged" trial)
-  lr == 0.2  -> training loss stays at 9.0 (diverged by the loss-threshold rule)
+  lr == 0.2  -> training loss stays at 9.0 (diverged by the loss-threshold rule); each
+               step then takes 0.1 s so the runner stops it well before the end
   lr == 0.1  -> hangs (sleeps) after step 1, ignoring SIGTERM (a deadlocked trial)
 Environment:
   FAKE_PREEMPT_AT=k  -> stop at step k with status "preempted" unless resuming
@@ -26,6 +27,8 @@ import math
 import os
 import sys
 import time
+
+from optbench_jax import atomic_files
 
 
 def main(config_path, workdir):
@@ -67,6 +70,7 @@ def main(config_path, workdir):
         loss = float("nan")
       if lr == 0.2:
         loss = 9.0
+        time.sleep(0.1)
       metrics.write(json.dumps({"step": step, "loss": loss, "tokens_per_s": 1000.0 / speedup}) + "\n")
       if step % eval_every == 0 or step == steps:
         metrics.write(json.dumps({"step": step, "eval_loss": loss}) + "\n")
@@ -82,8 +86,7 @@ def main(config_path, workdir):
   summary = dict(final_eval_loss=final if status == "completed" else float("nan"),
                  steps=step, tokens=step * 64, wall_time_s=time.time() - began, params=1234,
                  loss_floor=1.5, status=status, config=config)
-  with open(os.path.join(workdir, "summary.json"), "w") as f:
-    json.dump(summary, f)
+  atomic_files.write_json(os.path.join(workdir, "summary.json"), summary)   # as the trainer does
   if events:
     with open(events, "a") as f:
       f.write(f"end {trial} {time.time()}\n")

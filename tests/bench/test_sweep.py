@@ -232,3 +232,19 @@ def test_hung_trial_is_stopped_and_recorded_failed(tmp_path, monkeypatch):
   assert out.recorded == {"completed": 1, "diverged": 0, "failed": 1}
   _, results = by_lr(str(tmp_path / "results.sqlite"))
   assert "no result after 3 s" in results[(0.1, 0)].reason
+
+
+def truncated_summary_launcher(config_path, trial_dir):
+  """A trial that dies leaving an empty summary.json (a trainer killed mid-write)."""
+  script = "import sys; open(sys.argv[1] + '/summary.json', 'w'); sys.exit(143)"
+  return [sys.executable, "-c", script, trial_dir]
+
+
+def test_unreadable_summary_is_a_failed_trial_not_a_crashed_sweep(tmp_path):
+  spec = make_sweep(seeds=[0], optimizers={"adamw": dict(
+      baseline={"b2": 0.95}, grid={"learning_rate": [3e-3]})})
+  out = run(spec, tmp_path, launcher=truncated_summary_launcher)
+  assert out.recorded == {"completed": 0, "diverged": 0, "failed": 1}
+  _, results = by_lr(str(tmp_path / "results.sqlite"))
+  reason = results[(3e-3, 0)].reason
+  assert "summary.json unreadable" in reason and "exit code 143" in reason

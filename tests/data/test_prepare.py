@@ -58,7 +58,7 @@ def test_parquet_end_to_end_with_a_worker_pool(tmp_path):
   _write_parquet(tmp_path / "a.parquet", docs[:170])
   _write_parquet(tmp_path / "b.parquet", docs[170:] + [None, ""])   # null and empty rows skipped
   out = tmp_path / "out"
-  m = prepare.main([f"--source=parquet", f"--input={tmp_path}/*.parquet", f"--output={out}",
+  m = prepare.main(["--source=parquet", f"--input={tmp_path}/*.parquet", f"--output={out}",
                     "--val_fraction=0.1", "--split_seed=3", "--workers=2", "--shard_tokens=2000",
                     "--docs_per_task=16", "--no_progress"])
   m = read_manifest(out, verify="full")   # hashes and vocabulary range

@@ -1,6 +1,5 @@
 """PSGD Kron against NumPy references written from Li's equations."""
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -101,7 +100,6 @@ def test_trajectory_matches_reference():
 
 def test_preconditioner_whitens_gradient_covariance():
   """PSGD's fixed point: P E[g g^T] P = I, i.e. P = C^{-1/2} for gradient covariance C."""
-  rng = np.random.default_rng(1)
   c1 = np.diag([4.0, 1.0, 0.25]) + 0.1
   c2 = np.array([[2.0, 0.5], [0.5, 0.5]])
   # g = L1 Z L2^T has covariance C1 (x) C2 for Cholesky factors L1, L2

@@ -1,6 +1,5 @@
 """SOAP against a float64 NumPy reference written from the paper's equations."""
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -245,7 +244,7 @@ def run_sharded_with_factor_specs(tx, params, specs, factor_specs, n_steps=3, **
   """Like a trainer: state in/out shardings fixed -- moments like their parameter,
   the given Kronecker factors as ``factor_specs`` (a function (path, leaf) -> spec
   or None), the rest replicated. Returns (final params, final state)."""
-  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=import-outside-toplevel
+  from jax.sharding import NamedSharding  # pylint: disable=import-outside-toplevel
   from tests.optim import sharding_harness  # pylint: disable=import-outside-toplevel
   mesh = sharding_harness.make_mesh()
   shardings = sharding_harness.param_shardings(mesh, specs)

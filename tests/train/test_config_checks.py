@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import jax
-import ml_collections
 import pytest
 
 from optbench_jax import train

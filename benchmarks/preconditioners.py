@@ -17,21 +17,64 @@ is reported, so background load hits every row alike.
 
 ``--layers`` shrinks the timed tree (memory: ~8 GB at 12 layers); state
 bytes are always counted on the full ``--state_layers`` tree from shapes.
+
+    JAX_PLATFORMS=cpu PYTHONPATH=. python benchmarks/preconditioners.py --hlo \
+        [--hlo_layers 12] [--frequency 10] [--kron_probability 0.1] [--hlo_top 8]
+
+``--hlo`` times nothing: it compiles, from shapes only (nothing allocated),
+one sharded ``update`` + ``apply_updates`` step of AdamW (the baseline), SOAP
+and Kron as the trainer shards them -- 8 virtual CPU devices (the flag is
+added to ``XLA_FLAGS``), Auto mesh ('fsdp', 'tensor') = (4, 2), parameters
+by the model's rules (embed -> fsdp; mlp / heads / vocab -> tensor; layer
+stack and norms replicated), optimizer state by
+``optbench_jax.train.state.derive_opt_state_shardings`` -- and prints per
+optimizer:
+
+* the collectives of the whole compiled program per kind: count, MiB per
+  device (the sum of the result shapes, tuple results summed; an
+  all-gather's result is the gathered array, an all-reduce's the reduced
+  one), and the largest result;
+* the same split by region: outside any conditional (every step), or inside
+  branch i of a conditional (only when taken: SOAP's switch is 0 build the
+  bases / 1 Adam / 2 Adam + refresh, Kron's per-leaf conds 0 skip / 1 fit the
+  factors), the bytes of a step through each branch, and their average
+  weighted by ``--frequency`` (SOAP) or ``--kron_probability`` (Kron);
+* the ``--hlo_top`` largest collectives with their replica-group size (2 =
+  tensor, 4 = fsdp, 8 = both) and the source line that produced them (XLA
+  combines collectives, so a tuple's line is its first member's);
+* optimizer-state MiB: whole, per device with the derived shardings, and per
+  device with the factors / eigenbases replicated instead.
+
+The XLA:CPU pipeline forms no reduce-scatter: a partial sum that ends
+sharded shows up as an all-reduce of the whole result (then sliced).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import os
+import re
 import statistics
+import sys
 import time
+from typing import NamedTuple
+
+_DEVICE_FLAG = "--xla_force_host_platform_device_count=8"
+if "--hlo" in sys.argv and _DEVICE_FLAG not in os.environ.get("XLA_FLAGS", ""):
+  # must precede the first jax import
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _DEVICE_FLAG).strip()
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 import optbench_jax.optim as O
 from optbench_jax.optim.kron import scale_by_kron
 from optbench_jax.optim.soap import scale_by_soap
+from optbench_jax.train import state as state_lib
 
 
 def llama_tree(layers: int, d: int = 768, ffn: int = 2048, vocab: int = 50304):
@@ -63,6 +106,324 @@ def state_bytes(state) -> int:
   return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(state))
 
 
+# --- --hlo: what the sharded update communicates ------------------------------
+
+_COLLECTIVE_KINDS = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all",
+                     "collective-permute")
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2,
+                "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8}
+# `%x = <result type> all-gather(` or, for async pairs, the `-done` op, whose
+# result is the output alone (a `-start` result also holds the operands).
+_COLLECTIVE_RE = re.compile(r"= (.*?) (" + "|".join(_COLLECTIVE_KINDS) + r")(-done)?\(")
+_ARRAY_RE = re.compile(r"\b([a-z]+[0-9]*)\[([0-9,]*)\]")
+_HEADER_RE = re.compile(r"^(ENTRY )?%?([\w.\-]+) .*\{$")
+
+
+class Collective(collections.namedtuple(
+    "Collective", "kind bytes shape group region source op_name")):
+  """One communication op of a compiled HLO module.
+
+  ``bytes``: result bytes per device (tuple results summed); ``shape``: the
+  result type without layouts; ``group``: devices per replica group (None
+  when not stated); ``region``: ``outside`` or ``branch i`` (inside branch i
+  of a conditional, nested ones counted under the outermost);
+  ``source`` / ``op_name``: from the op's metadata.
+  """
+
+
+def _array_bytes(result_type: str) -> int:
+  return sum(int(np.prod([int(d) for d in dims.split(",") if d] or [1]))
+             * _DTYPE_BYTES.get(dtype, 4)
+             for dtype, dims in _ARRAY_RE.findall(result_type))
+
+
+def _short_shape(result_type: str) -> str:
+  """The result type without layouts; a tuple as ``n arrays, max <largest>``."""
+  arrays = _ARRAY_RE.findall(result_type)
+  if len(arrays) == 1:
+    return f"{arrays[0][0]}[{arrays[0][1]}]"
+  dtype, dims = max(arrays, key=lambda a: _array_bytes(f"{a[0]}[{a[1]}]"))
+  return f"{len(arrays)} arrays, max {dtype}[{dims}]"
+
+
+def _group_size(line: str) -> int | None:
+  """Devices per replica group, from any of the three HLO spellings."""
+  mesh = re.search(r"replica_groups=mesh\[([^\]]*)\][^{]*\{([^}]*)\}", line)
+  if mesh:
+    sizes = dict(re.findall(r"'(\w+)'=(\d+)", mesh.group(1)))
+    return int(np.prod([int(sizes[a]) for a in re.findall(r"'(\w+)'", mesh.group(2))]))
+  iota = re.search(r"replica_groups=\[(\d+),(\d+)\]", line)
+  if iota:
+    return int(iota.group(2))
+  listed = re.search(r"replica_groups=\{\{([0-9,]*)\}", line)
+  if listed:
+    return len(listed.group(1).split(","))
+  return None
+
+
+def _stack_frames(hlo_text: str) -> dict[str, str]:
+  """stack_frame_id -> ``file:line`` of that (innermost) frame, from the module's tables."""
+  tables, section = collections.defaultdict(dict), None
+  for line in hlo_text.splitlines():
+    if line in ("FileNames", "FunctionNames", "FileLocations", "StackFrames"):
+      section = line
+      continue
+    entry = re.match(r"^(\d+) (.*)$", line)
+    if section and entry:
+      tables[section][entry.group(1)] = entry.group(2)
+    elif section and line.strip():
+      section = None
+  frames = {}
+  for frame, body in tables["StackFrames"].items():
+    location = tables["FileLocations"].get(re.search(r"file_location_id=(\d+)", body).group(1), "")
+    file_id = re.search(r"file_name_id=(\d+)", location)
+    line_no = re.search(r"\bline=(\d+)", location)
+    if file_id and line_no:
+      name = tables["FileNames"].get(file_id.group(1), "?").strip('"')
+      frames[frame] = f"{os.path.basename(name)}:{line_no.group(1)}"
+  return frames
+
+
+def _computations(hlo_text: str) -> tuple[dict[str, list[str]], str]:
+  """Instruction lines per computation name, and the entry computation's name."""
+  comps, entry, current = {}, None, None
+  for line in hlo_text.splitlines():
+    header = _HEADER_RE.match(line)
+    if header and not line.startswith(" "):
+      current = header.group(2)
+      comps[current] = []
+      if header.group(1):
+        entry = current
+    elif current is not None and line.strip() == "}":
+      current = None
+    elif current is not None:
+      comps[current].append(line)
+  return comps, entry
+
+
+def _callees(line: str) -> list[tuple[str, int | None]]:
+  """(computation, branch index or None) called by one instruction."""
+  out = []
+  branches = re.search(r"branch_computations=\{([^}]*)\}", line)
+  if branches:
+    names = [n.strip().lstrip("%") for n in branches.group(1).split(",")]
+    out += [(n, i) for i, n in enumerate(names)]
+  for attr, index in (("false_computation", 0), ("true_computation", 1)):
+    m = re.search(attr + r"=%?([\w.\-]+)", line)
+    if m:
+      out.append((m.group(1), index))
+  for attr in ("calls", "to_apply", "body", "condition"):
+    for m in re.finditer(r"\b" + attr + r"=%?([\w.\-]+)", line):
+      out.append((m.group(1), None))
+  return out
+
+
+def _regions(comps: dict[str, list[str]], entry: str) -> dict[str, str]:
+  """Computation -> ``outside`` or ``branch i`` (its outermost conditional branch)."""
+  region, todo = {entry: "outside"}, [entry]
+  while todo:
+    name = todo.pop()
+    for line in comps.get(name, []):
+      for callee, branch in _callees(line):
+        if callee in region or callee not in comps:
+          continue
+        outer = region[name]
+        region[callee] = f"branch {branch}" if branch is not None and outer == "outside" else outer
+        todo.append(callee)
+  return region
+
+
+def _source(line: str, frames: dict[str, str]) -> str:
+  """``file:line`` that produced an HLO instruction (innermost traced frame), or ``?``."""
+  frame = re.search(r"stack_frame_id=(\d+)", line)
+  if frame:
+    return frames.get(frame.group(1), "?")
+  file_ = re.search(r'source_file="([^"]*)"', line)     # older metadata spelling
+  line_no = re.search(r"source_line=(\d+)", line)
+  return f"{os.path.basename(file_.group(1))}:{line_no.group(1)}" if file_ and line_no else "?"
+
+
+def parse_collectives(hlo_text: str) -> list[Collective]:
+  """Every all-gather / all-reduce / reduce-scatter / all-to-all / collective-permute."""
+  comps, entry = _computations(hlo_text)
+  region = _regions(comps, entry)
+  frames = _stack_frames(hlo_text)
+  found = []
+  for name, lines in comps.items():
+    for line in lines:
+      m = _COLLECTIVE_RE.search(line)
+      if not m:
+        continue
+      op_name = re.search(r'op_name="([^"]*)"', line)
+      found.append(Collective(
+          kind=m.group(2), bytes=_array_bytes(m.group(1)), shape=_short_shape(m.group(1)),
+          group=_group_size(line), region=region.get(name, "unreachable"),
+          source=_source(line, frames), op_name=op_name.group(1) if op_name else "?"))
+  return found
+
+
+def hlo_mesh() -> jax.sharding.Mesh:
+  """The 8-device ('fsdp', 'tensor') = (4, 2) Auto mesh of the sharding tests."""
+  if len(jax.devices()) < 8:
+    raise RuntimeError(f"--hlo needs 8 devices, have {jax.devices()} "
+                       f"(run with JAX_PLATFORMS=cpu XLA_FLAGS={_DEVICE_FLAG})")
+  return jax.make_mesh((4, 2), ("fsdp", "tensor"), axis_types=(AxisType.Auto,) * 2,
+                       devices=jax.devices()[:8])
+
+
+def llama_specs(tree):
+  """The model's parameter specs for ``llama_tree`` (embed -> fsdp; mlp/heads/vocab -> tensor)."""
+  def spec(path, _):
+    key = jax.tree_util.keystr(path)
+    if "embedding" in key:                       # (vocab, embed)
+      return P("tensor", "fsdp")
+    if "kernel" in key and ("o_proj" in key or "down_proj" in key):
+      return P(None, "tensor", "fsdp")           # (layers, heads | mlp, embed)
+    if "kernel" in key:
+      return P(None, "fsdp", "tensor")           # (layers, embed, heads | mlp)
+    return P()                                   # norms
+  return jax.tree_util.tree_map_with_path(spec, tree)
+
+
+def _with_sharding(tree, shardings):
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      tree, shardings)
+
+
+def _factors_replicated(shardings, mesh):
+  """``shardings`` with SOAP / Kron factor and basis leaves replicated instead."""
+  replicated = NamedSharding(mesh, P())
+  def pick(path, sharding):
+    key = jax.tree_util.keystr(path)
+    return replicated if (".factors" in key or ".bases" in key) else sharding
+  return jax.tree_util.tree_map_with_path(pick, shardings)
+
+
+def compile_sharded_step(tx, params, mesh):
+  """Compiles one ``update`` + ``apply_updates`` on the sharded abstract tree.
+
+  Returns (compiled, abstract state, state shardings, param shardings).
+  """
+  param_sh = jax.tree.map(lambda s: NamedSharding(mesh, s), llama_specs(params),
+                          is_leaf=lambda x: isinstance(x, P))
+  abstract_state = jax.eval_shape(tx.init, params)
+  state_sh = state_lib.derive_opt_state_shardings(abstract_state, params, param_sh, mesh)
+
+  def step(p, s, g):
+    updates, s = tx.update(g, s, p)
+    return optax.apply_updates(p, updates), s
+
+  p = _with_sharding(params, param_sh)
+  s = _with_sharding(abstract_state, state_sh)
+  with jax.set_mesh(mesh):
+    fn = jax.jit(step, in_shardings=(param_sh, state_sh, param_sh),
+                 out_shardings=(param_sh, state_sh))
+    compiled = fn.lower(p, s, p).compile()
+  return compiled, abstract_state, state_sh, param_sh
+
+
+class HloCase(NamedTuple):
+  """One optimizer of ``--hlo``: ``branches`` names its conditional branches
+  (region -> meaning), ``weights`` the share of steps that take each."""
+  name: str
+  tx: optax.GradientTransformation
+  branches: dict[str, str]
+  weights: dict[str, float]
+
+
+def hlo_cases(axes, frequency: int, kron_probability: float) -> list[HloCase]:
+  """AdamW (the baseline), SOAP and Kron as the trainer builds them (``axes``: batch axes)."""
+  f, p = frequency, kron_probability
+  return [
+      HloCase("adamw", O.adamw(1e-3), {}, {}),
+      HloCase(f"soap (precondition_frequency={f})",
+              O.soap(1e-3, precondition_frequency=f, batch_axes=axes),
+              {"branch 0": "build bases (first call)", "branch 1": "adam",
+               "branch 2": "adam + refresh"},
+              {"branch 1": (f - 1) / f, "branch 2": 1 / f}),
+      HloCase(f"kron (update probability {p})", O.kron(1e-3, batch_axes=axes),
+              {"branch 0": "skip fit", "branch 1": "fit factors"},
+              {"branch 0": 1 - p, "branch 1": p}),
+  ]
+
+
+def _mib(n: float) -> str:
+  return f"{n / 2**20:10.2f}"
+
+
+def _bytes(ops) -> int:
+  return sum(c.bytes for c in ops)
+
+
+def print_kinds(found: list[Collective]) -> None:
+  """Count, bytes per device and largest result per collective kind (whole program)."""
+  print(f"  {'whole program':34s} {'count':>6s} {'MiB/device':>10s}  largest")
+  for kind in _COLLECTIVE_KINDS:
+    ops = [c for c in found if c.kind == kind]
+    largest = max(ops, key=lambda c: c.bytes).shape if ops else "-"
+    print(f"  {kind:34s} {len(ops):6d} {_mib(_bytes(ops))}  {largest}")
+  print(f"  {'total':34s} {len(found):6d} {_mib(_bytes(found))}")
+
+
+def print_regions(found: list[Collective], case: HloCase) -> None:
+  """Collectives outside / inside each conditional branch, and per step taken."""
+  print(f"  {'by region':34s} {'count':>6s} {'MiB/device':>10s}  kinds")
+  regions = ["outside"] + sorted(case.branches)
+  for region in regions + sorted({c.region for c in found} - set(regions)):
+    ops = [c for c in found if c.region == region]
+    kinds = collections.Counter(c.kind for c in ops)
+    label = f"{region}: {case.branches[region]}" if region in case.branches else region
+    print(f"  {label:34s} {len(ops):6d} {_mib(_bytes(ops))}  "
+          + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))
+  outside = _bytes(c for c in found if c.region == "outside")
+  per_step = {region: outside + _bytes(c for c in found if c.region == region)
+              for region in case.branches}
+  amortised = outside + sum(w * (per_step[region] - outside)
+                            for region, w in case.weights.items())
+  print("  MiB/device per step (outside + the branch taken): "
+        + "".join(f"{case.branches[r]} {b / 2**20:.1f}; " for r, b in per_step.items())
+        + f"amortised {amortised / 2**20:.1f}")
+
+
+def print_largest(found: list[Collective], top: int) -> None:
+  print(f"  largest {top} (group: devices per replica group, 2 = tensor, 4 = fsdp, 8 = both):")
+  for c in sorted(found, key=lambda c: -c.bytes)[:top]:
+    op = c.op_name.split("/")[-1].strip("()")[:24]
+    print(f"    {c.kind:18s} {c.shape:32s} {_mib(c.bytes)} MiB  group {c.group}  "
+          f"{c.region:9s} {c.source:14s} {op}")
+
+
+def print_state_bytes(abstract_state, state_sh, mesh) -> None:
+  """Whole state vs per device (derived shardings) vs per device with factors replicated."""
+  whole = state_lib.total_bytes(abstract_state)
+  derived = state_lib.per_device_bytes(abstract_state, state_sh)
+  replicated = state_lib.per_device_bytes(
+      abstract_state, _factors_replicated(state_sh, mesh))
+  print(f"  optimizer state MiB: whole {whole / 2**20:.1f}; per device {derived / 2**20:.1f} "
+        f"(derived shardings), {replicated / 2**20:.1f} with factors/bases replicated")
+
+
+def run_hlo(layers: int, frequency: int, kron_probability: float, top: int) -> None:
+  """Compiles and reports the sharded AdamW / SOAP / Kron steps (see the module doc)."""
+  mesh = hlo_mesh()
+  params = llama_tree(layers)
+  n_params = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(params))
+  print(f"--hlo: {n_params / 1e6:.1f}M parameters ({layers} layers), mesh "
+        f"{dict(mesh.shape)}, one update + apply_updates step, float32")
+  for case in hlo_cases(batch_axes(params), frequency, kron_probability):
+    start = time.perf_counter()
+    compiled, abstract_state, state_sh, _ = compile_sharded_step(case.tx, params, mesh)
+    found = parse_collectives(compiled.as_text())
+    memory = compiled.memory_analysis()
+    temp = getattr(memory, "temp_size_in_bytes", 0) if memory is not None else 0
+    print(f"\n{case.name}: compiled in {time.perf_counter() - start:.1f} s, "
+          f"temp {temp / 2**20:.1f} MiB/device")
+    print_kinds(found)
+    print_regions(found, case)
+    print_largest(found, top)
+    print_state_bytes(abstract_state, state_sh, mesh)
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--layers", type=int, default=12, help="layers of the timed tree")
@@ -71,7 +432,16 @@ def main():
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--frequency", type=int, default=10)
   parser.add_argument("--kron_probability", type=float, default=0.1)
+  parser.add_argument("--hlo", action="store_true",
+                      help="print the collectives of the sharded steps instead of timing")
+  parser.add_argument("--hlo_layers", type=int, default=12,
+                      help="layers of the --hlo tree (compile time does not grow with it)")
+  parser.add_argument("--hlo_top", type=int, default=8,
+                      help="largest collectives listed per optimizer in --hlo")
   args = parser.parse_args()
+  if args.hlo:
+    run_hlo(args.hlo_layers, args.frequency, args.kron_probability, args.hlo_top)
+    return
 
   shapes = llama_tree(args.layers)
   axes = batch_axes(shapes)

@@ -47,8 +47,9 @@ def _hparams(hparams: dict[str, Any] | None, grid: dict[str, list], trials: int)
     return "(all trials diverged or failed)" if trials else "(not run)"
   parts = []
   for k, v in sorted(hparams.items()):
-    values = [x for x in grid.get(k, []) if not isinstance(x, str)]
-    edge = len(values) > 1 and not isinstance(v, str) and v in (min(values), max(values))
+    values = [x for x in grid.get(k, []) if x is not None and not isinstance(x, str)]
+    edge = (len(values) > 1 and v is not None and not isinstance(v, str)
+            and v in (min(values), max(values)))
     parts.append(f"{k}={_fmt(v) if isinstance(v, float) else v}{'*' if edge else ''}")
   return ", ".join(parts)
 
@@ -83,8 +84,20 @@ def budget_table(a: analysis_lib.SweepAnalysis, budget: int) -> tuple[list[str],
     rows.append([name, loss, token_speedup, wall, _fmt(a.overheads[(name, budget)], 3),
                  _fmt(a.state_bytes_per_param.get(name, math.nan), 3),
                  f"{b.tuning_trials} ({b.diverged_trials})",
-                 _hparams(b.hparams, a.sweep["optimizers"][name]["grid"], b.tuning_trials)])
+                 _hparams(b.hparams, _tried_grid(a, name), b.tuning_trials)])
   return headers, rows
+
+
+def _tried_grid(a: analysis_lib.SweepAnalysis, name: str) -> dict[str, list]:
+  """The optimizer's grid plus any values edge extension added (seen in its trials)."""
+  grid = {hp: list(values) for hp, values in a.sweep["optimizers"][name]["grid"].items()}
+  for result in a.results:
+    if result.optimizer == name:
+      for hp, values in grid.items():
+        value = result.hparams.get(hp)
+        if value not in values:
+          values.append(value)
+  return grid
 
 
 def sensitivity_rows(a: analysis_lib.SweepAnalysis, budget: int) -> list[list[str]]:
@@ -128,7 +141,8 @@ def build(run_dir: str, num_bootstrap: int | None = None) -> list[tuple]:
       "bootstrap over seeds. Wall-clock speedup = token speedup / step-time overhead "
       f"(median s/step vs {a.reference} at the same budget; trials that shared the machine "
       "with others make it noisy). Trials: on the tuning seed (diverged or failed among them). "
-      "A '*' marks a best value at the edge of its grid: the optimum may lie beyond it. "
+      "A '*' marks a best value at the edge of the values tried (grid plus any edge "
+      "extension): the optimum may lie beyond it. "
       "'not run': no trial yet, or (untuned budgets) no tuned config to transfer.")))
   plot_dir = os.path.join(run_dir, PLOTS_DIR)
   os.makedirs(plot_dir, exist_ok=True)

@@ -66,6 +66,32 @@ def linear_grid(low: float, high: float, num: int, digits: int = 6) -> tuple[flo
   return tuple(_round_sig(float(v), digits) for v in values)
 
 
+def extend_grid(values: Sequence[Any], side: str) -> float | int | None:
+  """The next value beyond one edge of a numeric grid (edge extension).
+
+  Continues the spacing at that edge: geometric (ratio of the two edge values)
+  when the grid is positive, else arithmetic; integer grids stay integers.
+  ``side`` is ``"low"`` or ``"high"``. None when the step would reach or cross
+  zero (e.g. below a weight-decay grid that starts at 0).
+  """
+  numbers = sorted(v for v in values if not isinstance(v, (bool, str)) and v is not None)
+  if len(numbers) < 2:
+    raise SearchSpaceError(f"edge extension needs >= 2 numeric grid values, got {list(values)}")
+  edge, inner = (numbers[-1], numbers[-2]) if side == "high" else (numbers[0], numbers[1])
+  if numbers[0] > 0:
+    value = edge * (edge / inner)
+  else:
+    value = edge + (edge - inner)
+    if edge == 0 or (value > 0) != (edge > 0):
+      return None       # never across zero: a sign change is another kind of setting
+  if all(isinstance(v, int) for v in numbers):
+    value = int(round(value))
+    if value == edge:
+      value = edge + (1 if side == "high" else -1)
+    return value
+  return _round_sig(value)
+
+
 def config_key(name: str) -> str:
   """The dotted trainer-config key a trial hyperparameter sets."""
   if name.startswith(HPARAMS_PREFIX):
@@ -93,6 +119,9 @@ def expand_grid(grid: Mapping[str, Sequence[Any]],
 
 
 def _is_scalar(value: Any) -> bool:
+  """A finite number, a bool, a string, or None (an optimizer's "derive it" setting)."""
+  if value is None:
+    return True
   return isinstance(value, (bool, int, float, str)) and not (
       isinstance(value, float) and not math.isfinite(value))
 
@@ -104,7 +133,7 @@ def validate(optimizer: str, grid: Mapping[str, Sequence[Any]],
   Checks: the optimizer is registered and importable; every swept or baseline
   name is a trainer key or an argument of the optimizer's factory (and not one
   the trainer sets itself); the grid is non-empty, each hyperparameter has at
-  least one value, and every value is a finite scalar.
+  least one value, and every value is a finite scalar (or None).
   """
   try:
     valid = set(registry.hyperparameter_names(optimizer))
@@ -135,8 +164,25 @@ def validate(optimizer: str, grid: Mapping[str, Sequence[Any]],
     for value in values:
       if not _is_scalar(value):
         raise SearchSpaceError(
-            f"optimizer {optimizer!r}: grid value {value!r} for {name!r} is not a finite scalar")
+            f"optimizer {optimizer!r}: grid value {value!r} for {name!r} is not a finite scalar "
+            "or None")
   for name, value in baseline.items():
     if not _is_scalar(value):
       raise SearchSpaceError(
-          f"optimizer {optimizer!r}: baseline value {value!r} for {name!r} is not a finite scalar")
+          f"optimizer {optimizer!r}: baseline value {value!r} for {name!r} is not a finite scalar "
+          "or None")
+
+
+def validate_edge_extension(optimizer: str, grid: Mapping[str, Sequence[Any]],
+                            edge_extension: Mapping[str, int]) -> None:
+  """Edge extension is allowed for hyperparameters whose grid has >= 2 numbers."""
+  for name, limit in edge_extension.items():
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+      raise SearchSpaceError(f"edge_extension[{name!r}] must be an integer >= 0, got {limit!r}")
+    if name not in grid:
+      continue          # not swept for this optimizer: nothing to extend
+    numbers = [v for v in grid[name] if not isinstance(v, (bool, str)) and v is not None]
+    if len(numbers) < 2 or len(numbers) != len(grid[name]):
+      raise SearchSpaceError(
+          f"optimizer {optimizer!r}: edge_extension names {name!r}, whose grid "
+          f"{list(grid[name])} is not >= 2 numbers")

@@ -295,7 +295,7 @@ class SweepRunner:
       for budget in plain["tune_budgets"]:
         tuners[(optimizer, budget)] = tuning.make_tuner(
             plain["strategy"], spec["grid"], spec["baseline"], plain["threshold"],
-            plain["trial_budget"] or None)
+            plain["trial_budget"] or None, plain["edge_extension"])
     replicated: set[tuple[str, int]] = set()
     waiting: dict[str, list[Callable[[float], None]]] = {}   # trial id -> result callbacks
     queue: list[Trial] = []
@@ -331,7 +331,7 @@ class SweepRunner:
           for point in batch:
             trial = Trial(optimizer, point, budget, plain["seeds"][0])
             progress |= submit(trial, lambda loss, t=tuner, p=point: t.observe(p, loss))
-          if not batch and self._tuner_finished(tuner) and (optimizer, budget) not in replicated:
+          if not batch and tuner.done and (optimizer, budget) not in replicated:
             replicated.add((optimizer, budget))
             best, best_loss = tuner.best
             if math.isfinite(best_loss):
@@ -387,12 +387,6 @@ class SweepRunner:
         for callback in waiting.pop(tid, []):
           callback(result.objective)
       gather()
-
-  @staticmethod
-  def _tuner_finished(tuner) -> bool:
-    if isinstance(tuner, tuning.CoordinateDescentTuner):
-      return tuner.done
-    return len(tuner.losses) == tuner.num_trials
 
   def _recover_finished(self, trial: Trial) -> results_store.TrialResult | None:
     """Records a trial whose process finished after the last sweep stopped watching it."""

@@ -23,6 +23,10 @@ has these fields:
                        the final loss by more than this (Wen et al.: 3e-3)
   trial_budget         coordinate descent: the same cap on trials for every
                        optimizer and budget (0 = none)
+  edge_extension       {hp: k}: when the best value of hp is at an edge of its
+                       grid, try up to k more values beyond that edge,
+                       continuing the grid's spacing (both strategies; see
+                       bench/tuning.py). The same for every optimizer. {} = off
   divergence           loss_threshold, after_steps, after_fraction: a trial
                        whose training loss is >= loss_threshold at a step >=
                        min(after_steps, after_fraction * budget) has diverged
@@ -117,6 +121,7 @@ def as_plain(sweep: Any) -> dict[str, Any]:
   plain.setdefault("reference_optimizer", "adamw")
   plain.setdefault("threshold", 3e-3)
   plain.setdefault("trial_budget", 0)
+  plain["edge_extension"] = dict(plain.get("edge_extension", {}))
   plain.setdefault("tune_budgets", list(plain["budgets"]))
   divergence = dict(loss_threshold=6.0, after_steps=2000, after_fraction=1.0)
   divergence.update(plain.get("divergence", {}))
@@ -241,6 +246,7 @@ def validate(plain: Mapping[str, Any], base: ml_collections.ConfigDict) -> None:
       _set_dotted(copy.deepcopy(base), dotted, plain[key][dotted], key)
   for name, spec in plain["optimizers"].items():
     search_space.validate(name, spec["grid"], spec["baseline"])
+    search_space.validate_edge_extension(name, spec["grid"], plain["edge_extension"])
     if plain["strategy"] == "coordinate_descent":
       missing = sorted(set(spec["grid"]) - set(spec["baseline"]))
       if missing:

@@ -16,6 +16,22 @@ Deviation: the paper has no cap on the number of trials; here a
 ``trial_budget`` caps each optimizer's trials so that every optimizer gets the
 same tuning effort (a fair comparison). When a round would exceed the budget,
 the round is cut in hyperparameter order and descent stops after it.
+
+Edge extension (both tuners; an extension of the papers' protocol): a grid is
+a guess, and a best value at its edge means the optimum may lie beyond it.
+``edge_extension = {name: k}`` lets a tuner add up to ``k`` values beyond each
+edge of ``name``'s grid (continuing its spacing, ``search_space.extend_grid``):
+
+* grid search: once every proposed point has a result, if the best finite
+  point sits at an edge of ``name``'s (extended) grid, the point with the next
+  value beyond that edge is evaluated; repeated until the best is interior or
+  the ``k`` extra values of that side are used;
+* coordinate descent: when descent has moved ``name`` to an edge of its grid
+  (away from the baseline's value), the next round's one-at-a-time changes
+  include the next value beyond that edge. Trials still count against
+  ``trial_budget``, so every optimizer keeps the same tuning effort.
+
+The same ``edge_extension`` applies to every optimizer of a sweep.
 """
 
 from __future__ import annotations
@@ -34,27 +50,92 @@ def point_key(point: Mapping[str, Any]) -> str:
   return json.dumps(dict(point), sort_keys=True)
 
 
-class GridTuner:
-  """Evaluates every point of the grid (on top of the baseline) in one batch."""
+class _EdgeExtension:
+  """Bookkeeping of the values added beyond each grid edge (see the module doc)."""
 
-  def __init__(self, grid: Mapping[str, Sequence[Any]], baseline: Mapping[str, Any] | None = None):
-    self._points = search_space.expand_grid(grid, baseline)
-    self._proposed = False
+  def __init__(self, grid: Mapping[str, Sequence[Any]], limits: Mapping[str, int] | None):
+    self.grid = {name: list(values) for name, values in grid.items()}
+    self.limits = {name: int(k) for name, k in (limits or {}).items() if name in grid}
+    self.used = {(name, side): 0 for name in self.limits for side in ("low", "high")}
+
+  def beyond(self, name: str, value: Any) -> Any | None:
+    """The next value past the edge ``value`` sits on, or None (interior / limit reached)."""
+    if name not in self.limits:
+      return None
+    numbers = [v for v in self.grid[name] if v is not None and not isinstance(v, (bool, str))]
+    if value is None or isinstance(value, (bool, str)) or len(numbers) < 2:
+      return None
+    if value == max(numbers):
+      side = "high"
+    elif value == min(numbers):
+      side = "low"
+    else:
+      return None
+    if self.used[(name, side)] >= self.limits[name]:
+      return None
+    new = search_space.extend_grid(numbers, side)
+    if new is None or new in self.grid[name]:
+      return None
+    self.used[(name, side)] += 1
+    self.grid[name].append(new)
+    return new
+
+
+class GridTuner:
+  """Evaluates every point of the grid (on top of the baseline), then extends edges."""
+
+  def __init__(self, grid: Mapping[str, Sequence[Any]], baseline: Mapping[str, Any] | None = None,
+               edge_extension: Mapping[str, int] | None = None):
+    points = search_space.expand_grid(grid, baseline)
+    self._by_key = {point_key(p): p for p in points}
+    self._pending = set(self._by_key)
+    self._batch = [dict(p) for p in points]
+    self._edges = _EdgeExtension(grid, edge_extension)
     self.losses: dict[str, float] = {}
-    self._by_key = {point_key(p): p for p in self._points}
+
+  @property
+  def grid(self) -> dict[str, list[Any]]:
+    """The grid with any values added beyond its edges."""
+    return {name: list(values) for name, values in self._edges.grid.items()}
 
   def propose(self) -> list[Point]:
-    if self._proposed:
+    batch, self._batch = self._batch, []
+    if batch or self._pending:
+      return batch
+    return self._extend()
+
+  def _extend(self) -> list[Point]:
+    if not self.losses:
       return []
-    self._proposed = True
-    return [dict(p) for p in self._points]
+    best, loss = self.best
+    if not math.isfinite(loss):
+      return []
+    for name in sorted(self._edges.limits):
+      value = self._edges.beyond(name, best.get(name))
+      if value is not None:
+        point = {**best, name: value}
+        key = point_key(point)
+        if key not in self._by_key:
+          self._by_key[key] = point
+          self._pending.add(key)
+          return [dict(point)]
+    return []
 
   def observe(self, point: Mapping[str, Any], loss: float) -> None:
-    self.losses[point_key(point)] = loss
+    key = point_key(point)
+    if key not in self._by_key:
+      raise KeyError(f"observed a point that was never proposed: {key}")
+    self.losses[key] = float(loss)
+    self._pending.discard(key)
 
   @property
   def num_trials(self) -> int:
-    return len(self._points)
+    return len(self._by_key)
+
+  @property
+  def done(self) -> bool:
+    """Every point has a result and no edge needs extending (``propose`` returned [])."""
+    return not self._batch and not self._pending and len(self.losses) == len(self._by_key)
 
   @property
   def best(self) -> tuple[Point, float]:
@@ -65,14 +146,17 @@ class CoordinateDescentTuner:
   """Wen et al. (2025) coordinate descent with an equal-effort trial budget."""
 
   def __init__(self, grid: Mapping[str, Sequence[Any]], baseline: Mapping[str, Any],
-               threshold: float = 3e-3, trial_budget: int | None = None):
+               threshold: float = 3e-3, trial_budget: int | None = None,
+               edge_extension: Mapping[str, int] | None = None):
     missing = sorted(set(grid) - set(baseline))
     if missing:
       raise search_space.SearchSpaceError(
           f"coordinate descent needs a baseline value for {', '.join(missing)}")
     if trial_budget is not None and trial_budget < 1:
       raise search_space.SearchSpaceError(f"trial_budget must be >= 1, got {trial_budget}")
-    self._grid = {name: tuple(grid[name]) for name in grid}
+    self._edges = _EdgeExtension(grid, edge_extension)
+    self._grid = self._edges.grid         # name -> values, extended in place
+    self.baseline: Point = dict(baseline)
     self.threshold = float(threshold)
     self.trial_budget = trial_budget
     self.current: Point = dict(baseline)
@@ -96,7 +180,15 @@ class CoordinateDescentTuner:
   def _budget_left(self) -> float:
     return math.inf if self.trial_budget is None else self.trial_budget - self.num_trials
 
+  @property
+  def grid(self) -> dict[str, list[Any]]:
+    """The grid with any values added beyond its edges."""
+    return {name: list(values) for name, values in self._grid.items()}
+
   def _neighbours(self) -> list[Point]:
+    for name in self._grid:     # descent reached an edge: look one value beyond it
+      if self.current[name] != self.baseline[name]:
+        self._edges.beyond(name, self.current[name])
     points = []
     for name in self._grid:     # insertion order: the order the config lists them
       for value in self._grid[name]:
@@ -175,11 +267,12 @@ def run_tuner(tuner, objective: Callable[[Point], float]) -> tuple[Point, float]
 
 
 def make_tuner(strategy: str, grid: Mapping[str, Sequence[Any]], baseline: Mapping[str, Any],
-               threshold: float = 3e-3, trial_budget: int | None = None):
+               threshold: float = 3e-3, trial_budget: int | None = None,
+               edge_extension: Mapping[str, int] | None = None):
   """The tuner named by a sweep config's ``strategy``."""
   if strategy == "grid":
-    return GridTuner(grid, baseline)
+    return GridTuner(grid, baseline, edge_extension)
   if strategy == "coordinate_descent":
-    return CoordinateDescentTuner(grid, baseline, threshold, trial_budget)
+    return CoordinateDescentTuner(grid, baseline, threshold, trial_budget, edge_extension)
   raise search_space.SearchSpaceError(
       f"unknown strategy {strategy!r}; valid: 'grid', 'coordinate_descent'")

@@ -248,3 +248,24 @@ def test_unreadable_summary_is_a_failed_trial_not_a_crashed_sweep(tmp_path):
   _, results = by_lr(str(tmp_path / "results.sqlite"))
   reason = results[(3e-3, 0)].reason
   assert "summary.json unreadable" in reason and "exit code 143" in reason
+
+
+def test_edge_extension_through_the_runner(tmp_path):
+  """The fake trainer's best lr is 10^-2.5; a grid that stops below it is extended."""
+  spec = make_sweep(seeds=[0], edge_extension={"learning_rate": 3}, optimizers={"adamw": dict(
+      baseline={"b2": 0.95}, grid={"learning_rate": [1e-4, 3e-4]})})
+  out = run(spec, tmp_path)
+  attempts, results = by_lr(str(tmp_path / "results.sqlite"))
+  assert sorted(lr for lr, _ in results) == pytest.approx([1e-4, 3e-4, 9e-4, 2.7e-3, 8.1e-3])
+  assert out.launched == 5
+  best = min(results.values(), key=lambda r: r.objective)
+  assert best.hparams["learning_rate"] == pytest.approx(2.7e-3)
+  # Rerunning launches nothing: the extension is replayed from the store.
+  assert run(spec, tmp_path).launched == 0
+
+
+def test_edge_extension_needs_a_numeric_grid(tmp_path):
+  spec = make_sweep(seeds=[0], edge_extension={"b2": 1}, optimizers={"adamw": dict(
+      baseline={"learning_rate": 1e-3}, grid={"b2": [0.95]})})
+  with pytest.raises(ValueError, match="edge_extension names 'b2'"):
+    run(spec, tmp_path, launcher=never_launch)

@@ -89,3 +89,62 @@ def test_bad_tuner_input():
     tuning.CoordinateDescentTuner(GRID, {"learning_rate": 1e-3, "weight_decay": 0.1})
   with pytest.raises(search_space.SearchSpaceError, match="unknown strategy"):
     tuning.make_tuner("random", GRID, BASELINE)
+
+
+def test_extend_grid_continues_the_spacing_and_never_crosses_zero():
+  assert search_space.extend_grid([1e-3, 3e-3, 1e-2], "high") == pytest.approx(3.333e-2)
+  assert search_space.extend_grid([1e-3, 3e-3, 1e-2], "low") == pytest.approx(3.333e-4)
+  assert search_space.extend_grid([100, 200, 400], "high") == 800
+  assert search_space.extend_grid([-2.0, -1.0], "low") == -3.0
+  assert search_space.extend_grid([0.0, 0.1, 0.2], "low") is None      # weight decay 0
+  assert search_space.extend_grid([0.0, 0.1, 0.2], "high") == pytest.approx(0.3)
+  with pytest.raises(search_space.SearchSpaceError, match=">= 2 numeric"):
+    search_space.extend_grid([1e-3], "high")
+
+
+def lr_bowl(optimum):
+  """Convex in log10(lr) with its minimum at ``optimum``."""
+  return lambda p: 3.0 + (math.log10(p["learning_rate"]) - math.log10(optimum)) ** 2
+
+
+def test_grid_tuner_extends_an_edge_until_the_best_is_interior():
+  grid = {"learning_rate": [1e-4, 3e-4, 1e-3]}
+  calls = []
+  tuner = tuning.GridTuner(grid, edge_extension={"learning_rate": 4})
+  best, _ = tuning.run_tuner(tuner, lambda p: calls.append(p) or lr_bowl(1e-2)(p))
+  tried = [p["learning_rate"] for p in calls]
+  # 3.3e-3 and 1.1e-2 extend the top edge; 3.7e-2 shows the optimum is inside.
+  assert tried[:3] == grid["learning_rate"]
+  assert tried[3:] == pytest.approx([3.333e-3, 1.111e-2, 3.704e-2], rel=1e-3)
+  assert best["learning_rate"] == pytest.approx(1.111e-2)
+  assert tuner.done and tuner.num_trials == 6
+  assert len(tuner.grid["learning_rate"]) == 6
+
+
+def test_grid_tuner_edge_extension_respects_its_limit_and_is_off_by_default():
+  grid = {"learning_rate": [1e-4, 3e-4, 1e-3]}
+  limited = tuning.GridTuner(grid, edge_extension={"learning_rate": 1})
+  best, _ = tuning.run_tuner(limited, lr_bowl(1.0))
+  assert limited.num_trials == 4 and best["learning_rate"] == pytest.approx(3.333e-3)
+  plain = tuning.GridTuner(grid)
+  tuning.run_tuner(plain, lr_bowl(1.0))
+  assert plain.num_trials == 3
+  # An optimum below the grid extends the low edge.
+  low = tuning.GridTuner(grid, edge_extension={"learning_rate": 2})
+  best, _ = tuning.run_tuner(low, lr_bowl(1e-5))
+  assert best["learning_rate"] == pytest.approx(1.111e-5)
+
+
+def test_coordinate_descent_extends_edges_within_its_budget():
+  grid = {"learning_rate": [1e-4, 3e-4, 1e-3], "b2": [0.95, 0.99]}
+  baseline = {"learning_rate": 1e-4, "b2": 0.95}
+  objective = lambda p: lr_bowl(1e-2)(p) + (0.0 if p["b2"] == 0.99 else 0.1)
+  tuner = tuning.CoordinateDescentTuner(grid, baseline, edge_extension={"learning_rate": 3},
+                                        trial_budget=12)
+  best, _ = tuning.run_tuner(tuner, objective)
+  assert best["b2"] == 0.99 and best["learning_rate"] == pytest.approx(1.111e-2)
+  assert tuner.num_trials <= 12
+  capped = tuning.CoordinateDescentTuner(grid, baseline, edge_extension={"learning_rate": 3},
+                                         trial_budget=5)
+  tuning.run_tuner(capped, objective)
+  assert capped.num_trials == 5

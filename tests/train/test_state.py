@@ -4,6 +4,7 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from optbench_jax import models
+from optbench_jax import optim as O
 from optbench_jax.train import mesh as mesh_lib
 from optbench_jax.train import state as state_lib
 from tests.train import tiny
@@ -40,3 +41,50 @@ def test_state_is_created_in_its_shardings_and_per_device_bytes_add_up(tmp_path)
   assert state_lib.per_device_bytes(abstract.params, shardings.params) == measured
   total = sum(np.asarray(x).nbytes for x in jax.tree.leaves(state.params))
   assert state_lib.total_bytes(abstract.params) == total
+
+
+def test_derived_spec_gives_each_sharded_dimension_to_an_equal_sized_one():
+  # SOAP's L and R of a stacked (layers, in, out) kernel sharded (None, fsdp, tensor)
+  assert state_lib.derived_spec((2, 64, 64), (2, 64, 128), P(None, "fsdp", "tensor")) == \
+      P(None, "fsdp", None)
+  assert state_lib.derived_spec((2, 128, 128), (2, 64, 128), P(None, "fsdp", "tensor")) == \
+      P(None, "tensor", None)
+  # experts keep their axis at their own position even when another dim has the same size
+  assert state_lib.derived_spec((4, 4, 8, 8), (4, 4, 8, 16), P(None, "expert", "fsdp", "tensor")) \
+      == P(None, "expert", "fsdp", None)
+  # Adam-mini's per-head v of a (layers, heads*dim, embed) kernel
+  assert state_lib.derived_spec((2, 64), (2, 64, 32), P(None, "tensor", "fsdp")) == \
+      P(None, "tensor")
+  # with the mesh's sizes, axes that found no equal-sized dim go to a dim they divide
+  sizes = {"fsdp": 4, "tensor": 2, "data": 1, "expert": 1}
+  assert state_lib.derived_spec((2, 64, 64), (2, 64, 128), P(None, "fsdp", "tensor"), sizes) == \
+      P(None, "fsdp", "tensor")
+  assert state_lib.derived_spec((2, 128, 128), (2, 64, 128), P(None, "fsdp", "tensor"), sizes) \
+      == P(None, "tensor", "fsdp")
+  assert state_lib.derived_spec((2, 64), (2, 64, 32), P(None, "tensor", "fsdp"), sizes) == \
+      P(None, "tensor")                                   # 2 is not divisible by fsdp=4
+  # a merged or blocked dimension matches nothing and stays replicated
+  assert state_lib.derived_spec((96, 96), (2, 48, 128), P(None, "fsdp", "tensor")) == P(None, None)
+
+
+def test_preconditioner_state_is_sharded_not_replicated(tmp_path):
+  """SOAP's and Kron's factors are spread over the mesh like their parameters."""
+  config = tiny.micro_config(tmp_path)
+  config.model.update(d_model=64, num_heads=4, ffn_dim=128)
+  mesh = mesh_lib.make_mesh(dict(data=1, fsdp=4, tensor=2, expert=1), jax.devices()[:8])
+  abstract_params = models.abstract_params(config.model)
+  batch_axes = models.param_batch_axes(abstract_params)
+  for name in ("soap", "kron"):
+    tx = O.create(name, learning_rate=1e-3, batch_axes=batch_axes)
+    abstract = state_lib.abstract_state(config.model, tx)
+    shardings = state_lib.state_shardings(config.model, abstract, mesh)
+    factors = [(leaf, sharding) for (path, leaf), sharding in zip(
+        jax.tree_util.tree_flatten_with_path(abstract.opt_state)[0],
+        jax.tree.leaves(shardings.opt_state)) if "factors" in jax.tree_util.keystr(path)
+        and leaf.ndim >= 2 and leaf.shape[-1] == leaf.shape[-2]]   # (.., d, d) matrix factors
+    assert factors, name
+    for leaf, sharding in factors:
+      assert sharding.spec != P(*([None] * leaf.ndim)), (name, leaf.shape)
+    whole = state_lib.total_bytes(abstract.opt_state)
+    per_device = state_lib.per_device_bytes(abstract.opt_state, shardings.opt_state)
+    assert per_device < whole / 3, (name, per_device, whole)

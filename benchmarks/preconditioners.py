@@ -27,8 +27,9 @@ and Kron as the trainer shards them -- 8 virtual CPU devices (the flag is
 added to ``XLA_FLAGS``), Auto mesh ('fsdp', 'tensor') = (4, 2), parameters
 by the model's rules (embed -> fsdp; mlp / heads / vocab -> tensor; layer
 stack and norms replicated), optimizer state by
-``optbench_jax.train.state.derive_opt_state_shardings`` -- and prints per
-optimizer:
+``optbench_jax.train.state.derive_opt_state_shardings`` under each
+``--factor_sharding`` policy (matched / full / replicated; default all
+three) -- and prints per optimizer and policy:
 
 * the collectives of the whole compiled program per kind: count, MiB per
   device (the sum of the result shapes, tuple results summed; an
@@ -299,7 +300,7 @@ def _factors_replicated(shardings, mesh):
   return jax.tree_util.tree_map_with_path(pick, shardings)
 
 
-def compile_sharded_step(tx, params, mesh):
+def compile_sharded_step(tx, params, mesh, factor_sharding: str = "matched"):
   """Compiles one ``update`` + ``apply_updates`` on the sharded abstract tree.
 
   Returns (compiled, abstract state, state shardings, param shardings).
@@ -307,7 +308,8 @@ def compile_sharded_step(tx, params, mesh):
   param_sh = jax.tree.map(lambda s: NamedSharding(mesh, s), llama_specs(params),
                           is_leaf=lambda x: isinstance(x, P))
   abstract_state = jax.eval_shape(tx.init, params)
-  state_sh = state_lib.derive_opt_state_shardings(abstract_state, params, param_sh, mesh)
+  state_sh = state_lib.derive_opt_state_shardings(abstract_state, params, param_sh, mesh,
+                                                  factor_sharding)
 
   def step(p, s, g):
     updates, s = tx.update(g, s, p)
@@ -365,8 +367,10 @@ def print_kinds(found: list[Collective]) -> None:
   print(f"  {'total':34s} {len(found):6d} {_mib(_bytes(found))}")
 
 
-def print_regions(found: list[Collective], case: HloCase) -> None:
-  """Collectives outside / inside each conditional branch, and per step taken."""
+def print_regions(found: list[Collective], case: HloCase) -> float:
+  """Collectives outside / inside each conditional branch, and per step taken.
+
+  Returns the amortised bytes per device per step."""
   print(f"  {'by region':34s} {'count':>6s} {'MiB/device':>10s}  kinds")
   regions = ["outside"] + sorted(case.branches)
   for region in regions + sorted({c.region for c in found} - set(regions)):
@@ -383,6 +387,7 @@ def print_regions(found: list[Collective], case: HloCase) -> None:
   print("  MiB/device per step (outside + the branch taken): "
         + "".join(f"{case.branches[r]} {b / 2**20:.1f}; " for r, b in per_step.items())
         + f"amortised {amortised / 2**20:.1f}")
+  return amortised
 
 
 def print_largest(found: list[Collective], top: int) -> None:
@@ -403,25 +408,36 @@ def print_state_bytes(abstract_state, state_sh, mesh) -> None:
         f"(derived shardings), {replicated / 2**20:.1f} with factors/bases replicated")
 
 
-def run_hlo(layers: int, frequency: int, kron_probability: float, top: int) -> None:
+def run_hlo(layers: int, frequency: int, kron_probability: float, top: int,
+            policies: list[str]) -> None:
   """Compiles and reports the sharded AdamW / SOAP / Kron steps (see the module doc)."""
   mesh = hlo_mesh()
   params = llama_tree(layers)
   n_params = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(params))
   print(f"--hlo: {n_params / 1e6:.1f}M parameters ({layers} layers), mesh "
         f"{dict(mesh.shape)}, one update + apply_updates step, float32")
+  summary = []
   for case in hlo_cases(batch_axes(params), frequency, kron_probability):
-    start = time.perf_counter()
-    compiled, abstract_state, state_sh, _ = compile_sharded_step(case.tx, params, mesh)
-    found = parse_collectives(compiled.as_text())
-    memory = compiled.memory_analysis()
-    temp = getattr(memory, "temp_size_in_bytes", 0) if memory is not None else 0
-    print(f"\n{case.name}: compiled in {time.perf_counter() - start:.1f} s, "
-          f"temp {temp / 2**20:.1f} MiB/device")
-    print_kinds(found)
-    print_regions(found, case)
-    print_largest(found, top)
-    print_state_bytes(abstract_state, state_sh, mesh)
+    for policy in policies:
+      start = time.perf_counter()
+      compiled, abstract_state, state_sh, _ = compile_sharded_step(case.tx, params, mesh, policy)
+      found = parse_collectives(compiled.as_text())
+      memory = compiled.memory_analysis()
+      temp = getattr(memory, "temp_size_in_bytes", 0) if memory is not None else 0
+      print(f"\n{case.name}, factor_sharding={policy}: compiled in "
+            f"{time.perf_counter() - start:.1f} s, temp {temp / 2**20:.1f} MiB/device")
+      print_kinds(found)
+      amortised = print_regions(found, case) if case.branches else _bytes(found)
+      print_largest(found, top)
+      print_state_bytes(abstract_state, state_sh, mesh)
+      summary.append((case.name.split()[0], policy,
+                      state_lib.per_device_bytes(abstract_state, state_sh), amortised))
+  print("\nsummary: optimizer-state MiB per device vs collective MiB per device per step "
+        "(amortised)")
+  print(f"  {'optimizer':10s} {'factor_sharding':16s} {'state MiB/device':>17s} "
+        f"{'comm MiB/step':>14s}")
+  for name, policy, state_bytes, comm in summary:
+    print(f"  {name:10s} {policy:16s} {state_bytes / 2**20:17.1f} {comm / 2**20:14.1f}")
 
 
 def main():
@@ -438,9 +454,13 @@ def main():
                       help="layers of the --hlo tree (compile time does not grow with it)")
   parser.add_argument("--hlo_top", type=int, default=8,
                       help="largest collectives listed per optimizer in --hlo")
+  parser.add_argument("--factor_sharding", choices=["matched", "full", "replicated"],
+                      action="append",
+                      help="--hlo: state sharding policies to compare (default: all three)")
   args = parser.parse_args()
   if args.hlo:
-    run_hlo(args.hlo_layers, args.frequency, args.kron_probability, args.hlo_top)
+    run_hlo(args.hlo_layers, args.frequency, args.kron_probability, args.hlo_top,
+            args.factor_sharding or ["matched", "full", "replicated"])
     return
 
   shapes = llama_tree(args.layers)

@@ -86,5 +86,8 @@ def base_config() -> ml_collections.ConfigDict:
       fsdp=1,
       tensor=1,
       expert=1,
+      # Optimizer state of another shape than its parameter (SOAP/Kron factors):
+      # "matched" | "full" (least memory) | "replicated" (least traffic); train/state.py.
+      factor_sharding="matched",
   ))
   return c

@@ -6,11 +6,12 @@ resumes interrupted ones. Then: ``python -m optbench_jax.bench.report DIR``.
 """
 
 import signal
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from optbench_jax.bench import sweep
+from optbench_jax.bench import results_store, search_space, sweep, sweep_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep config file (configs/sweeps/*.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory (results store, trials, report).")
@@ -32,9 +33,14 @@ def _terminate(signum, frame):
 def main(argv):
   del argv
   signal.signal(signal.SIGTERM, _terminate)
-  outcome = sweep.run_sweep(_CONFIG.value, _WORKDIR.value, parallel=_PARALLEL.value,
-                            retry_failed=_RETRY_FAILED.value,
-                            trial_timeout_s=_TRIAL_TIMEOUT.value)
+  try:
+    outcome = sweep.run_sweep(_CONFIG.value, _WORKDIR.value, parallel=_PARALLEL.value,
+                              retry_failed=_RETRY_FAILED.value,
+                              trial_timeout_s=_TRIAL_TIMEOUT.value)
+  except (sweep_config.SweepConfigError, search_space.SearchSpaceError,
+          results_store.StoreMismatchError) as e:
+    print(f"error: {e}", file=sys.stderr)   # one line naming the culprit; no trial started
+    return 2
   print(f"[sweep] launched {outcome.launched}, skipped {outcome.skipped} already finished, "
         f"recorded {outcome.recorded}, interrupted {len(outcome.interrupted)}")
   if outcome.interrupted:

@@ -175,14 +175,14 @@ def validate(optimizer: str, grid: Mapping[str, Sequence[Any]],
 
 def validate_edge_extension(optimizer: str, grid: Mapping[str, Sequence[Any]],
                             edge_extension: Mapping[str, int]) -> None:
-  """Edge extension is allowed for hyperparameters whose grid has >= 2 numbers."""
+  """Edge extension needs numeric grids; a grid of one value (no spacing) is left as is."""
   for name, limit in edge_extension.items():
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
       raise SearchSpaceError(f"edge_extension[{name!r}] must be an integer >= 0, got {limit!r}")
-    if name not in grid:
-      continue          # not swept for this optimizer: nothing to extend
+    if name not in grid or len(grid[name]) < 2:
+      continue          # not swept, or a fixed value: nothing to extend
     numbers = [v for v in grid[name] if not isinstance(v, (bool, str)) and v is not None]
-    if len(numbers) < 2 or len(numbers) != len(grid[name]):
+    if len(numbers) != len(grid[name]):
       raise SearchSpaceError(
           f"optimizer {optimizer!r}: edge_extension names {name!r}, whose grid "
-          f"{list(grid[name])} is not >= 2 numbers")
+          f"{list(grid[name])} is not all numbers")

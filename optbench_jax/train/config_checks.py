@@ -25,6 +25,7 @@ MODEL_KINDS = ("llama", "moe")
 DATA_SOURCES = ("synthetic", "shards")
 REMAT_MODES = ("none", "full", "dots")
 DTYPES = ("float32", "bfloat16", "float16")
+FACTOR_SHARDINGS = ("matched", "full", "replicated")   # train/state.py
 
 
 class ConfigError(ValueError):
@@ -117,6 +118,7 @@ def check_values(config: ml_collections.ConfigDict) -> None:
   _positive_int("train.eval_batches", t.eval_batches)
   _positive_int("train.checkpoint_every", t.checkpoint_every, 0)
   _positive_int("train.keep_checkpoints", t.keep_checkpoints)
+  _choice("mesh.factor_sharding", config.mesh.factor_sharding, FACTOR_SHARDINGS)
 
 
 def check_batch_split(config: ml_collections.ConfigDict, batch_axes: Mapping[str, int],

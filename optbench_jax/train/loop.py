@@ -172,7 +172,8 @@ def dry_run(config: Any, devices: list | None = None) -> dict:
   abstract_params = models.abstract_params(config.model)
   optimizer = optimizer_lib.build(config, abstract_params, models.param_batch_axes(abstract_params))
   abstract = state_lib.abstract_state(config.model, optimizer.tx)
-  shardings = state_lib.state_shardings(config.model, abstract, mesh)
+  shardings = state_lib.state_shardings(config.model, abstract, mesh,
+                                         config.mesh.factor_sharding)
   report = dict(
       params=_count_params(config.model),
       flops_per_token=float(flops_lib.flops_per_token(config.model, config.data.seq_len)),
@@ -216,7 +217,8 @@ def run(config: Any, workdir: str, devices: list | None = None) -> dict:
 
   model = models.build_model(config.model, mesh=mesh)
   abstract = state_lib.abstract_state(config.model, optimizer.tx)
-  shardings = state_lib.state_shardings(config.model, abstract, mesh)
+  shardings = state_lib.state_shardings(config.model, abstract, mesh,
+                                         config.mesh.factor_sharding)
   train_iter = data_lib.make_train_iterator(
       str(manifest.directory), seq_len=d.seq_len, global_batch_size=d.global_batch_size,
       seed=d.shuffle_seed, process_index=jax.process_index(),

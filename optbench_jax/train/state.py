@@ -8,16 +8,23 @@ indices, as in ``factors[<param path>][i]``):
 * same shape as the parameter (Adam moments, momentum buffers, ...): the
   parameter's sharding;
 * another shape (SOAP's L/R statistics and eigenbases, Kron's Q factors,
-  Adam-mini's per-block v, ...): each sharded parameter dimension hands its
-  mesh axes to a leaf dimension of the same size (the same position within
-  the leading dimensions the two shapes share, else the first free one). SOAP's ``L`` of a ``(layers, in, out)`` kernel
-  sharded ``(None, fsdp, tensor)`` is ``(layers, in, in)`` sharded
-  ``(None, fsdp, None)``, its ``R`` ``(layers, out, out)`` is
-  ``(None, tensor, None)``. A mesh axis that found no equal-sized dimension
-  then goes to the last free dimension its size divides, so ``L`` becomes
-  ``(None, fsdp, tensor)`` and ``R`` ``(None, tensor, fsdp)``: each device
-  stores 1/(fsdp*tensor) of them instead of the whole. Dimensions nothing
-  divides (odd merged or blocked SOAP dims) stay replicated;
+  Adam-mini's per-block v, ...): by the ``factor_sharding`` policy
+  (``config.mesh.factor_sharding``), a memory / communication trade-off:
+
+  - ``"matched"`` (default): each sharded parameter dimension hands its mesh
+    axes to a leaf dimension of the same size (the same position within the
+    leading dimensions the two shapes share, else the first free one). SOAP's
+    ``L`` of a ``(layers, in, out)`` kernel sharded ``(None, fsdp, tensor)`` is
+    ``(layers, in, in)`` sharded ``(None, fsdp, None)``, its ``R``
+    ``(layers, out, out)`` is ``(None, tensor, None)``.
+  - ``"full"``: as matched, then a mesh axis that found no equal-sized
+    dimension goes to the last free dimension its size divides: ``L`` becomes
+    ``(None, fsdp, tensor)``, ``R`` ``(None, tensor, fsdp)``, 1/(fsdp*tensor) per
+    device. Least memory, but every step gathers them back to apply them
+    (``benchmarks/preconditioners.py --hlo`` measures both).
+  - ``"replicated"``: whole on every device (least traffic, most memory).
+
+  Dimensions nothing fits (odd merged or blocked SOAP dims) stay replicated;
 * everything else (step counters, PRNG keys, scalars) is replicated.
 
 Correctness does not depend on these choices (GSPMD inserts whatever
@@ -40,6 +47,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from optbench_jax import models
 from optbench_jax.models import sharding as sharding_lib
+from optbench_jax.train.config_checks import FACTOR_SHARDINGS
 
 
 @flax.struct.dataclass
@@ -123,14 +131,17 @@ def derived_spec(leaf_shape: tuple[int, ...], param_shape: tuple[int, ...],
 
 
 def derive_opt_state_shardings(opt_state: Any, params: Any, param_shardings: Any,
-                               mesh) -> Any:
+                               mesh, factor_sharding: str = "matched") -> Any:
   """Optimizer-state shardings derived from the parameters' (see the module doc)."""
+  if factor_sharding not in FACTOR_SHARDINGS:
+    raise ValueError(f"factor_sharding must be one of {FACTOR_SHARDINGS}, got {factor_sharding!r}")
   by_path = {}
   for (path, leaf), sharding in zip(jax.tree_util.tree_flatten_with_path(params)[0],
                                     jax.tree.leaves(param_shardings)):
     by_path[_path(path)] = (tuple(leaf.shape), sharding.spec)
   replicated = NamedSharding(mesh, P())
-  axis_sizes = {name: int(size) for name, size in mesh.shape.items()}
+  axis_sizes = ({name: int(size) for name, size in mesh.shape.items()}
+                if factor_sharding == "full" else None)
 
   def pick(path, leaf):
     owner = _owning_parameter(path, by_path)
@@ -139,17 +150,21 @@ def derive_opt_state_shardings(opt_state: Any, params: Any, param_shardings: Any
     shape, spec = owner
     if tuple(leaf.shape) == shape:
       return NamedSharding(mesh, spec)
+    if factor_sharding == "replicated":
+      return replicated
     return NamedSharding(mesh, derived_spec(tuple(leaf.shape), shape, spec, axis_sizes))
 
   return jax.tree_util.tree_map_with_path(pick, opt_state)
 
 
-def state_shardings(model_cfg, state: TrainState, mesh) -> TrainState:
+def state_shardings(model_cfg, state: TrainState, mesh,
+                    factor_sharding: str = "matched") -> TrainState:
   """NamedShardings for every leaf of ``state`` (abstract or concrete)."""
   params = sharding_lib.param_shardings(model_cfg, mesh)
   return TrainState(
       step=NamedSharding(mesh, P()), params=params,
-      opt_state=derive_opt_state_shardings(state.opt_state, state.params, params, mesh))
+      opt_state=derive_opt_state_shardings(state.opt_state, state.params, params, mesh,
+                                           factor_sharding))
 
 
 def with_shardings(abstract: Any, shardings: Any) -> Any:

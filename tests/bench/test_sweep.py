@@ -266,6 +266,6 @@ def test_edge_extension_through_the_runner(tmp_path):
 
 def test_edge_extension_needs_a_numeric_grid(tmp_path):
   spec = make_sweep(seeds=[0], edge_extension={"b2": 1}, optimizers={"adamw": dict(
-      baseline={"learning_rate": 1e-3}, grid={"b2": [0.95]})})
+      baseline={"learning_rate": 1e-3}, grid={"b2": [0.95, "auto"]})})
   with pytest.raises(ValueError, match="edge_extension names 'b2'"):
     run(spec, tmp_path, launcher=never_launch)

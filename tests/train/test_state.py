@@ -1,11 +1,14 @@
 import jax
 import numpy as np
 import optax
+import pytest
 from jax.sharding import PartitionSpec as P
 
 from optbench_jax import models
 from optbench_jax import optim as O
+from optbench_jax.train import config_checks
 from optbench_jax.train import mesh as mesh_lib
+from optbench_jax.train.config_checks import ConfigError
 from optbench_jax.train import state as state_lib
 from tests.train import tiny
 
@@ -68,7 +71,8 @@ def test_derived_spec_gives_each_sharded_dimension_to_an_equal_sized_one():
 
 
 def test_preconditioner_state_is_sharded_not_replicated(tmp_path):
-  """SOAP's and Kron's factors are spread over the mesh like their parameters."""
+  """SOAP's and Kron's factors are spread over the mesh like their parameters; each
+  factor_sharding policy stores less per device than the one before it."""
   config = tiny.micro_config(tmp_path)
   config.model.update(d_model=64, num_heads=4, ffn_dim=128)
   mesh = mesh_lib.make_mesh(dict(data=1, fsdp=4, tensor=2, expert=1), jax.devices()[:8])
@@ -77,7 +81,7 @@ def test_preconditioner_state_is_sharded_not_replicated(tmp_path):
   for name in ("soap", "kron"):
     tx = O.create(name, learning_rate=1e-3, batch_axes=batch_axes)
     abstract = state_lib.abstract_state(config.model, tx)
-    shardings = state_lib.state_shardings(config.model, abstract, mesh)
+    shardings = state_lib.state_shardings(config.model, abstract, mesh, "full")
     factors = [(leaf, sharding) for (path, leaf), sharding in zip(
         jax.tree_util.tree_flatten_with_path(abstract.opt_state)[0],
         jax.tree.leaves(shardings.opt_state)) if "factors" in jax.tree_util.keystr(path)
@@ -86,5 +90,16 @@ def test_preconditioner_state_is_sharded_not_replicated(tmp_path):
     for leaf, sharding in factors:
       assert sharding.spec != P(*([None] * leaf.ndim)), (name, leaf.shape)
     whole = state_lib.total_bytes(abstract.opt_state)
-    per_device = state_lib.per_device_bytes(abstract.opt_state, shardings.opt_state)
-    assert per_device < whole / 3, (name, per_device, whole)
+    per_device = {policy: state_lib.per_device_bytes(
+        abstract.opt_state, state_lib.state_shardings(config.model, abstract, mesh,
+                                                      policy).opt_state)
+                  for policy in ("replicated", "matched", "full")}
+    assert per_device["full"] < whole / 3, (name, per_device, whole)
+    assert per_device["full"] < per_device["matched"] < per_device["replicated"], per_device
+
+
+def test_unknown_factor_sharding_is_a_config_error(tmp_path):
+  config = tiny.micro_config(tmp_path)
+  config.mesh.factor_sharding = "sharded"
+  with pytest.raises(ConfigError, match="mesh.factor_sharding must be one of"):
+    config_checks.check_values(config)

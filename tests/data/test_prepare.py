@@ -4,6 +4,7 @@ import hashlib
 import pathlib
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pyarrow as pa
@@ -150,13 +151,50 @@ def test_bad_inputs(tmp_path):
     prepare.prepare_corpus(["x"], tmp_path / "o3", val_fraction=1.5)
 
 
-def test_hf_source_without_datasets_is_a_clear_error(tmp_path):
-  try:
-    import datasets  # noqa: F401
-    pytest.skip("`datasets` is installed; the missing-package path cannot be exercised")
-  except ImportError:
-    pass
+def test_hf_source_without_datasets_is_a_clear_error(tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, "datasets", None)    # `import datasets` raises ImportError
   with pytest.raises(DataError, match="needs the Hugging Face `datasets` package"):
     prepare.main(["--source=hf", "--dataset=HuggingFaceFW/fineweb", "--hf_config=sample-10BT",
                   f"--output={tmp_path}/out"])
   assert not (tmp_path / "out").exists()   # failed before touching the output
+
+
+class _StandInDatasets(types.ModuleType):
+  """TEST DOUBLE for the `datasets` package (no hub here): `load_dataset(...,
+  streaming=True)` yields FineWeb-like rows, and records how it was called."""
+
+  def __init__(self, rows):
+    super().__init__("datasets")
+    self.rows, self.calls = rows, []
+
+  def load_dataset(self, path, name=None, split=None, streaming=False):
+    self.calls.append(dict(path=path, name=name, split=split, streaming=streaming))
+    return iter(self.rows)
+
+
+def test_hf_source_streams_rows_like_the_text_source(tmp_path, monkeypatch):
+  docs = _documents(120, seed=4)
+  rows = [{"text": d, "id": f"<urn:{i}>", "dump": "CC-MAIN-2024-10"} for i, d in enumerate(docs)]
+  fake = _StandInDatasets(rows)
+  monkeypatch.setitem(sys.modules, "datasets", fake)
+  hf = prepare.main(["--source=hf", "--dataset=HuggingFaceFW/fineweb", "--hf_config=sample-10BT",
+                     f"--output={tmp_path}/hf", "--val_fraction=0.1", "--workers=1",
+                     "--no_progress"])
+  assert fake.calls == [dict(path="HuggingFaceFW/fineweb", name="sample-10BT", split="train",
+                             streaming=True)]
+  (tmp_path / "docs").mkdir()
+  for i, doc in enumerate(docs):          # one document per file, in the same order
+    (tmp_path / "docs" / f"{i:04d}.txt").write_text(doc, encoding="utf-8")
+  text = prepare.main(["--source=text", f"--input={tmp_path}/docs/*.txt",
+                       f"--output={tmp_path}/txt", "--val_fraction=0.1", "--workers=1",
+                       "--no_progress"])
+  for split in ("train", "val"):
+    np.testing.assert_array_equal(_split_tokens(read_manifest(hf.directory), split),
+                                  _split_tokens(read_manifest(text.directory), split))
+  assert read_manifest(hf.directory).metadata["hf_config"] == "sample-10BT"
+
+
+def test_hf_rows_without_the_text_column_name_it(tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, "datasets", _StandInDatasets([{"content": "a b c"}]))
+  with pytest.raises(DataError, match="no column 'text'.*content.*--text_column"):
+    prepare.main(["--source=hf", f"--output={tmp_path}/out", "--workers=1", "--no_progress"])

@@ -10,6 +10,8 @@ and treats the last two axes as the matrix.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -241,21 +243,32 @@ def newton_schulz(x: jax.Array, steps: int = 5, coefficients="classic",
 # ---------------------------------------------------------------------------
 
 
-@jax.jit
-def eigenbasis_init(factor: jax.Array) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("distribute",))
+def eigenbasis_init(factor: jax.Array, distribute: bool = False) -> jax.Array:
   """Eigenvectors of the symmetric ``factor`` (..., n, n), by descending eigenvalue.
 
   SOAP's first basis (Vyas et al. 2024): ``Q`` with ``Q^T factor Q`` diagonal,
   columns ordered from the largest eigenvalue to the smallest. Computed in
-  float32 (or the factor's wider dtype); leading axes are a batch.
+  float32 (or the factor's wider dtype); leading axes are a batch. With
+  ``distribute`` and an active all-Auto mesh, the batch (stacked layers,
+  experts) is laid over the mesh axes that divide it first, as in
+  :func:`newton_schulz`: each device decomposes its share of the stack instead
+  of gathering and decomposing all of it. Off by default (SOAP does not use
+  it): in SOAP's compiled 124M step it cut the refresh branch's traffic but
+  GSPMD then moved the factors' layout for the whole step, adding more per
+  step than it saved (BUILD_NOTES.md, "SOAP/Kron communication").
   """
   dtype = jnp.promote_types(factor.dtype, jnp.float32)
+  undo = lambda y: y  # pylint: disable=unnecessary-lambda-assignment
+  if distribute:
+    factor, undo = _spread_over_mesh(factor, factor.ndim - 2)
   _, vectors = jnp.linalg.eigh(factor.astype(dtype), symmetrize_input=True)
-  return vectors[..., ::-1]
+  return undo(vectors[..., ::-1])
 
 
-@jax.jit
-def eigenbasis_refresh(factor: jax.Array, q: jax.Array) -> tuple[jax.Array, jax.Array]:
+@functools.partial(jax.jit, static_argnames=("distribute",))
+def eigenbasis_refresh(factor: jax.Array, q: jax.Array, distribute: bool = False
+                       ) -> tuple[jax.Array, jax.Array]:
   """One power-iteration + QR refresh of an eigenbasis estimate, with re-sorting.
 
   With ``e = diag(q^T factor q)`` the current eigenvalue estimates, the columns
@@ -266,13 +279,18 @@ def eigenbasis_refresh(factor: jax.Array, q: jax.Array) -> tuple[jax.Array, jax.
   (one step of simultaneous power iteration, Vyas et al. 2024, Alg. 4). Returns
   ``(q_new, order)``; the caller permutes whatever lives in the rotated basis
   (SOAP's second moment) along this axis by ``order`` so it stays aligned with
-  the columns. Leading axes of ``factor`` / ``q`` are a batch.
+  the columns. Leading axes of ``factor`` / ``q`` are a batch, distributed over
+  the active mesh as in :func:`eigenbasis_init` when ``distribute``.
   """
   dtype = jnp.promote_types(factor.dtype, jnp.float32)
+  undo = lambda y: y  # pylint: disable=unnecessary-lambda-assignment
+  if distribute:
+    factor, undo = _spread_over_mesh(factor, factor.ndim - 2)
+    q, _ = _spread_over_mesh(q, q.ndim - 2)
   factor, q = factor.astype(dtype), q.astype(dtype)
   projected = factor @ q
   estimates = jnp.sum(q * projected, axis=-2)  # diag(q^T factor q)
   order = jnp.argsort(-estimates, axis=-1, stable=True)
   power = jnp.take_along_axis(projected, order[..., None, :], axis=-1)
   q_new, _ = jnp.linalg.qr(power)
-  return q_new, order
+  return undo(q_new), order

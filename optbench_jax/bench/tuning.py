@@ -91,6 +91,7 @@ class GridTuner:
     self._pending = set(self._by_key)
     self._batch = [dict(p) for p in points]
     self._edges = _EdgeExtension(grid, edge_extension)
+    self._exhausted = False               # propose() found nothing left to run
     self.losses: dict[str, float] = {}
 
   @property
@@ -102,7 +103,9 @@ class GridTuner:
     batch, self._batch = self._batch, []
     if batch or self._pending:
       return batch
-    return self._extend()
+    extension = self._extend()
+    self._exhausted = not extension
+    return extension
 
   def _extend(self) -> list[Point]:
     if not self.losses:
@@ -134,8 +137,8 @@ class GridTuner:
 
   @property
   def done(self) -> bool:
-    """Every point has a result and no edge needs extending (``propose`` returned [])."""
-    return not self._batch and not self._pending and len(self.losses) == len(self._by_key)
+    """Every point has a result and ``propose`` found no edge left to extend."""
+    return self._exhausted and not self._pending
 
   @property
   def best(self) -> tuple[Point, float]:

@@ -148,3 +148,14 @@ def test_coordinate_descent_extends_edges_within_its_budget():
                                          trial_budget=5)
   tuning.run_tuner(capped, objective)
   assert capped.num_trials == 5
+
+
+def test_grid_tuner_is_done_only_when_no_extension_is_left():
+  tuner = tuning.GridTuner({"learning_rate": [1e-4, 3e-4]}, edge_extension={"learning_rate": 1})
+  for point in tuner.propose():
+    tuner.observe(point, lr_bowl(1.0)(point))
+  assert not tuner.done                  # the best sits at the top edge: one more to run
+  (extra,) = tuner.propose()
+  assert extra["learning_rate"] == pytest.approx(9e-4)
+  tuner.observe(extra, lr_bowl(1.0)(extra))
+  assert tuner.propose() == [] and tuner.done

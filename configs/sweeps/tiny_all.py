@@ -39,7 +39,7 @@ def get_config():
   c.strategy = "grid"
   # At 50-100 steps the largest stable lr tends to win; a best lr at a grid edge
   # is followed past it (half a decade per step) instead of being reported as is.
-  c.edge_extension = {"learning_rate": 3}
+  c.edge_extension = {"learning_rate": 3, "adam_learning_rate": 3}
   # ln(512) = 6.24 at init: a run still above 6.0 after 60% of its steps has not learned.
   c.divergence = dict(loss_threshold=6.0, after_steps=2000, after_fraction=0.6)
   c.speedup = dict(gamma="loss_floor", num_bootstrap=200)

@@ -81,23 +81,52 @@ class _EdgeExtension:
     return new
 
 
-class GridTuner:
-  """Evaluates every point of the grid (on top of the baseline), then extends edges."""
+class _Tuner:
+  """What both tuners share: proposed points, pending results, losses, the grid."""
 
-  def __init__(self, grid: Mapping[str, Sequence[Any]], baseline: Mapping[str, Any] | None = None,
-               edge_extension: Mapping[str, int] | None = None):
-    points = search_space.expand_grid(grid, baseline)
-    self._by_key = {point_key(p): p for p in points}
-    self._pending = set(self._by_key)
-    self._batch = [dict(p) for p in points]
+  def __init__(self, grid: Mapping[str, Sequence[Any]], edge_extension: Mapping[str, int] | None):
     self._edges = _EdgeExtension(grid, edge_extension)
-    self._exhausted = False               # propose() found nothing left to run
+    self._points: dict[str, Point] = {}    # key -> every point proposed so far
+    self._pending: set[str] = set()        # keys proposed and not yet observed
     self.losses: dict[str, float] = {}
 
   @property
   def grid(self) -> dict[str, list[Any]]:
     """The grid with any values added beyond its edges."""
     return {name: list(values) for name, values in self._edges.grid.items()}
+
+  def _register(self, points: list[Point]) -> list[Point]:
+    for point in points:
+      key = point_key(point)
+      self._points[key] = point
+      self._pending.add(key)
+    return [dict(p) for p in points]
+
+  def observe(self, point: Mapping[str, Any], loss: float) -> None:
+    key = point_key(point)
+    if key not in self._points:
+      raise KeyError(f"observed a point that was never proposed: {key}")
+    self.losses[key] = float(loss)
+    self._pending.discard(key)
+
+  @property
+  def num_trials(self) -> int:
+    """Distinct points proposed so far (each costs one trial)."""
+    return len(self._points)
+
+  @property
+  def best(self) -> tuple[Point, float]:
+    return _best(self._points, self.losses)
+
+
+class GridTuner(_Tuner):
+  """Evaluates every point of the grid (on top of the baseline), then extends edges."""
+
+  def __init__(self, grid: Mapping[str, Sequence[Any]], baseline: Mapping[str, Any] | None = None,
+               edge_extension: Mapping[str, int] | None = None):
+    super().__init__(grid, edge_extension)
+    self._batch = self._register(search_space.expand_grid(grid, baseline))
+    self._exhausted = False               # propose() found nothing left to run
 
   def propose(self) -> list[Point]:
     batch, self._batch = self._batch, []
@@ -117,35 +146,17 @@ class GridTuner:
       value = self._edges.beyond(name, best.get(name))
       if value is not None:
         point = {**best, name: value}
-        key = point_key(point)
-        if key not in self._by_key:
-          self._by_key[key] = point
-          self._pending.add(key)
-          return [dict(point)]
+        if point_key(point) not in self._points:
+          return self._register([point])
     return []
-
-  def observe(self, point: Mapping[str, Any], loss: float) -> None:
-    key = point_key(point)
-    if key not in self._by_key:
-      raise KeyError(f"observed a point that was never proposed: {key}")
-    self.losses[key] = float(loss)
-    self._pending.discard(key)
-
-  @property
-  def num_trials(self) -> int:
-    return len(self._by_key)
 
   @property
   def done(self) -> bool:
     """Every point has a result and ``propose`` found no edge left to extend."""
     return self._exhausted and not self._pending
 
-  @property
-  def best(self) -> tuple[Point, float]:
-    return _best(self._by_key, self.losses)
 
-
-class CoordinateDescentTuner:
+class CoordinateDescentTuner(_Tuner):
   """Wen et al. (2025) coordinate descent with an equal-effort trial budget."""
 
   def __init__(self, grid: Mapping[str, Sequence[Any]], baseline: Mapping[str, Any],
@@ -157,24 +168,16 @@ class CoordinateDescentTuner:
           f"coordinate descent needs a baseline value for {', '.join(missing)}")
     if trial_budget is not None and trial_budget < 1:
       raise search_space.SearchSpaceError(f"trial_budget must be >= 1, got {trial_budget}")
-    self._edges = _EdgeExtension(grid, edge_extension)
+    super().__init__(grid, edge_extension)
     self._grid = self._edges.grid         # name -> values, extended in place
     self.baseline: Point = dict(baseline)
     self.threshold = float(threshold)
     self.trial_budget = trial_budget
     self.current: Point = dict(baseline)
-    self.losses: dict[str, float] = {}
-    self._points: dict[str, Point] = {}
-    self._pending: set[str] = set()
     self._round: list[str] | None = None   # keys compared in the running round
     self._round_cut = False                 # the running round was cut by the budget
     self._done = False
     self.rounds = 0
-
-  @property
-  def num_trials(self) -> int:
-    """Distinct points proposed so far (each costs one trial)."""
-    return len(self._points)
 
   @property
   def done(self) -> bool:
@@ -182,11 +185,6 @@ class CoordinateDescentTuner:
 
   def _budget_left(self) -> float:
     return math.inf if self.trial_budget is None else self.trial_budget - self.num_trials
-
-  @property
-  def grid(self) -> dict[str, list[Any]]:
-    """The grid with any values added beyond its edges."""
-    return {name: list(values) for name, values in self._grid.items()}
 
   def _neighbours(self) -> list[Point]:
     for name in self._grid:     # descent reached an edge: look one value beyond it
@@ -197,13 +195,6 @@ class CoordinateDescentTuner:
       for value in self._grid[name]:
         if value != self.current[name]:
           points.append({**self.current, name: value})
-    return points
-
-  def _register(self, points: list[Point]) -> list[Point]:
-    for point in points:
-      key = point_key(point)
-      self._points[key] = point
-      self._pending.add(key)
     return points
 
   def propose(self) -> list[Point]:
@@ -239,18 +230,6 @@ class CoordinateDescentTuner:
       self.current = dict(self._points[best_key])
     if not improved or self._round_cut or self._budget_left() < 1:
       self._done = True
-
-  def observe(self, point: Mapping[str, Any], loss: float) -> None:
-    key = point_key(point)
-    if key not in self._points:
-      raise KeyError(f"observed a point that was never proposed: {key}")
-    self.losses[key] = float(loss)
-    self._pending.discard(key)
-
-  @property
-  def best(self) -> tuple[Point, float]:
-    return _best(self._points, self.losses)
-
 
 def _best(points: Mapping[str, Point], losses: Mapping[str, float]) -> tuple[Point, float]:
   if not losses:

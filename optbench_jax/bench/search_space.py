@@ -66,6 +66,11 @@ def linear_grid(low: float, high: float, num: int, digits: int = 6) -> tuple[flo
   return tuple(_round_sig(float(v), digits) for v in values)
 
 
+def numeric_values(values: Sequence[Any]) -> list[Any]:
+  """The numbers of a grid (not bools, strings or None)."""
+  return [v for v in values if v is not None and not isinstance(v, (bool, str))]
+
+
 def extend_grid(values: Sequence[Any], side: str) -> float | int | None:
   """The next value beyond one edge of a numeric grid (edge extension).
 
@@ -74,7 +79,7 @@ def extend_grid(values: Sequence[Any], side: str) -> float | int | None:
   ``side`` is ``"low"`` or ``"high"``. None when the step would reach or cross
   zero (e.g. below a weight-decay grid that starts at 0).
   """
-  numbers = sorted(v for v in values if not isinstance(v, (bool, str)) and v is not None)
+  numbers = sorted(numeric_values(values))
   if len(numbers) < 2:
     raise SearchSpaceError(f"edge extension needs >= 2 numeric grid values, got {list(values)}")
   edge, inner = (numbers[-1], numbers[-2]) if side == "high" else (numbers[0], numbers[1])
@@ -181,8 +186,7 @@ def validate_edge_extension(optimizer: str, grid: Mapping[str, Sequence[Any]],
       raise SearchSpaceError(f"edge_extension[{name!r}] must be an integer >= 0, got {limit!r}")
     if name not in grid or len(grid[name]) < 2:
       continue          # not swept, or a fixed value: nothing to extend
-    numbers = [v for v in grid[name] if not isinstance(v, (bool, str)) and v is not None]
-    if len(numbers) != len(grid[name]):
+    if len(numeric_values(grid[name])) != len(grid[name]):
       raise SearchSpaceError(
           f"optimizer {optimizer!r}: edge_extension names {name!r}, whose grid "
           f"{list(grid[name])} is not all numbers")

@@ -255,14 +255,14 @@ class SweepRunner:
     """The result of a finished process, or None when it was interrupted (resume later)."""
     records = read_metrics(os.path.join(trial_dir, "metrics.jsonl"))
     summary_path = os.path.join(trial_dir, "summary.json")
-    summary = {}
+    summary, unreadable = {}, None
     # A summary left by an earlier attempt says nothing about this one.
     if os.path.exists(summary_path) and os.path.getmtime(summary_path) >= started - 1:
       try:
         with open(summary_path) as f:
           summary = json.load(f)
       except (OSError, ValueError) as e:   # e.g. an older trainer killed mid-write
-        summary = {"status": "unreadable", "message": f"summary.json unreadable: {e}"}
+        unreadable = f"summary.json unreadable: {e}"
     if diverged:
       return self._result(trial, results_store.DIVERGED, diverged, summary, records)
     status = summary.get("status")
@@ -279,9 +279,8 @@ class SweepRunner:
       return None
     tail = _log_tail(os.path.join(trial_dir, "trial.log"))
     reason = f"exit code {returncode}" + (f"; log tail:\n{tail}" if tail else "")
-    if status == "unreadable":
-      reason = f"{summary['message']}; {reason}"
-      summary = {}
+    if unreadable:
+      reason = f"{unreadable}; {reason}"
     elif returncode == 0:
       reason = f"exited 0 without a summary.json ({reason})"
     return self._result(trial, results_store.FAILED, reason, summary, records)

@@ -62,8 +62,8 @@ class _EdgeExtension:
     """The next value past the edge ``value`` sits on, or None (interior / limit reached)."""
     if name not in self.limits:
       return None
-    numbers = [v for v in self.grid[name] if v is not None and not isinstance(v, (bool, str))]
-    if value is None or isinstance(value, (bool, str)) or len(numbers) < 2:
+    numbers = search_space.numeric_values(self.grid[name])
+    if not search_space.numeric_values([value]) or len(numbers) < 2:
       return None
     if value == max(numbers):
       side = "high"

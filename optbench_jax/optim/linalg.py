@@ -259,9 +259,7 @@ def eigenbasis_init(factor: jax.Array, distribute: bool = False) -> jax.Array:
   step than it saved (BUILD_NOTES.md, "SOAP/Kron communication").
   """
   dtype = jnp.promote_types(factor.dtype, jnp.float32)
-  undo = lambda y: y  # pylint: disable=unnecessary-lambda-assignment
-  if distribute:
-    factor, undo = _spread_over_mesh(factor, factor.ndim - 2)
+  factor, undo = _spread_over_mesh(factor, factor.ndim - 2 if distribute else 0)
   _, vectors = jnp.linalg.eigh(factor.astype(dtype), symmetrize_input=True)
   return undo(vectors[..., ::-1])
 
@@ -283,10 +281,8 @@ def eigenbasis_refresh(factor: jax.Array, q: jax.Array, distribute: bool = False
   the active mesh as in :func:`eigenbasis_init` when ``distribute``.
   """
   dtype = jnp.promote_types(factor.dtype, jnp.float32)
-  undo = lambda y: y  # pylint: disable=unnecessary-lambda-assignment
-  if distribute:
-    factor, undo = _spread_over_mesh(factor, factor.ndim - 2)
-    q, _ = _spread_over_mesh(q, q.ndim - 2)
+  factor, undo = _spread_over_mesh(factor, factor.ndim - 2 if distribute else 0)
+  q, _ = _spread_over_mesh(q, q.ndim - 2 if distribute else 0)
   factor, q = factor.astype(dtype), q.astype(dtype)
   projected = factor @ q
   estimates = jnp.sum(q * projected, axis=-2)  # diag(q^T factor q)

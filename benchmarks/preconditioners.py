@@ -43,8 +43,9 @@ three) -- and prints per optimizer and policy:
 * the ``--hlo_top`` largest collectives with their replica-group size (2 =
   tensor, 4 = fsdp, 8 = both) and the source line that produced them (XLA
   combines collectives, so a tuple's line is its first member's);
-* optimizer-state MiB: whole, per device with the derived shardings, and per
-  device with the factors / eigenbases replicated instead.
+* optimizer-state MiB: whole, and per device under the policy;
+* a closing summary: state MiB per device vs collective MiB per step, one row
+  per optimizer and policy.
 
 The XLA:CPU pipeline forms no reduce-scatter: a partial sum that ends
 sharded shows up as an all-reduce of the whole result (then sliced).
@@ -291,15 +292,6 @@ def _with_sharding(tree, shardings):
                       tree, shardings)
 
 
-def _factors_replicated(shardings, mesh):
-  """``shardings`` with SOAP / Kron factor and basis leaves replicated instead."""
-  replicated = NamedSharding(mesh, P())
-  def pick(path, sharding):
-    key = jax.tree_util.keystr(path)
-    return replicated if (".factors" in key or ".bases" in key) else sharding
-  return jax.tree_util.tree_map_with_path(pick, shardings)
-
-
 def compile_sharded_step(tx, params, mesh, factor_sharding: str = "matched"):
   """Compiles one ``update`` + ``apply_updates`` on the sharded abstract tree.
 
@@ -398,14 +390,11 @@ def print_largest(found: list[Collective], top: int) -> None:
           f"{c.region:9s} {c.source:14s} {op}")
 
 
-def print_state_bytes(abstract_state, state_sh, mesh) -> None:
-  """Whole state vs per device (derived shardings) vs per device with factors replicated."""
+def print_state_bytes(abstract_state, state_sh) -> None:
+  """Whole optimizer state vs one device's share of it under the policy's shardings."""
   whole = state_lib.total_bytes(abstract_state)
   derived = state_lib.per_device_bytes(abstract_state, state_sh)
-  replicated = state_lib.per_device_bytes(
-      abstract_state, _factors_replicated(state_sh, mesh))
-  print(f"  optimizer state MiB: whole {whole / 2**20:.1f}; per device {derived / 2**20:.1f} "
-        f"(derived shardings), {replicated / 2**20:.1f} with factors/bases replicated")
+  print(f"  optimizer state MiB: whole {whole / 2**20:.1f}; per device {derived / 2**20:.1f}")
 
 
 def run_hlo(layers: int, frequency: int, kron_probability: float, top: int,
@@ -429,7 +418,7 @@ def run_hlo(layers: int, frequency: int, kron_probability: float, top: int,
       print_kinds(found)
       amortised = print_regions(found, case) if case.branches else _bytes(found)
       print_largest(found, top)
-      print_state_bytes(abstract_state, state_sh, mesh)
+      print_state_bytes(abstract_state, state_sh)
       summary.append((case.name.split()[0], policy,
                       state_lib.per_device_bytes(abstract_state, state_sh), amortised))
   print("\nsummary: optimizer-state MiB per device vs collective MiB per device per step "

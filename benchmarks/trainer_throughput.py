@@ -21,24 +21,14 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from configs import base  # pylint: disable=g-import-not-at-top
 from optbench_jax import models
-from optbench_jax.train import mesh as mesh_lib
+from optbench_jax import train
 from optbench_jax.train import metrics as metrics_lib
-from optbench_jax.train import optimizer as optimizer_lib
-from optbench_jax.train import state as state_lib
-from optbench_jax.train import step as step_lib
 
 
 def build(config, devices):
-  mesh = mesh_lib.make_mesh(config.mesh, devices)
-  abstract_params = models.abstract_params(config.model)
-  optimizer = optimizer_lib.build(config, abstract_params,
-                                  models.param_batch_axes(abstract_params))
-  abstract = state_lib.abstract_state(config.model, optimizer.tx)
-  shardings = state_lib.state_shardings(config.model, abstract, mesh)
-  batch_sharding = models.sharding.batch_sharding(mesh)
-  model = models.build_model(config.model, mesh=mesh)
-  train_step = step_lib.make_train_step(model, optimizer, config, mesh, shardings, batch_sharding)
-  return optimizer, shardings, batch_sharding, train_step, abstract
+  """The trainer's own assembly (``optbench_jax.train.build``)."""
+  run = train.build(config, devices)
+  return run.optimizer, run.state_shardings, run.batch_sharding, run.train_step, run
 
 
 def batch_for(config, rng):
@@ -59,13 +49,9 @@ def make_config(num_layers, seq_len, batch, dtype):
 
 
 def compile_seconds(config, devices):
-  _, shardings, batch_sharding, train_step, abstract = build(config, devices)
-  args = (state_lib.with_shardings(abstract, shardings),
-          {k: jax.ShapeDtypeStruct((config.data.global_batch_size, config.data.seq_len),
-                                   np.int32, sharding=batch_sharding)
-           for k in ("inputs", "targets")})
+  run = train.build(config, devices)
   start = time.perf_counter()
-  train_step.lower(*args).compile()
+  run.train_step.lower(run.state_target(), run.abstract_batch()).compile()
   return time.perf_counter() - start
 
 
@@ -80,8 +66,8 @@ def main():
   peak, source = metrics_lib.peak_flops(devices)
 
   config = make_config(12, args.seq_len, args.batch, args.dtype)
-  optimizer, shardings, batch_sharding, train_step, _ = build(config, devices)
-  state = state_lib.create_sharded_state(config.model, optimizer.tx, shardings, seed=0)
+  _, _, batch_sharding, train_step, run = build(config, devices)
+  state = run.create_state(seed=0)
   rng = np.random.default_rng(0)
   batches = [jax.device_put(batch_for(config, rng), batch_sharding) for _ in range(args.steps)]
   start = time.perf_counter()

@@ -31,7 +31,7 @@ def base_config() -> ml_collections.ConfigDict:
       remat="none",            # none | full | dots
       compute_dtype="float32", # bfloat16 on GPU/TPU
       param_dtype="float32",
-      num_experts=0,           # > 0 for kind=moe
+      num_experts=0,           # >= 2 for kind=moe (checked by models.ModelSpec)
       experts_top_k=2,
       capacity_factor=0.0,     # 0 = dropless (ragged_dot); > 0 = capacity-factor path
       moe_aux_loss_coef=0.1,   # Switch load balance, divided by num_layers

@@ -55,8 +55,8 @@ def get_config():
       "mars": dict(baseline=dict(b1=0.95, b2=0.99), grid={"learning_rate": ADAM_LRS}),
       "c_adamw": dict(baseline=adam, grid={"learning_rate": ADAM_LRS}),
       "c_lion": dict(baseline=dict(b1=0.9, b2=0.99), grid={"learning_rate": SIGN_LRS}),
-      # Adam-mini splits q/k projections per head: it needs the model's head counts.
-      "adam_mini": dict(baseline=dict(b1=0.9, b2=0.99, num_heads=4, num_kv_heads=4),
+      # Adam-mini's head counts (q/k blocks) come from the model: the trainer passes them.
+      "adam_mini": dict(baseline=dict(b1=0.9, b2=0.99),
                         grid={"learning_rate": ADAM_LRS}),
       "prodigy": dict(baseline=dict(b1=0.9, b2=0.999), grid={"learning_rate": [0.5, 1.0, 2.0]}),
       "schedule_free_adamw": dict(baseline=dict(b1=0.9, b2=0.999),

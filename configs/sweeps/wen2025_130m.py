@@ -45,10 +45,9 @@ def get_config():
                                     warmup_steps=1000, grad_clip=1.0), **adam),
       "mars": dict(baseline=dict(learning_rate=8e-3, weight_decay=0.1, b1=0.95, b2=0.99,
                                  warmup_steps=1000, grad_clip=1.0), **adam),
-      # Adam-mini splits q/k projections per head: it needs the model's head counts.
+      # Adam-mini's head counts (q/k blocks) come from the model: the trainer passes them.
       "adam_mini": dict(baseline=dict(learning_rate=8e-3, weight_decay=0.1, b1=0.9, b2=0.98,
-                                      warmup_steps=1000, grad_clip=1.0, num_heads=8,
-                                      num_kv_heads=8), **adam),
+                                      warmup_steps=1000, grad_clip=1.0), **adam),
       "lion": dict(baseline=dict(learning_rate=1e-3, weight_decay=0.5, b1=0.9, b2=0.98,
                                  warmup_steps=1000),
                    grid={"learning_rate": [2.5e-4, 5e-4, 1e-3, 2e-3], "weight_decay": [0.1, 0.5, 1.0],

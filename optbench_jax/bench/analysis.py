@@ -21,6 +21,7 @@ import math
 import os
 from typing import Any, Mapping, Sequence
 
+import jax
 import numpy as np
 
 from optbench_jax.bench import results_store, speedup, tuning
@@ -147,18 +148,14 @@ def overheads(best: Mapping[tuple[str, int], BestConfig], reference: str
 
 
 def optimizer_state_bytes_per_param(config: Mapping[str, Any]) -> float:
-  """Bytes of optimizer state per model parameter for a resolved trainer config."""
-  import jax                                   # pylint: disable=g-import-not-at-top
-  import ml_collections
-  from optbench_jax import models
-  from optbench_jax.train import optimizer as optimizer_lib
-  config = ml_collections.ConfigDict(dict(config))
-  params = models.abstract_params(config.model)
-  tx = optimizer_lib.build(config, params, models.param_batch_axes(params)).tx
-  state = jax.eval_shape(tx.init, params)
+  """Bytes of optimizer state per model parameter for a trainer config (``train.build``,
+  abstract: nothing allocated)."""
+  from optbench_jax import train               # pylint: disable=g-import-not-at-top
+  run = train.build(dict(config), abstract=True, process_count=1)
+  state = run.abstract_state
   state_bytes = sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
-                    for x in jax.tree.leaves(state))
-  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+                    for x in jax.tree.leaves(state.opt_state))
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
   return state_bytes / n_params
 
 

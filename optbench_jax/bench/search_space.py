@@ -6,7 +6,8 @@ value of anything not swept). Grids are built with :func:`log_grid` (learning
 rates, weight decay, 1 - beta) or :func:`linear_grid`, or written out.
 
 Trial hyperparameters are flat names; :func:`config_key` says where each goes
-in the trainer config (``configs/base.py``):
+in the trainer config (``configs/base.py``). Which names are the trainer's is
+read from the one table, ``train/optimizer_args.py``:
 
   learning_rate, weight_decay, grad_clip -> optimizer.<name>
   warmup_steps                           -> optimizer.schedule.warmup_steps
@@ -14,7 +15,12 @@ in the trainer config (``configs/base.py``):
                                             against the optimizer's factory
   hparams/<name>                         -> optimizer.hparams.<name> (for a factory
                                             argument that shares a trainer key's
-                                            name, e.g. schedule-free's warmup_steps)
+                                            name but is not trainer-owned)
+
+A factory argument the trainer fills in (``mask``, ``batch_axes``, the head
+counts, Sophia's ``batch_size``, ...) can never be swept. A secondary learning
+rate (``adam_learning_rate``) is swept by its peak; the trainer applies the
+run's schedule to it.
 """
 
 from __future__ import annotations
@@ -26,16 +32,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from optbench_jax.optim import registry
+from optbench_jax.train import optimizer_args
 
 # Trainer-level hyperparameters and where they live in the config.
-TRAINER_KEYS = {
-    "learning_rate": "optimizer.learning_rate",
-    "weight_decay": "optimizer.weight_decay",
-    "grad_clip": "optimizer.grad_clip",
-    "warmup_steps": "optimizer.schedule.warmup_steps",
-}
-# Factory arguments the trainer fills in itself; a sweep must not set them.
-TRAINER_OWNED = ("mask", "batch_axes", "learning_rate", "weight_decay")
+TRAINER_KEYS = optimizer_args.sweepable_config_keys()
+# Factory arguments the trainer fills in itself; a sweep sets none of them as an hparam.
+TRAINER_OWNED = tuple(arg.name for arg in optimizer_args.TRAINER_ARGS)
 HPARAMS_PREFIX = "hparams/"   # "/" as ConfigDict keys may not contain dots
 
 
@@ -154,6 +156,10 @@ def validate(optimizer: str, grid: Mapping[str, Sequence[Any]],
     for name in names:
       if name.startswith(HPARAMS_PREFIX) and name[len(HPARAMS_PREFIX):] in valid - set(TRAINER_OWNED):
         continue
+      if name in valid and name in TRAINER_OWNED and name not in TRAINER_KEYS:
+        raise SearchSpaceError(
+            f"optimizer {optimizer!r}: {name!r} in its {source} is set by the trainer "
+            f"({optimizer_args.BY_NAME[name].source}); remove it")
       if name not in allowed:
         raise SearchSpaceError(
             f"optimizer {optimizer!r}: unknown hyperparameter {name!r} in its {source}; "

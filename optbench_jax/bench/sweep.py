@@ -9,7 +9,10 @@ so on a pod each trial is a normal multi-host run, and locally ``parallel`` of
 them run side by side as independent processes. The runner:
 
 * validates the sweep and opens the results store *before* any trial starts
-  (a store of another sweep or a newer schema raises);
+  (a store of another sweep or a newer schema raises); the validation runs the
+  trainer's own checks (``train.check``) on the grid, and every trial proposed
+  later is checked the same way right before launch (a rejected one is recorded
+  ``failed`` with the trainer's message, never launched);
 * asks every (optimizer, budget) tuner for trials (tuning runs on ``seeds[0]``;
   a finished tuner's best point is then re-run on the remaining seeds);
 * skips trials the store already holds as completed or diverged, and records
@@ -355,6 +358,14 @@ class SweepRunner:
     while queue or running:
       while queue and len(running) < self.parallel:
         trial = queue.pop(0)
+        rejected = self._preflight(trial)
+        if rejected is not None:     # the trainer would refuse it: record, never launch
+          self.store.record(rejected)
+          outcome.recorded[rejected.status] += 1
+          self.log(f"[sweep] {trial.trial_id}: not launched ({rejected.reason})")
+          for callback in waiting.pop(trial.trial_id, []):
+            callback(rejected.objective)
+          continue
         running[trial.trial_id] = self._launch(trial)
         outcome.launched += 1
       time.sleep(self.poll_interval_s)
@@ -397,6 +408,14 @@ class SweepRunner:
       return None
     self.store.record(result)
     return result
+
+  def _preflight(self, trial: Trial) -> results_store.TrialResult | None:
+    """A failed result if the trainer's own checks reject the trial's config, else None."""
+    try:
+      sweep_config.preflight(self._config(trial), trial.trial_id)
+    except sweep_config.SweepConfigError as e:
+      return self._result(trial, results_store.FAILED, str(e), {}, [])
+    return None
 
   def _launch(self, trial: Trial) -> _Running:
     trial_dir = self._trial_dir(trial)

@@ -52,7 +52,6 @@ from typing import Any, Mapping
 import ml_collections
 
 from optbench_jax.bench import search_space
-from optbench_jax.optim import registry
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STRATEGIES = ("grid", "coordinate_descent")
@@ -261,7 +260,47 @@ def validate(plain: Mapping[str, Any], base: ml_collections.ConfigDict) -> None:
           raise SweepConfigError(
               f"optimizers.{name}: budget {budget} steps is not longer than the warmup "
               f"({warmup} steps); shorten warmup_steps or drop the budget")
-    _check_values_build(name, spec)
+        preflight(config, f"optimizers.{name} at {point}, {budget} steps")
+
+
+_TRACED: set[str] = set()      # trace signatures already checked in this process
+
+
+def _trace_signature(config: ml_collections.ConfigDict) -> str:
+  """What the train step's trace depends on: everything but float hyperparameter values."""
+  plain = _plain(config)
+  plain["optimizer"]["hparams"] = {
+      k: (type(v).__name__ if isinstance(v, float) else v)
+      for k, v in plain["optimizer"]["hparams"].items()}
+  for key in ("learning_rate", "weight_decay", "grad_clip"):
+    plain["optimizer"][key] = None
+  plain["train"] = plain["optimizer"]["schedule"] = plain["seed"] = None
+  plain["data"]["shuffle_seed"] = None
+  return json.dumps(plain, sort_keys=True, default=str)
+
+
+def preflight(config: ml_collections.ConfigDict, where: str) -> None:
+  """The trainer's own checks on one trial config; raises SweepConfigError with its message.
+
+  Every config gets ``train.build`` (abstract: config, model, mesh, batch split,
+  optimizer construction with its real values, state shardings; nothing
+  allocated). The train step is also traced (``train.check``) once per trace
+  signature -- the config up to float hyperparameter values, steps and seeds,
+  which change no shapes or code paths -- so a grid of learning rates costs one
+  trace. Run on the grid before a sweep starts, and on every trial right before
+  it is launched (edge extension and coordinate descent propose points not known
+  in advance).
+  """
+  from optbench_jax import train   # pylint: disable=import-outside-toplevel  (jax, models)
+  signature = _trace_signature(config)
+  try:
+    if signature in _TRACED:
+      train.build(config, abstract=True, process_count=1)
+    else:
+      train.check(config)
+      _TRACED.add(signature)
+  except train.ConfigError as e:
+    raise SweepConfigError(f"{where}: the trainer rejects this trial: {e}") from None
 
 
 def _one_at_a_time(grid: Mapping[str, Any], baseline: Mapping[str, Any]) -> list[dict]:
@@ -272,18 +311,6 @@ def _one_at_a_time(grid: Mapping[str, Any], baseline: Mapping[str, Any]) -> list
   for name, values in grid.items():
     points.extend({**start, name: v} for v in values)
   return points
-
-
-def _check_values_build(name: str, spec: Mapping[str, Any]) -> None:
-  """Builds the optimizer at every grid value so an impossible value fails now."""
-  for point in _one_at_a_time(spec["grid"], spec["baseline"]):
-    kwargs = {k.removeprefix(search_space.HPARAMS_PREFIX): v for k, v in point.items()
-              if k not in search_space.TRAINER_KEYS or k in ("learning_rate", "weight_decay")}
-    kwargs.setdefault("learning_rate", 1e-3)
-    try:
-      registry.create(name, **kwargs)
-    except (TypeError, ValueError) as e:
-      raise SweepConfigError(f"optimizers.{name}: {point} is not a valid setting: {e}") from e
 
 
 def load(sweep: Any) -> tuple[dict[str, Any], ml_collections.ConfigDict, str]:

@@ -75,38 +75,49 @@ class ModelSpec:
     return jnp.dtype(self.param_dtype)
 
   def validate(self) -> None:
+    """The one check of a model's settings; raises ONE ValueError naming the key.
+
+    The trainer's config checks call this (through ``from_config``), so a bad
+    model setting has one message, from here.
+    """
     def fail(key, why):
       raise ValueError(f"model.{key}={getattr(self, key)!r}: {why}")
+
+    def integer(key, minimum):
+      value = getattr(self, key)
+      if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        fail(key, f"must be an integer >= {minimum}")
+
     if self.kind not in KINDS:
-      fail("kind", f"must be one of {KINDS}")
+      fail("kind", f"must be one of {list(KINDS)}")
     for key in ("num_layers", "d_model", "num_heads", "num_kv_heads", "vocab_size", "ffn_dim"):
-      if int(getattr(self, key)) < 1:
-        fail(key, "must be >= 1")
+      integer(key, 1)
     if self.d_model % self.num_heads:
-      fail("num_heads", f"must divide d_model={self.d_model}")
+      raise ValueError(f"model.d_model ({self.d_model}) must be divisible by model.num_heads "
+                       f"({self.num_heads})")
     if self.head_dim % 2:
       fail("num_heads", f"head_dim = d_model / num_heads = {self.head_dim} must be even (RoPE)")
     if self.num_heads % self.num_kv_heads:
       fail("num_kv_heads", f"must divide num_heads={self.num_heads} (grouped-query attention)")
     if self.remat not in REMAT:
-      fail("remat", f"must be one of {REMAT}")
+      fail("remat", f"must be one of {list(REMAT)}")
     for key in ("compute_dtype", "param_dtype"):
       if getattr(self, key) not in DTYPES:
-        fail(key, f"must be one of {DTYPES}")
-    if self.norm_eps <= 0 or self.init_std <= 0 or self.rope_theta <= 0:
-      bad = next(k for k in ("norm_eps", "init_std", "rope_theta") if getattr(self, k) <= 0)
-      fail(bad, "must be > 0")
+        fail(key, f"must be one of {list(DTYPES)}")
+    for key in ("norm_eps", "init_std", "rope_theta"):
+      if not getattr(self, key) > 0:
+        fail(key, "must be > 0")
     if self.z_loss < 0:
       fail("z_loss", "must be >= 0")
     if self.kind == "moe":
-      if self.num_experts < 1:
-        fail("num_experts", "must be >= 1 for kind='moe'")
+      # One expert is a dense layer with a router: not a mixture, so not accepted.
+      integer("num_experts", 2)
       if not 1 <= self.experts_top_k <= self.num_experts:
         fail("experts_top_k", f"must be in [1, num_experts={self.num_experts}]")
       if self.capacity_factor < 0:
         fail("capacity_factor", "must be >= 0 (0 = dropless)")
-      if self.moe_aux_loss_coef < 0 or self.moe_z_loss_coef < 0:
-        fail("moe_aux_loss_coef" if self.moe_aux_loss_coef < 0 else "moe_z_loss_coef",
-             "must be >= 0")
+      for key in ("moe_aux_loss_coef", "moe_z_loss_coef"):
+        if getattr(self, key) < 0:
+          fail(key, "must be >= 0")
     elif self.num_experts:
       fail("num_experts", "must be 0 for kind='llama' (set kind='moe' for experts)")

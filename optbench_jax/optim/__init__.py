@@ -13,6 +13,7 @@ from optbench_jax.optim.adam import adamw, nadamw
 from optbench_jax.optim.adam_mini import adam_mini
 from optbench_jax.optim.ademamix import ademamix
 from optbench_jax.optim.adopt import adopt
+from optbench_jax.optim.evaluation import eval_params
 from optbench_jax.optim.cautious import c_adamw, c_lion, cautious
 from optbench_jax.optim.mars import mars
 from optbench_jax.optim.muon import d_muon, muon

@@ -12,7 +12,9 @@ parameters). With c_t = w_t / sum_{i<=t} w_i and w_t = (max_{i<=t} lr_i)^r:
 
 Only y (the parameters) and z are stored; x = (y - (1 - b1) z) / b1 is recovered
 when needed, so memory equals AdamW's. ``schedule_free_eval_params(state,
-params)`` returns x: evaluate (and checkpoint for inference) with it.
+params)`` returns x: evaluate (and checkpoint for inference) with it. The
+state's ``eval_params`` method is the generic hook the trainer uses
+(``optim.evaluation``).
 
 This reproduces ``optax.contrib.schedule_free_adamw`` step for step, including
 its convention for schedules: the averaging weight reads the schedule at the
@@ -43,6 +45,11 @@ class ScheduleFreeState(NamedTuple):
   max_lr: jax.Array       # running maximum of the learning rate
   base_state: Any         # state of the base optimizer (the z step)
   z: Any                  # base iterate
+
+  def eval_params(self, params: Any) -> Any:
+    """The averaged iterate x = (y - (1 - b1) z) / b1 (``optim.eval_params`` hook)."""
+    return jax.tree.map(lambda y, z: ((y - (1.0 - self.b1) * z) / self.b1).astype(y.dtype),
+                        params, self.z)
 
 
 def schedule_free(base: optax.GradientTransformation, learning_rate: Any, b1: Any = 0.9,
@@ -148,6 +155,4 @@ def schedule_free_eval_params(state: Any, params: Any) -> Any:
   if len(found) != 1:
     raise ValueError(f"schedule_free_eval_params needs a state holding exactly one "
                      f"ScheduleFreeState, found {len(found)}")
-  sf = found[0]
-  return jax.tree.map(lambda y, z: ((y - (1.0 - sf.b1) * z) / sf.b1).astype(y.dtype),
-                      params, sf.z)
+  return found[0].eval_params(params)

@@ -4,6 +4,8 @@ Every schedule is an optax schedule, ``step -> learning rate``, built from
 ``jnp`` operations only, so it is jit-safe and works on traced step counts.
 Arguments are validated when the schedule is built.
 
+* :func:`constant` -- linear warmup from 0 over ``warmup_steps`` (default 0),
+  then constant.
 * :func:`cosine` -- linear warmup from 0 to ``peak``, then half-cosine decay to
   ``final_fraction * peak`` at ``total_steps`` (default final fraction 0.1).
 * :func:`paper_cosine` -- the variant of Semenov et al. (2025)'s code: the
@@ -66,10 +68,18 @@ def decay_multiplier(shape: str, progress: jnp.ndarray) -> jnp.ndarray:
   raise ValueError(f"decay shape must be one of {list(DECAY_SHAPES)}, got {shape!r}")
 
 
-def constant(learning_rate: float) -> optax.Schedule:
-  """``step -> learning_rate``."""
+def constant(learning_rate: float, warmup_steps: int = 0) -> optax.Schedule:
+  """``step -> learning_rate``, after a linear warmup from 0 over ``warmup_steps``."""
   hyperparams.check_learning_rate("learning_rate", learning_rate)
-  return optax.constant_schedule(learning_rate)
+  hyperparams.check_int_at_least("warmup_steps", warmup_steps, 0)
+  if not warmup_steps:
+    return optax.constant_schedule(learning_rate)
+
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    return learning_rate * jnp.minimum(step / warmup_steps, 1.0)
+
+  return schedule
 
 
 def linear(peak: float, total_steps: int, warmup_steps: int = 0,

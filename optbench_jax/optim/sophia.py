@@ -21,20 +21,24 @@ Two estimators:
   Rademacher probe drawn from a PRNG key kept in the state, ``H z`` a
   Hessian-vector product of the objective ``obj_fn`` (as optax.contrib.sophia).
 
-Contract for the trainer (extra keyword arguments of ``update``; required on
-*every* call because under ``jit`` the step count is not known at trace time,
-but only read on refresh steps, inside a ``lax.cond``):
+Contract for the caller (extra keyword arguments of ``update``; one of them is
+required on *every* call, because under ``jit`` the step count is not known at
+trace time; they are only evaluated on refresh steps, inside Sophia's own
+``lax.cond``, so the update interval lives here and nowhere else):
 
-* Sophia-G: ``hessian_grads=`` a pytree like the gradients: the gradient, at
-  the current parameters, of the *mean* cross-entropy over the current batch
-  (``batch_size`` tokens) with the targets replaced by labels **sampled from
-  the model's own output distribution** (``categorical(logits)``, gradient not
-  taken through the sampling). On steps where no refresh happens
-  (``count % update_interval != 0``) any tree of the right structure will do
-  (pass the gradients) -- compute the real one only every ``update_interval``
-  steps, e.g. under ``lax.cond`` in the train step.
+* Sophia-G: ``hessian_grads_fn=`` a zero-argument function returning a pytree
+  like the gradients: the gradient, at the current parameters, of the *mean*
+  cross-entropy over the current batch (``batch_size`` tokens) with the
+  targets replaced by labels **sampled from the model's own output
+  distribution** (``categorical(logits)``, gradient not taken through the
+  sampling). Sophia calls it only on refresh steps (``count % update_interval
+  == 0``), so the extra backward pass costs nothing on the others. (Or
+  ``hessian_grads=`` that tree itself, computed by the caller.)
 * Sophia-H: ``obj_fn=`` a function ``params -> scalar loss`` on the current
   batch; its Hessian-vector product is taken only on refresh steps.
+
+The trainer's step passes both functions to every optimizer; the others
+ignore them.
 
 Across devices, ``hessian_grads`` (or the loss inside ``obj_fn``) must already
 be averaged over the global batch, like the gradient.
@@ -98,22 +102,28 @@ def scale_by_sophia(b1: float = 0.965, b2: float = 0.99, rho: float = 0.04,
                               hessian=jax.tree.map(zeros, params),
                               key=jax.random.PRNGKey(seed))
 
-  def update_fn(updates, state, params=None, hessian_grads=None, obj_fn=None,
-                **extra_args):
+  def update_fn(updates, state, params=None, hessian_grads=None, hessian_grads_fn=None,
+                obj_fn=None, **extra_args):
     del extra_args
-    if estimator == "gnb" and hessian_grads is None:
+    if estimator == "gnb" and hessian_grads is None and hessian_grads_fn is None:
       raise ValueError(
-          "sophia (estimator='gnb') needs update(..., hessian_grads=...): the gradient of "
-          "the loss on labels sampled from the model's own logits (see the sophia docstring)")
+          "sophia (estimator='gnb') needs update(..., hessian_grads_fn=...) (or "
+          "hessian_grads=...): the gradient of the loss on labels sampled from the model's "
+          "own logits (see the sophia docstring)")
     if estimator == "hutchinson":
       if obj_fn is None:
         raise ValueError("sophia (estimator='hutchinson') needs update(..., obj_fn=...): "
                          "a function params -> scalar loss on the current batch")
       if params is None:
         raise ValueError("sophia (estimator='hutchinson') needs params in update")
-    if hessian_grads is not None and (jax.tree.structure(hessian_grads)
-                                      != jax.tree.structure(updates)):
-      raise ValueError("hessian_grads must have the same tree structure as the gradients")
+    def sampled_grads():
+      tree = hessian_grads if hessian_grads is not None else hessian_grads_fn()
+      if jax.tree.structure(tree) != jax.tree.structure(updates):
+        raise ValueError("hessian_grads must have the same tree structure as the gradients")
+      return tree
+
+    if hessian_grads is not None:
+      sampled_grads()    # structure errors surface before the cond is traced
 
     mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g.astype(jnp.float32),
                       state.mu, updates)
@@ -121,7 +131,7 @@ def scale_by_sophia(b1: float = 0.965, b2: float = 0.99, rho: float = 0.04,
     def refresh(hessian, key):
       if estimator == "gnb":
         estimate = jax.tree.map(lambda hg: batch_size * jnp.square(hg.astype(jnp.float32)),
-                                hessian_grads)
+                                sampled_grads())
       else:
         key, probe_key = jax.random.split(key)
         estimate = hutchinson_diagonal(obj_fn, params, probe_key)
@@ -156,7 +166,7 @@ def sophia(learning_rate: Any, b1: float = 0.965, b2: float = 0.99, rho: float =
     weight_decay: >= 0 (scalar or schedule), multiplied by the learning rate.
     mask: which leaves are decayed (see ``labels.weight_decay_mask``).
     update_interval: >= 1, steps between Hessian refreshes (k).
-    estimator: ``"gnb"`` (Sophia-G, needs ``hessian_grads=``) or
+    estimator: ``"gnb"`` (Sophia-G, needs ``hessian_grads_fn=`` or ``hessian_grads=``) or
       ``"hutchinson"`` (Sophia-H, needs ``obj_fn=``).
     batch_size: >= 1, tokens over which ``hessian_grads``' loss is averaged
       (Sophia-G's Bartlett scaling). Default 131072 = 256 x 512, the 124M

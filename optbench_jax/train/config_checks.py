@@ -16,15 +16,13 @@ from typing import Any, Mapping
 import ml_collections
 
 from configs import base
+from optbench_jax import models
 
 # Free-form sub-configs: their keys are checked by their consumer (the optimizer
 # registry names unknown hyperparameters).
 FREE_FORM = ("optimizer.hparams",)
 
-MODEL_KINDS = ("llama", "moe")
 DATA_SOURCES = ("synthetic", "shards")
-REMAT_MODES = ("none", "full", "dots")
-DTYPES = ("float32", "bfloat16", "float16")
 FACTOR_SHARDINGS = ("matched", "full", "replicated")   # train/state.py
 
 
@@ -75,26 +73,12 @@ def _positive_int(key: str, value: Any, minimum: int = 1) -> None:
 
 
 def check_values(config: ml_collections.ConfigDict) -> None:
-  """Value checks that need no devices: choices, positive sizes, model shape."""
+  """Value checks that need no devices: choices, positive sizes; the model via ModelSpec."""
   m, d, o, t = config.model, config.data, config.optimizer, config.train
-  _choice("model.kind", m.kind, MODEL_KINDS)
-  _choice("model.remat", m.remat, REMAT_MODES)
-  _choice("model.compute_dtype", m.compute_dtype, DTYPES)
-  _choice("model.param_dtype", m.param_dtype, DTYPES)
-  for key in ("num_layers", "d_model", "num_heads", "vocab_size"):
-    _positive_int(f"model.{key}", m[key])
-  _require(m.d_model % m.num_heads == 0,
-           f"config.model.d_model ({m.d_model}) must be divisible by model.num_heads "
-           f"({m.num_heads})")
-  if m.num_kv_heads:
-    _require(m.num_heads % m.num_kv_heads == 0,
-             f"config.model.num_heads ({m.num_heads}) must be a multiple of "
-             f"model.num_kv_heads ({m.num_kv_heads})")
-  if m.kind == "moe":
-    _positive_int("model.num_experts", m.num_experts, 2)
-    _require(1 <= m.experts_top_k <= m.num_experts,
-             f"config.model.experts_top_k ({m.experts_top_k}) must be in "
-             f"[1, num_experts={m.num_experts}]")
+  try:     # the model's settings have one owner: ModelSpec
+    models.ModelSpec.from_config(m)
+  except ValueError as e:
+    raise ConfigError(f"config.{e}") from None
 
   _choice("data.source", d.source, DATA_SOURCES)
   _positive_int("data.seq_len", d.seq_len)

@@ -35,14 +35,12 @@ from optbench_jax import atomic_files
 from optbench_jax import data as data_lib
 from optbench_jax import models
 from optbench_jax.models import flops as flops_lib
-from optbench_jax.models import sharding as sharding_lib
+from optbench_jax.train import assembly
 from optbench_jax.train import checkpoint as checkpoint_lib
 from optbench_jax.train import config_checks
 from optbench_jax.train import mesh as mesh_lib
 from optbench_jax.train import metrics as metrics_lib
-from optbench_jax.train import optimizer as optimizer_lib
 from optbench_jax.train import state as state_lib
-from optbench_jax.train import step as step_lib
 from optbench_jax.train.config_checks import ConfigError
 
 COMPLETED, DIVERGED, PREEMPTED = "completed", "diverged", "preempted"
@@ -68,25 +66,6 @@ class _StopSignal:
   def __exit__(self, *exc):
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
-
-
-def _setup(config: ml_collections.ConfigDict, workdir: str | None, devices, *, need_data: bool):
-  """Everything that can fail on bad input, before compiling. Returns a namespace dict."""
-  try:
-    model_spec = models.ModelSpec.from_config(config.model)
-  except ValueError as e:
-    raise ConfigError(f"config.model: {e}") from None
-  mesh = mesh_lib.make_mesh(config.mesh, devices)
-  batch_sharding = sharding_lib.batch_sharding(mesh)
-  batch_axes = {a: mesh.shape[a] for a in jax.tree.leaves(tuple(batch_sharding.spec))
-                if a is not None}
-  config_checks.check_batch_split(config, batch_axes, jax.process_count())
-  abstract_params = models.abstract_params(config.model)
-  param_batch_axes = models.param_batch_axes(abstract_params)
-  optimizer = optimizer_lib.build(config, abstract_params, param_batch_axes)
-  manifest = _prepare_data(config, workdir) if need_data else None
-  return dict(model_spec=model_spec, mesh=mesh, batch_sharding=batch_sharding,
-              optimizer=optimizer, manifest=manifest)
 
 
 def _prepare_data(config: ml_collections.ConfigDict, workdir: str):
@@ -155,25 +134,10 @@ def dry_run(config: Any, devices: list | None = None) -> dict:
   devices (e.g. planning a TPU pod run from a laptop) the figures are computed
   on an abstract mesh of the config's shape.
   """
-  config = config_checks.resolve(config)
-  config_checks.validate(config)
-  try:
-    models.ModelSpec.from_config(config.model)
-  except ValueError as e:
-    raise ConfigError(f"config.model: {e}") from None
-  try:
-    mesh = mesh_lib.make_mesh(config.mesh, devices)
-    device_count = mesh.size
-  except ConfigError:
-    if -1 in [config.mesh[a] for a in mesh_lib.AXES]:
-      raise
-    device_count = int(np.prod([config.mesh[a] for a in mesh_lib.AXES]))
-    mesh = mesh_lib.abstract_mesh(config.mesh, device_count)
-  abstract_params = models.abstract_params(config.model)
-  optimizer = optimizer_lib.build(config, abstract_params, models.param_batch_axes(abstract_params))
-  abstract = state_lib.abstract_state(config.model, optimizer.tx)
-  shardings = state_lib.state_shardings(config.model, abstract, mesh,
-                                         config.mesh.factor_sharding)
+  run_ = assembly.build(config, devices, abstract=True)
+  config, mesh, abstract, shardings = (run_.config, run_.mesh, run_.abstract_state,
+                                       run_.state_shardings)
+  device_count = int(mesh.size)
   report = dict(
       params=_count_params(config.model),
       flops_per_token=float(flops_lib.flops_per_token(config.model, config.data.seq_len)),
@@ -209,16 +173,11 @@ def run(config: Any, workdir: str, devices: list | None = None) -> dict:
   if is_writer:
     os.makedirs(workdir, exist_ok=True)
   devices = list(jax.devices() if devices is None else devices)
-  setup = _setup(config, workdir, devices, need_data=True)
-  mesh, batch_sharding, optimizer, manifest = (
-      setup["mesh"], setup["batch_sharding"], setup["optimizer"], setup["manifest"])
+  run_ = assembly.build(config, devices)
+  config, mesh, batch_sharding = run_.config, run_.mesh, run_.batch_sharding
+  manifest = _prepare_data(config, workdir)
   d, t = config.data, config.train
   micro_batch = d.global_batch_size // d.grad_accum_steps
-
-  model = models.build_model(config.model, mesh=mesh)
-  abstract = state_lib.abstract_state(config.model, optimizer.tx)
-  shardings = state_lib.state_shardings(config.model, abstract, mesh,
-                                         config.mesh.factor_sharding)
   train_iter = data_lib.make_train_iterator(
       str(manifest.directory), seq_len=d.seq_len, global_batch_size=d.global_batch_size,
       seed=d.shuffle_seed, process_index=jax.process_index(),
@@ -227,16 +186,14 @@ def run(config: Any, workdir: str, devices: list | None = None) -> dict:
   resumed_from = checkpointer.latest_step()
   if resumed_from is not None:
     logging.info("restoring step %d from %s", resumed_from, checkpointer.directory)
-    state = checkpointer.restore(resumed_from, state_lib.with_shardings(abstract, shardings),
-                                 train_iter)
+    state = checkpointer.restore(resumed_from, run_.state_target(), train_iter)
   else:
-    state = state_lib.create_sharded_state(config.model, optimizer.tx, shardings, config.seed)
+    state = run_.create_state()
   step = int(jax.device_get(state.step))
 
   writer = metrics_lib.MetricsWriter(workdir, enabled=is_writer)
   writer.truncate_after(step)
-  train_step = step_lib.make_train_step(model, optimizer, config, mesh, shardings, batch_sharding)
-  eval_step = step_lib.make_eval_step(model, optimizer, mesh, shardings, batch_sharding)
+  train_step, eval_step = run_.train_step, run_.eval_step
 
   tokens_per_step = d.global_batch_size * d.seq_len
   flops_per_token = float(flops_lib.flops_per_token(config.model, d.seq_len))

@@ -11,10 +11,16 @@ Micro-batches run in a ``lax.scan`` so that memory is one micro-batch's
 activations. Each micro-batch takes every A-th row of the global batch
 (reshape [B, S] -> [B/A, A, S]), so the rows a device holds stay on it.
 
-Sophia-G (Liu et al. 2024, Alg. 2) gets ``hessian_grads``: the gradient of the
-LM loss on labels sampled from the model's own logits ("Gauss-Newton-Bartlett"),
-computed only on steps with ``step % update_interval == 0`` (``lax.cond``;
-zeros otherwise). The batch-size scaling of the estimate is the optimizer's.
+Every optimizer's ``update`` also gets two functions it may call (optax extra
+arguments; optimizers that do not take them never see them):
+
+* ``hessian_grads_fn()``: the gradient of the LM loss on labels sampled from
+  the model's own logits ("Gauss-Newton-Bartlett", Sophia-G, Liu et al. 2024,
+  Alg. 2), over the whole batch. Nothing is computed unless the optimizer
+  calls it; Sophia calls it inside its own refresh ``lax.cond``, so its
+  ``update_interval`` alone decides when the extra backward pass runs.
+* ``obj_fn(params)``: the training loss of the current batch (Sophia-H's
+  Hessian-vector products).
 
 The step is one ``jax.jit`` with the state donated; shardings of state and
 batch are given explicitly (the state's from ``state.state_shardings``).
@@ -46,18 +52,17 @@ def split_micro_batches(batch: dict, accum: int, mesh, batch_spec: P) -> dict:
   return jax.tree.map(split, batch)
 
 
-def accumulate(value_and_grad: Callable, params: Any, batch: dict, accum: int, mesh,
-               batch_spec: P, *args) -> tuple[Any, Any]:
-  """Mean of ``value_and_grad(params, micro_batch, *args)`` over ``accum`` micro-batches."""
+def accumulate(fn: Callable, params: Any, batch: dict, accum: int, mesh,
+               batch_spec: P, *args) -> Any:
+  """Mean of ``fn(params, micro_batch, *args)`` (any pytree) over ``accum`` micro-batches."""
   if accum == 1:
-    return value_and_grad(params, batch, *args)
+    return fn(params, batch, *args)
   micro = split_micro_batches(batch, accum, mesh, batch_spec)
 
   def body(carry, micro_batch):
-    value, grads = value_and_grad(params, micro_batch, *args)
-    return jax.tree.map(jnp.add, carry, (value, grads)), None
+    return jax.tree.map(jnp.add, carry, fn(params, micro_batch, *args)), None
 
-  first = jax.eval_shape(value_and_grad, params, jax.tree.map(lambda x: x[0], micro), *args)
+  first = jax.eval_shape(fn, params, jax.tree.map(lambda x: x[0], micro), *args)
   zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), first)
   total, _ = jax.lax.scan(body, zeros, micro)
   return jax.tree.map(lambda x: x / accum, total)
@@ -88,23 +93,23 @@ def make_train_step(model, optimizer: Optimizer, config, mesh, state_shardings: 
   """``train_step(state, batch) -> (state, TrainMetrics)``, jitted, state donated."""
   accum = config.data.grad_accum_steps
   batch_spec = batch_sharding.spec
-  grad_fn = jax.value_and_grad(make_loss_fn(model, config.model.z_loss), has_aux=True)
-  sampled_grad_fn = jax.value_and_grad(make_sampled_label_loss(model))
+  loss_fn = make_loss_fn(model, config.model.z_loss)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  sampled_grad_fn = jax.grad(make_sampled_label_loss(model))
   hessian_key = jax.random.PRNGKey(config.seed + 1)
 
   def train_step(state: TrainState, batch: dict):
     (loss, (lm, aux)), grads = accumulate(grad_fn, state.params, batch, accum, mesh, batch_spec)
-    extra = {}
-    if optimizer.needs_hessian_grads:
-      key = jax.random.fold_in(hessian_key, state.step)
+    key = jax.random.fold_in(hessian_key, state.step)
 
-      def estimate():
-        return accumulate(sampled_grad_fn, state.params, batch, accum, mesh, batch_spec, key)[1]
+    def hessian_grads_fn():
+      return accumulate(sampled_grad_fn, state.params, batch, accum, mesh, batch_spec, key)
 
-      extra["hessian_grads"] = jax.lax.cond(
-          state.step % optimizer.hessian_interval == 0, estimate,
-          lambda: jax.tree.map(jnp.zeros_like, grads))
-    updates, opt_state = optimizer.tx.update(grads, state.opt_state, state.params, **extra)
+    def obj_fn(params):
+      return accumulate(lambda p, b: loss_fn(p, b)[0], params, batch, accum, mesh, batch_spec)
+
+    updates, opt_state = optimizer.tx.update(grads, state.opt_state, state.params,
+                                             hessian_grads_fn=hessian_grads_fn, obj_fn=obj_fn)
     params = optax.apply_updates(state.params, updates)
     step_metrics = metrics_lib.TrainMetrics.single_from_model_output(
         loss=loss, lm_loss=lm, grad_norm=optax.tree.norm(grads),
@@ -121,7 +126,7 @@ def make_eval_step(model, optimizer: Optimizer, mesh, state_shardings: TrainStat
                    batch_sharding: NamedSharding) -> Callable:
   """``eval_step(state, batch) -> EvalMetrics`` (token-weighted; padding masked out)."""
   def eval_step(state: TrainState, batch: dict):
-    params = eval_params(optimizer, state.opt_state, state.params)
+    params = eval_params(state.opt_state, state.params)
     logits, _ = model.apply({"params": params}, batch["inputs"])
     mask = batch.get("mask")
     loss, _ = losses.lm_loss(logits, batch["targets"], mask)

@@ -10,8 +10,8 @@ import pytest
 
 from optbench_jax import train
 from optbench_jax.train import config_checks
-from optbench_jax.train import loop
 from optbench_jax.train import state as state_lib
+from optbench_jax.train import step as step_lib
 from tests.train import tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -23,7 +23,7 @@ def no_compile(monkeypatch):
   def forbidden(*args, **kwargs):
     raise AssertionError("the trainer started compiling before rejecting the config")
   monkeypatch.setattr(state_lib, "create_sharded_state", forbidden)
-  monkeypatch.setattr(loop.step_lib, "make_train_step", forbidden)
+  monkeypatch.setattr(step_lib, "make_train_step", forbidden)
 
 
 def _expect(config, message, tmp_path, devices):
@@ -113,3 +113,25 @@ def test_command_line_rejects_an_unknown_override_and_dry_runs(tmp_path):
   assert ok.returncode == 0, ok.stderr
   assert "parameters" in ok.stdout and "per device" in ok.stdout
   assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("update", [
+    dict(kind="moe", num_experts=1),          # one owner: ModelSpec says >= 2
+    dict(d_model=33),
+    dict(num_kv_heads=3),
+    dict(remat="sometimes"),
+])
+def test_bad_model_settings_give_one_error_from_model_spec(update, tmp_path, no_compile):
+  """The trainer, the dry run and a sweep's pre-flight all report ModelSpec's message."""
+  from optbench_jax import models  # pylint: disable=import-outside-toplevel
+  config = tiny.micro_config(tmp_path)
+  config.model.update(**update)
+  with pytest.raises(ValueError) as spec_error:
+    models.ModelSpec.from_config(config.model)
+  expected = f"config.{spec_error.value}"
+  for entry in (lambda: train.run(config, str(tmp_path / "work"), devices=tiny.one_device()),
+                lambda: train.dry_run(config, tiny.one_device()),
+                lambda: train.check(config)):
+    with pytest.raises(config_checks.ConfigError) as error:
+      entry()
+    assert str(error.value) == expected

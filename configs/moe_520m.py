@@ -9,6 +9,7 @@ def get_config():
                  experts_top_k=2, moe_aux_loss_coef=0.1, moe_z_loss_coef=0.01)
   c.data.update(source="shards", seq_len=512, global_batch_size=256)
   c.optimizer.hparams = dict(b1=0.8, b2=0.999)
-  c.optimizer.schedule.update(name="cosine", warmup_steps=2000, final_fraction=0.01)
+  # Their OneCycleLR "cos": cosine-shaped warmup from lr/100, cosine decay to lr/100.
+  c.optimizer.schedule.update(name="paper_cosine", warmup_steps=2000, final_fraction=0.01)
   c.train.update(steps=16000)
   return c

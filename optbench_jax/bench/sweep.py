@@ -154,8 +154,10 @@ class _Running:
     self._log.write(f"\n=== attempt at {time.ctime()}: {' '.join(argv)}\n")
     self._log.flush()
     env = dict(os.environ)
+    # The repository, then the driver's working directory: a user's optimizer named by
+    # an import path ("my_module:factory") imports in the trial as it did in the driver.
     env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (sweep_config.REPO_ROOT, env.get("PYTHONPATH", "")) if p)
+        p for p in (sweep_config.REPO_ROOT, os.getcwd(), env.get("PYTHONPATH", "")) if p)
     # Own session so stopping a trial also stops anything it started.
     self.process = subprocess.Popen(list(argv), cwd=sweep_config.REPO_ROOT, env=env,
                                     stdout=self._log, stderr=subprocess.STDOUT,

@@ -47,11 +47,13 @@ import importlib.util
 import json
 import math
 import os
+import re
 from typing import Any, Mapping
 
 import ml_collections
 
 from optbench_jax.bench import search_space
+from optbench_jax.optim import registry
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STRATEGIES = ("grid", "coordinate_descent")
@@ -151,7 +153,8 @@ def trial_id(optimizer: str, hparams: Mapping[str, Any], budget_steps: int, seed
   """A deterministic, filesystem-safe id: readable prefix + hash of the exact settings."""
   payload = json.dumps([optimizer, dict(hparams), int(budget_steps), int(seed)], sort_keys=True)
   digest = hashlib.sha1(payload.encode()).hexdigest()[:10]
-  return f"{optimizer}-{budget_steps}steps-seed{seed}-{digest}"
+  readable = re.sub(r"[^A-Za-z0-9_-]+", "_", optimizer)   # import paths: "pkg.mod:f" -> "pkg_mod_f"
+  return f"{readable}-{budget_steps}steps-seed{seed}-{digest}"
 
 
 def _set_dotted(config: ml_collections.ConfigDict, key: str, value: Any, where: str) -> None:
@@ -245,6 +248,8 @@ def validate(plain: Mapping[str, Any], base: ml_collections.ConfigDict) -> None:
       _set_dotted(copy.deepcopy(base), dotted, plain[key][dotted], key)
   for name, spec in plain["optimizers"].items():
     search_space.validate(name, spec["grid"], spec["baseline"])
+    if name not in registry.builtin_names():
+      check_contract(name, spec["baseline"])
     search_space.validate_edge_extension(name, spec["grid"], plain["edge_extension"])
     if plain["strategy"] == "coordinate_descent":
       missing = sorted(set(spec["grid"]) - set(spec["baseline"]))
@@ -301,6 +306,25 @@ def preflight(config: ml_collections.ConfigDict, where: str) -> None:
       _TRACED.add(signature)
   except train.ConfigError as e:
     raise SweepConfigError(f"{where}: the trainer rejects this trial: {e}") from None
+
+
+def check_contract(name: str, baseline: Mapping[str, Any]) -> None:
+  """An optimizer from outside the package must pass the contract suite before any trial.
+
+  All of ``optim.contract``'s checks but the timing; the sharded one only where this
+  process has the 8 devices it needs.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  from optbench_jax.optim import contract  # pylint: disable=import-outside-toplevel
+  checks = [c for c in contract.FAST
+            if c != "sharded_equals_unsharded" or jax.device_count() >= 8]
+  hparams = {k: v for k, v in baseline.items() if k not in search_space.TRAINER_KEYS}
+  failed = [r for r in contract.run_checks(registry.factory(name), hparams, checks)
+            if not r.passed]
+  if failed:
+    raise SweepConfigError(
+        f"optimizers.{name} fails the optimizer contract (python -m optbench_jax.optim.check "
+        f"{name}): " + "; ".join(f"{r.name}: {r.note}" for r in failed))
 
 
 def _one_at_a_time(grid: Mapping[str, Any], baseline: Mapping[str, Any]) -> list[dict]:

@@ -25,4 +25,4 @@ from optbench_jax.optim.kron import kron
 from optbench_jax.optim.soap import soap
 from optbench_jax.optim.sophia import sophia
 from optbench_jax.optim.labels import label_params, weight_decay_mask
-from optbench_jax.optim.registry import create, names
+from optbench_jax.optim.registry import create, names, register

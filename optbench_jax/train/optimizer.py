@@ -66,7 +66,7 @@ def make_schedule(config: ml_collections.ConfigDict, peak: float | None = None) 
 def _known_elsewhere(name: str) -> set[str]:
   """Hyperparameter names accepted by some other registered optimizer."""
   known = set()
-  for other in O.names():
+  for other in O.registry.builtin_names():
     if other != name:
       try:
         known.update(O.registry.hyperparameter_names(other))

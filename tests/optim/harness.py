@@ -10,128 +10,38 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import jax
-import jax.numpy as jnp
-import numpy as np
 import optax
+
+from optbench_jax.optim import contract
+from optbench_jax.optim.contract import (  # pylint: disable=unused-import  (re-exported)
+    BATCH_AXES, assert_trajectory_close, make_params, mlp_loss, run_trajectory, to_numpy)
 
 N_STEPS = 20
 
 
-def make_params(seed: int = 0, dtype=jnp.float32) -> dict:
-  """A small tree with a 2-D matrix, a 1-D vector and a 3-D stacked leaf."""
-  rng = np.random.default_rng(seed)
-  return {
-      "dense": {"kernel": jnp.asarray(rng.normal(size=(8, 6)), dtype)},
-      "norm": {"scale": jnp.asarray(1.0 + 0.1 * rng.normal(size=(6,)), dtype)},
-      "layers": {"kernel": jnp.asarray(rng.normal(size=(3, 5, 4)), dtype)},
-  }
-
-
-# Leading batch axes of make_params' leaves, for optimizers that need them.
-BATCH_AXES = {"dense": {"kernel": 0}, "norm": {"scale": 0}, "layers": {"kernel": 1}}
-
-
 def make_grads(params: Any, n_steps: int = N_STEPS, seed: int = 1) -> list:
   """``n_steps`` random gradient trees shaped like ``params`` (float32)."""
-  rng = np.random.default_rng(seed)
-  return [jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
-          for _ in range(n_steps)]
-
-
-def run_trajectory(tx: optax.GradientTransformation, params: Any, grads: list,
-                   jit: bool = True, **extra_args) -> list:
-  """Applies ``tx`` along ``grads``; returns the parameters after every step."""
-  update = jax.jit(tx.update) if jit else tx.update
-  state = tx.init(params)
-  out = []
-  for g in grads:
-    g = jax.tree.map(lambda gi, p: gi.astype(p.dtype), g, params)
-    updates, state = update(g, state, params, **extra_args)
-    params = optax.apply_updates(params, updates)
-    out.append(params)
-  return out
-
-
-def to_numpy(tree: Any) -> Any:
-  return jax.tree.map(lambda x: np.asarray(x, np.float64), tree)
-
-
-def assert_trajectory_close(actual: list, expected: list, rtol: float = 1e-6,
-                            atol: float = 1e-6) -> None:
-  """Compares two trajectories step by step, leaf by leaf."""
-  assert len(actual) == len(expected)
-  for step, (a, e) in enumerate(zip(actual, expected)):
-    a_leaves = jax.tree_util.tree_leaves_with_path(to_numpy(a))
-    e_leaves = jax.tree.leaves(to_numpy(e))
-    for (path, x), y in zip(a_leaves, e_leaves):
-      np.testing.assert_allclose(
-          x, y, rtol=rtol, atol=atol,
-          err_msg=f"step {step + 1}, leaf {jax.tree_util.keystr(path)}")
-
-
-def _shapes_dtypes(tree):
-  return jax.tree.map(lambda x: (jnp.shape(x), jnp.result_type(x)), tree)
+  return contract.make_grads(params, n_steps, seed)
 
 
 def check_common_properties(build: Callable[..., optax.GradientTransformation],
                             hparams: dict, params: Any = None, n_steps: int = 6,
                             rtol: float = 1e-6, **extra_args) -> None:
-  """jit == no-jit; state shapes/dtypes stable; bf16 params; inject_hyperparams."""
+  """jit == no-jit; state shapes/dtypes stable; bf16 params; inject_hyperparams.
+
+  The same checks as ``python -m optbench_jax.optim.check`` (``optim.contract``), on
+  the test's own tree and hyperparameters.
+  """
   params = make_params() if params is None else params
   grads = make_grads(params, n_steps)
   tx = build(**hparams)
-  jitted = run_trajectory(tx, params, grads, jit=True, **extra_args)
-  eager = run_trajectory(tx, params, grads, jit=False, **extra_args)
-  assert_trajectory_close(jitted, eager, rtol=rtol, atol=1e-6)
-
-  state = tx.init(params)
-  before = _shapes_dtypes(state)
-  update = jax.jit(tx.update)
-  for g in grads:
-    _, state = update(g, state, params, **extra_args)
-  assert _shapes_dtypes(state) == before, "optimizer state changed shape or dtype"
-
-  bf16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)
-  bf16_traj = run_trajectory(tx, bf16, grads, **extra_args)
-  for leaf in jax.tree.leaves(bf16_traj[-1]):
-    assert leaf.dtype == jnp.bfloat16
-    assert bool(jnp.all(jnp.isfinite(leaf.astype(jnp.float32))))
-
-  numeric = {k: v for k, v in hparams.items()
-             if isinstance(v, (int, float)) and not isinstance(v, bool)}
-  static = {k: v for k, v in hparams.items() if k not in numeric}
-  injected = optax.inject_hyperparams(build, static_args=tuple(static))(**hparams)
-  injected_traj = run_trajectory(injected, params, grads, **extra_args)
-  assert_trajectory_close(injected_traj, jitted, rtol=1e-5, atol=1e-6)
-
-
-def mlp_loss(params: Any, x: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
-  h = jnp.tanh(x @ params["hidden"]["kernel"] + params["hidden"]["bias"])
-  return jnp.mean((h @ params["out"]["kernel"] - y) ** 2)
+  contract.assert_jit_equals_eager(tx, params, grads, rtol=rtol, **extra_args)
+  contract.assert_state_stable(tx, params, grads, **extra_args)
+  contract.assert_bf16_params(tx, params, grads, **extra_args)
+  contract.assert_inject_round_trip(build, hparams, params, grads, **extra_args)
 
 
 def check_trains_mlp(tx: optax.GradientTransformation, steps: int = 200,
                      max_ratio: float = 0.5, **extra_args) -> tuple[float, float]:
   """Trains a tiny tanh MLP regression from a fixed seed; loss must fall below max_ratio x start."""
-  rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.normal(size=(64, 8)), jnp.float32)
-  teacher = rng.normal(size=(8, 16)) / np.sqrt(8)
-  y = jnp.asarray(np.sin(np.asarray(x) @ teacher) @ rng.normal(size=(16, 4)), jnp.float32)
-  params = {"hidden": {"kernel": jnp.asarray(rng.normal(size=(8, 16)) * 0.3, jnp.float32),
-                       "bias": jnp.zeros((16,), jnp.float32)},
-            "out": {"kernel": jnp.asarray(rng.normal(size=(16, 4)) * 0.3, jnp.float32)}}
-  state = tx.init(params)
-
-  @jax.jit
-  def step(params, state):
-    loss, g = jax.value_and_grad(mlp_loss)(params, x, y)
-    updates, state = tx.update(g, state, params, **extra_args)
-    return optax.apply_updates(params, updates), state, loss
-
-  first = float(mlp_loss(params, x, y))
-  for _ in range(steps):
-    params, state, _ = step(params, state)
-  last = float(mlp_loss(params, x, y))
-  assert np.isfinite(last) and last < max_ratio * first, (first, last)
-  return first, last
+  return contract.trains_mlp(tx, steps, max_ratio, **extra_args)

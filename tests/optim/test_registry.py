@@ -25,7 +25,7 @@ def test_create_builds_every_elementwise_optimizer(name):
 
 
 def test_every_registered_factory_resolves_when_its_module_exists():
-  for name in O.names():
+  for name in registry.builtin_names():
     module, function = registry._FACTORIES[name]  # pylint: disable=protected-access
     try:
       importlib.import_module(f"optbench_jax.optim.{module}")

@@ -107,7 +107,7 @@ def assert_follows(scheduled: dict, unit: dict, schedule, peak: float, label: st
                   f"{factor:.4g}")
 
 
-@pytest.mark.parametrize("name", O.names())
+@pytest.mark.parametrize("name", O.registry.builtin_names())
 def test_every_learning_rate_follows_the_schedule(name, tmp_path):
   unit = probe_updates(_config(tmp_path, name, dict(name="constant", warmup_steps=0)), name)
   assert any(np.any(np.asarray(x) != 0) for x in jax.tree.leaves(unit[STEPS - 1])), name

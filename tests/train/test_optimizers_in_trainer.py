@@ -12,7 +12,7 @@ from optbench_jax.train import step as step_lib
 from tests.train import tiny
 
 
-@pytest.mark.parametrize("name", O.names())
+@pytest.mark.parametrize("name", O.registry.builtin_names())
 def test_optimizer_runs_three_trainer_steps(name, tmp_path):
   config = tiny.micro_config(tmp_path, steps=3)
   config.optimizer.update(name=name, learning_rate=1e-3)

@@ -1,0 +1,1 @@
+"""Examples: a user's own optimizer, checked and benchmarked without editing the package."""

@@ -1,0 +1,422 @@
+"""The optimizer contract: the property suite every optimizer here passes, for any factory.
+
+A factory (see ``registry`` for the contract) is checked on small trees by
+:func:`run_checks`; ``python -m optbench_jax.optim.check`` prints the table.
+The checks, each a function ``(factory, hparams) -> str`` (a note; raising
+``AssertionError`` or any error means failure):
+
+* ``returns_transformation``: keyword ``learning_rate`` (scalar and schedule) and
+  ``weight_decay`` are accepted and an ``optax.GradientTransformation`` comes back;
+* ``jit_equals_eager``: a jitted trajectory equals the eager one;
+* ``state_stable``: state shapes and dtypes do not change across steps;
+* ``bf16_params``: bfloat16 parameters stay bfloat16 and finite, floating
+  state is float32;
+* ``inject_hyperparams``: ``optax.inject_hyperparams`` gives the same trajectory;
+* ``learning_rates_follow_schedule``: every parameter learning rate
+  (``learning_rate``, ``*_learning_rate``, ``learning_rate_*``) given as a
+  warmup-cosine schedule moves every leaf at schedule(t) / peak x its rate under a
+  constant schedule (fixed gradients at fixed parameters, weight decay 0);
+* ``sharded_equals_unsharded``: on a 4 x 2 (fsdp, tensor) mesh of 8 devices,
+  with the optimizer state sharded by the trainer's rule, updates equal the
+  single-device ones and keep each parameter's sharding;
+* ``stacked_equals_unstacked``: a stacked (L, in, out) leaf (with
+  ``batch_axes`` when the factory takes it) moves as its L layers would alone;
+* ``decreases_nonconvex``: a small tanh-MLP regression loss falls below half;
+* ``memory_and_speed`` (measured, never fails): optimizer-state bytes per
+  parameter and step time against AdamW on a 124M-shaped tree (or a small one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import time
+import traceback
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+N_STEPS = 6
+
+
+@dataclasses.dataclass
+class CheckResult:
+  name: str
+  passed: bool
+  note: str
+
+
+# Trees ----------------------------------------------------------------------------------------
+def make_params(seed: int = 0, dtype=jnp.float32) -> dict:
+  """A small tree with a 2-D matrix, a 1-D vector and a 3-D stacked leaf."""
+  rng = np.random.default_rng(seed)
+  return {
+      "dense": {"kernel": jnp.asarray(rng.normal(size=(8, 6)), dtype)},
+      "norm": {"scale": jnp.asarray(1.0 + 0.1 * rng.normal(size=(6,)), dtype)},
+      "layers": {"kernel": jnp.asarray(rng.normal(size=(3, 5, 4)), dtype)},
+  }
+
+
+# Leading batch axes of make_params' leaves, for optimizers that need them.
+BATCH_AXES = {"dense": {"kernel": 0}, "norm": {"scale": 0}, "layers": {"kernel": 1}}
+
+
+def make_grads(params: Any, n_steps: int = N_STEPS, seed: int = 1) -> list:
+  """``n_steps`` random gradient trees shaped like ``params`` (float32)."""
+  rng = np.random.default_rng(seed)
+  return [jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+          for _ in range(n_steps)]
+
+
+def run_trajectory(tx: optax.GradientTransformation, params: Any, grads: list,
+                   jit: bool = True, **extra_args) -> list:
+  """Applies ``tx`` along ``grads``; returns the parameters after every step."""
+  update = jax.jit(tx.update) if jit else tx.update
+  state = tx.init(params)
+  out = []
+  for g in grads:
+    g = jax.tree.map(lambda gi, p: gi.astype(p.dtype), g, params)
+    updates, state = update(g, state, params, **extra_args)
+    params = optax.apply_updates(params, updates)
+    out.append(params)
+  return out
+
+
+def to_numpy(tree: Any) -> Any:
+  return jax.tree.map(lambda x: np.asarray(x, np.float64), tree)
+
+
+def assert_trajectory_close(actual: list, expected: list, rtol: float = 1e-6,
+                            atol: float = 1e-6) -> None:
+  """Compares two trajectories step by step, leaf by leaf."""
+  assert len(actual) == len(expected)
+  for step, (a, e) in enumerate(zip(actual, expected)):
+    a_leaves = jax.tree_util.tree_leaves_with_path(to_numpy(a))
+    e_leaves = jax.tree.leaves(to_numpy(e))
+    for (path, x), y in zip(a_leaves, e_leaves):
+      np.testing.assert_allclose(
+          x, y, rtol=rtol, atol=atol,
+          err_msg=f"step {step + 1}, leaf {jax.tree_util.keystr(path)}")
+
+
+def _shapes_dtypes(tree):
+  return jax.tree.map(lambda x: (jnp.shape(x), jnp.result_type(x)), tree)
+
+
+def _accepts(factory: Callable, name: str) -> bool:
+  parameters = inspect.signature(factory).parameters
+  return name in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
+
+def _with_structure(factory: Callable, hparams: dict) -> dict:
+  """``hparams`` plus ``batch_axes`` for make_params' tree when the factory takes it."""
+  out = dict(hparams)
+  if "batch_axes" in inspect.signature(factory).parameters and "batch_axes" not in out:
+    out["batch_axes"] = BATCH_AXES
+  return out
+
+
+# The checks -------------------------------------------------------------------------------------
+def check_returns_transformation(factory, hparams, **_) -> str:
+  for name in ("learning_rate", "weight_decay"):
+    assert _accepts(factory, name), f"the factory takes no {name!r} keyword argument"
+  for lr in (hparams.get("learning_rate", 1e-3),
+             optax.cosine_onecycle_schedule(10, hparams.get("learning_rate", 1e-3))):
+    tx = factory(**{**_with_structure(factory, hparams), "learning_rate": lr})
+    assert isinstance(tx, optax.GradientTransformation), (
+        f"returned {type(tx).__name__}, not an optax.GradientTransformation")
+  return "scalar and schedule learning_rate accepted"
+
+
+def assert_jit_equals_eager(tx, params, grads, rtol: float = 1e-5, **extra_args) -> None:
+  assert_trajectory_close(run_trajectory(tx, params, grads, jit=True, **extra_args),
+                          run_trajectory(tx, params, grads, jit=False, **extra_args),
+                          rtol=rtol, atol=1e-6)
+
+
+def assert_state_stable(tx, params, grads, **extra_args) -> int:
+  """State shapes and dtypes stay fixed along ``grads``; returns the number of state leaves."""
+  state = tx.init(params)
+  before = _shapes_dtypes(state)
+  update = jax.jit(tx.update)
+  for g in grads:
+    _, state = update(g, state, params, **extra_args)
+  assert _shapes_dtypes(state) == before, "optimizer state changed shape or dtype"
+  return len(jax.tree.leaves(state))
+
+
+def assert_bf16_params(tx, params, grads, **extra_args) -> list[str]:
+  """bfloat16 copies of ``params`` stay bfloat16 and finite; returns low-precision state dtypes."""
+  bf16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)
+  low = sorted({str(x.dtype) for x in jax.tree.leaves(tx.init(bf16))
+                if jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != jnp.float32
+                and x.ndim > 0})
+  for leaf in jax.tree.leaves(run_trajectory(tx, bf16, grads, **extra_args)[-1]):
+    assert leaf.dtype == jnp.bfloat16, f"a bfloat16 parameter became {leaf.dtype}"
+    assert bool(jnp.all(jnp.isfinite(leaf.astype(jnp.float32)))), "non-finite parameters"
+  return low
+
+
+def assert_inject_round_trip(build, hparams, params, grads, **extra_args) -> list[str]:
+  """``optax.inject_hyperparams(build)`` follows the same trajectory; returns the injected names."""
+  numeric = {k: v for k, v in hparams.items()
+             if isinstance(v, (int, float)) and not isinstance(v, bool)}
+  static = tuple(k for k in hparams if k not in numeric)
+  injected = optax.inject_hyperparams(build, static_args=static)(**hparams)
+  assert_trajectory_close(run_trajectory(injected, params, grads, **extra_args),
+                          run_trajectory(build(**hparams), params, grads, **extra_args),
+                          rtol=1e-5, atol=1e-6)
+  return sorted(numeric)
+
+
+def check_jit_equals_eager(factory, hparams, **extra_args) -> str:
+  params = make_params()
+  assert_jit_equals_eager(factory(**_with_structure(factory, hparams)), params,
+                          make_grads(params), **extra_args)
+  return f"{N_STEPS} steps"
+
+
+def check_state_stable(factory, hparams, **extra_args) -> str:
+  params = make_params()
+  leaves = assert_state_stable(factory(**_with_structure(factory, hparams)), params,
+                               make_grads(params), **extra_args)
+  return f"{leaves} state leaves"
+
+
+def check_bf16_params(factory, hparams, **extra_args) -> str:
+  params = make_params()
+  low = assert_bf16_params(factory(**_with_structure(factory, hparams)), params,
+                           make_grads(params), **extra_args)
+  return "params stay bfloat16" + (f"; state holds {low} leaves (float32 recommended)"
+                                   if low else "; state float32")
+
+
+def check_inject_hyperparams(factory, hparams, **extra_args) -> str:
+  params = make_params()
+  names = assert_inject_round_trip(factory, _with_structure(factory, hparams), params,
+                                   make_grads(params), **extra_args)
+  return f"numeric hyperparameters injected: {names or 'none'}"
+
+
+def learning_rate_arguments(factory: Callable) -> list[str]:
+  """The factory's parameter learning-rate arguments (the trainer's naming rule)."""
+  from optbench_jax.train import optimizer_args  # pylint: disable=import-outside-toplevel
+  return [n for n in inspect.signature(factory).parameters if optimizer_args.is_learning_rate(n)]
+
+
+def check_learning_rates_follow_schedule(factory, hparams, **extra_args) -> str:
+  steps, warmup, probes = 10, 3, (0, 1, 3, 9)
+  names = learning_rate_arguments(factory)
+  assert "learning_rate" in names, "no learning_rate argument"
+  peaks = {n: float(hparams.get(n, 1e-3 if n == "learning_rate" else 3.7e-4)) for n in names}
+  schedules = {n: optax.warmup_cosine_decay_schedule(0.0, p, warmup, steps, p * 0.1)
+               for n, p in peaks.items()}
+  params, grads = make_params(), make_grads(make_params(), steps, seed=3)
+  base = {**_with_structure(factory, hparams), "weight_decay": 0.0}
+
+  def moved(rates):
+    tx = factory(**{**base, **rates})
+    update, state, out = jax.jit(tx.update), tx.init(params), {}
+    for t, g in enumerate(grads):
+      updates, state = update(g, state, params, **extra_args)
+      if t in probes:
+        out[t] = to_numpy(updates)
+    return out
+
+  unit, scheduled = moved(peaks), moved(schedules)
+  shape = lambda t: float(schedules["learning_rate"](t)) / peaks["learning_rate"]  # pylint: disable=unnecessary-lambda-assignment
+  for t in probes:
+    for (path, s), u in zip(jax.tree_util.tree_leaves_with_path(scheduled[t]),
+                            jax.tree.leaves(unit[t])):
+      scale = max(float(np.max(np.abs(u))), 1e-30)
+      if not np.allclose(s, shape(t) * u, rtol=2e-4, atol=max(2e-6 * scale, 2e-7)):
+        raise AssertionError(
+            f"leaf {jax.tree_util.keystr(path)} at step {t} moves at "
+            f"{float(np.max(np.abs(s))) / scale:.3g} x its rate; the schedule says {shape(t):.3g}")
+  return f"{', '.join(names)} at steps {list(probes)}"
+
+
+def check_sharded_equals_unsharded(factory, hparams, **extra_args) -> str:
+  if jax.device_count() < 8:
+    raise AssertionError(f"needs 8 devices, found {jax.device_count()} (run with "
+                         "XLA_FLAGS=--xla_force_host_platform_device_count=8)")
+  from jax.sharding import AxisType, NamedSharding, PartitionSpec as P  # pylint: disable=import-outside-toplevel
+  from optbench_jax.train import state as state_lib  # pylint: disable=import-outside-toplevel
+  mesh = jax.make_mesh((4, 2), ("fsdp", "tensor"), axis_types=(AxisType.Auto,) * 2,
+                       devices=jax.devices()[:8])
+  params = {"dense": {"kernel": make_params()["dense"]["kernel"]},
+            "norm": {"scale": jnp.linspace(0.5, 1.5, 8)},
+            "layers": {"kernel": jnp.asarray(np.random.default_rng(5).normal(size=(3, 8, 4)),
+                                             jnp.float32)}}
+  specs = {"dense": {"kernel": P("fsdp", "tensor")}, "norm": {"scale": P("fsdp")},
+           "layers": {"kernel": P(None, "fsdp", "tensor")}}
+  shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), specs)
+  tx = factory(**_with_structure(factory, hparams))
+  grads = make_grads(params, 4, seed=9)
+  expected = run_trajectory(tx, params, grads, **extra_args)
+  sharded_params = jax.device_put(params, shardings)
+  abstract_state = jax.eval_shape(tx.init, params)
+  state_shardings = state_lib.derive_opt_state_shardings(abstract_state, params, shardings, mesh)
+  state = jax.jit(tx.init, out_shardings=state_shardings)(sharded_params)
+  update = jax.jit(tx.update, out_shardings=(shardings, state_shardings))
+  out = []
+  current = sharded_params
+  for g in grads:
+    updates, state = update(jax.device_put(g, shardings), state, current, **extra_args)
+    current = optax.apply_updates(current, updates)
+    for leaf, sharding in zip(jax.tree.leaves(current), jax.tree.leaves(shardings)):
+      assert leaf.sharding.is_equivalent_to(sharding, leaf.ndim), "a parameter lost its sharding"
+    out.append(current)
+  assert_trajectory_close(out, expected, rtol=2e-5, atol=2e-6)
+  return "fsdp=4 x tensor=2, state sharded by the trainer's rule"
+
+
+def check_stacked_equals_unstacked(factory, hparams, **extra_args) -> str:
+  rng = np.random.default_rng(11)
+  layers = [jnp.asarray(rng.normal(size=(5, 4)), jnp.float32) for _ in range(3)]
+  stacked = {"layers": {"kernel": jnp.stack(layers)}}
+  separate = {f"layer{i}": {"kernel": x} for i, x in enumerate(layers)}
+  full = dict(hparams)
+  takes_batch_axes = "batch_axes" in inspect.signature(factory).parameters
+  grads = [jnp.asarray(rng.normal(size=(3, 5, 4)), jnp.float32) for _ in range(N_STEPS)]
+  tx_stacked = factory(**({**full, "batch_axes": {"layers": {"kernel": 1}}}
+                          if takes_batch_axes else full))
+  tx_separate = factory(**({**full, "batch_axes": {k: {"kernel": 0} for k in separate}}
+                           if takes_batch_axes else full))
+  a = run_trajectory(tx_stacked, stacked, [{"layers": {"kernel": g}} for g in grads], **extra_args)
+  b = run_trajectory(tx_separate, separate,
+                     [{f"layer{i}": {"kernel": g[i]} for i in range(3)} for g in grads],
+                     **extra_args)
+  unstacked = [{f"layer{i}": {"kernel": p["layers"]["kernel"][i]} for i in range(3)} for p in a]
+  try:
+    assert_trajectory_close(unstacked, b, rtol=1e-5, atol=1e-6)
+  except AssertionError as e:
+    hint = "" if takes_batch_axes else " (the factory takes no batch_axes: accept it)"
+    raise AssertionError(f"a stacked leaf does not move as its layers{hint}: "
+                         f"{str(e).strip().splitlines()[0]}") from None
+  return "with batch_axes" if takes_batch_axes else "elementwise (no batch_axes)"
+
+
+def mlp_loss(params: Any, x: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
+  h = jnp.tanh(x @ params["hidden"]["kernel"] + params["hidden"]["bias"])
+  return jnp.mean((h @ params["out"]["kernel"] - y) ** 2)
+
+
+def trains_mlp(tx: optax.GradientTransformation, steps: int = 200, max_ratio: float = 0.5,
+               **extra_args) -> tuple[float, float]:
+  """Trains a tiny tanh MLP regression from a fixed seed; loss must fall below max_ratio x start."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(64, 8)), jnp.float32)
+  teacher = rng.normal(size=(8, 16)) / np.sqrt(8)
+  y = jnp.asarray(np.sin(np.asarray(x) @ teacher) @ rng.normal(size=(16, 4)), jnp.float32)
+  params = {"hidden": {"kernel": jnp.asarray(rng.normal(size=(8, 16)) * 0.3, jnp.float32),
+                       "bias": jnp.zeros((16,), jnp.float32)},
+            "out": {"kernel": jnp.asarray(rng.normal(size=(16, 4)) * 0.3, jnp.float32)}}
+  state = tx.init(params)
+
+  @jax.jit
+  def step(params, state):
+    loss, g = jax.value_and_grad(mlp_loss)(params, x, y)
+    updates, state = tx.update(g, state, params, **extra_args)
+    return optax.apply_updates(params, updates), state, loss
+
+  first = float(mlp_loss(params, x, y))
+  for _ in range(steps):
+    params, state, _ = step(params, state)
+  last = float(mlp_loss(params, x, y))
+  assert np.isfinite(last) and last < max_ratio * first, (
+      f"the loss went from {first:.4g} to {last:.4g} in {steps} steps (needs < {max_ratio} x)")
+  return first, last
+
+
+def check_decreases_nonconvex(factory, hparams, **extra_args) -> str:
+  full = dict(hparams)
+  if "batch_axes" in inspect.signature(factory).parameters:
+    full.setdefault("batch_axes", 0)
+  first, last = trains_mlp(factory(**full), **extra_args)
+  return f"MLP loss {first:.3g} -> {last:.3g} in 200 steps"
+
+
+def _tree_124m() -> Any:
+  """Zeros shaped like the 124M Llama's parameters (stacked layers, tied embedding)."""
+  from optbench_jax import models  # pylint: disable=import-outside-toplevel
+  from configs import base  # pylint: disable=import-outside-toplevel
+  c = base.base_config().model
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), models.abstract_params(c)), \
+      models.param_batch_axes(models.abstract_params(c))
+
+
+def _step_seconds(tx, params, repeats: int) -> tuple[float, float]:
+  state = tx.init(params)
+  grads = jax.tree.map(lambda p: jnp.full(p.shape, 1e-3, p.dtype), params)
+
+  @jax.jit
+  def step(params, state):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  params, state = jax.block_until_ready(step(params, state))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    params, state = jax.block_until_ready(step(params, state))
+    times.append(time.perf_counter() - start)
+  n = sum(x.size for x in jax.tree.leaves(params))
+  state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+  return float(np.median(times)), state_bytes / n
+
+
+def check_memory_and_speed(factory, hparams, tree: str = "124m", repeats: int = 3,
+                           **extra_args) -> str:
+  del extra_args
+  from optbench_jax.optim import adam  # pylint: disable=import-outside-toplevel
+  if tree == "124m":
+    params, batch_axes = _tree_124m()
+  else:
+    params, batch_axes = make_params(), BATCH_AXES
+  full = dict(hparams)
+  if "batch_axes" in inspect.signature(factory).parameters:
+    full.setdefault("batch_axes", batch_axes)
+  ours, bytes_per_param = _step_seconds(factory(**full), params, repeats)
+  reference, _ = _step_seconds(adam.adamw(1e-3), params, repeats)
+  return (f"{bytes_per_param:.2f} state bytes/param; step {ours * 1e3:.1f} ms = "
+          f"{ours / reference:.2f} x AdamW's ({tree} tree)")
+
+
+CHECKS: dict[str, Callable[..., str]] = {
+    "returns_transformation": check_returns_transformation,
+    "jit_equals_eager": check_jit_equals_eager,
+    "state_stable": check_state_stable,
+    "bf16_params": check_bf16_params,
+    "inject_hyperparams": check_inject_hyperparams,
+    "learning_rates_follow_schedule": check_learning_rates_follow_schedule,
+    "sharded_equals_unsharded": check_sharded_equals_unsharded,
+    "stacked_equals_unstacked": check_stacked_equals_unstacked,
+    "decreases_nonconvex": check_decreases_nonconvex,
+    "memory_and_speed": check_memory_and_speed,
+}
+FAST = tuple(name for name in CHECKS if name != "memory_and_speed")
+
+
+def run_checks(factory: Callable, hparams: dict | None = None, names=None,
+               tree: str = "124m") -> list[CheckResult]:
+  """Runs the named checks (default: all) on ``factory``; never raises for a failing check."""
+  hparams = dict(hparams or {})
+  hparams.setdefault("learning_rate", 1e-3)
+  results = []
+  for name in (names or CHECKS):
+    kwargs = {"tree": tree} if name == "memory_and_speed" else {}
+    try:
+      note = CHECKS[name](factory, hparams, **kwargs)
+      results.append(CheckResult(name, True, note))
+    except Exception as e:  # pylint: disable=broad-except  (any failure is a result)
+      message = str(e).strip() or type(e).__name__
+      if not isinstance(e, AssertionError):
+        message = f"{type(e).__name__}: {message}"
+        frame = traceback.extract_tb(e.__traceback__)[-1]
+        message += f" (at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno})"
+      results.append(CheckResult(name, False, " ".join(message.split())[:400]))
+  return results

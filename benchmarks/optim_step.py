@@ -79,6 +79,7 @@ OUR_HPARAMS = {
     "mars": dict(batch_axes=batch_axes),
     "adam_mini": dict(batch_axes=batch_axes, num_heads=HEADS),
     "adopt": dict(weight_decay=0.0), "signum": dict(weight_decay=0.0),
+    "dion": dict(rank_fraction=0.5),   # microsoft/dion configs/dion_160m.yaml
 }
 
 OPTAX_TWINS = {

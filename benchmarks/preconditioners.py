@@ -19,11 +19,12 @@ is reported, so background load hits every row alike.
 bytes are always counted on the full ``--state_layers`` tree from shapes.
 
     JAX_PLATFORMS=cpu PYTHONPATH=. python benchmarks/preconditioners.py --hlo \
-        [--hlo_layers 12] [--frequency 10] [--kron_probability 0.1] [--hlo_top 8]
+        [--hlo_layers 12] [--frequency 10] [--kron_probability 0.1] [--hlo_top 8] \
+        [--hlo_names adamw,muon,dion]
 
 ``--hlo`` times nothing: it compiles, from shapes only (nothing allocated),
-one sharded ``update`` + ``apply_updates`` step of AdamW (the baseline), SOAP
-and Kron as the trainer shards them -- 8 virtual CPU devices (the flag is
+one sharded ``update`` + ``apply_updates`` step of AdamW (the baseline), SOAP,
+Kron, Muon and Dion (rank fractions 1/2 and 1/8) as the trainer shards them -- 8 virtual CPU devices (the flag is
 added to ``XLA_FLAGS``), Auto mesh ('fsdp', 'tensor') = (4, 2), parameters
 by the model's rules (embed -> fsdp; mlp / heads / vocab -> tensor; layer
 stack and norms replicated), optimizer state by
@@ -338,6 +339,11 @@ def hlo_cases(axes, frequency: int, kron_probability: float) -> list[HloCase]:
       HloCase(f"kron (update probability {p})", O.kron(1e-3, batch_axes=axes),
               {"branch 0": "skip fit", "branch 1": "fit factors"},
               {"branch 0": 1 - p, "branch 1": p}),
+      # The orthonormal-update pair: Muon redistributes whole matrices for
+      # Newton-Schulz; Dion works on the shards and reduces rank-r factors.
+      HloCase("muon", O.muon(1e-3, batch_axes=axes), {}, {}),
+      *(HloCase(f"dion(rank_fraction={r})", O.dion(1e-3, rank_fraction=r, batch_axes=axes),
+                {}, {}) for r in (0.5, 0.125)),
   ]
 
 
@@ -398,8 +404,9 @@ def print_state_bytes(abstract_state, state_sh) -> None:
 
 
 def run_hlo(layers: int, frequency: int, kron_probability: float, top: int,
-            policies: list[str]) -> None:
-  """Compiles and reports the sharded AdamW / SOAP / Kron steps (see the module doc)."""
+            policies: list[str], names: list[str] | None = None) -> None:
+  """Compiles and reports the sharded AdamW / SOAP / Kron / Muon / Dion steps
+  (see the module doc); ``names``: only the cases whose name starts with one."""
   mesh = hlo_mesh()
   params = llama_tree(layers)
   n_params = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(params))
@@ -407,6 +414,8 @@ def run_hlo(layers: int, frequency: int, kron_probability: float, top: int,
         f"{dict(mesh.shape)}, one update + apply_updates step, float32")
   summary = []
   for case in hlo_cases(batch_axes(params), frequency, kron_probability):
+    if names and not any(case.name.startswith(n) for n in names):
+      continue
     for policy in policies:
       start = time.perf_counter()
       compiled, abstract_state, state_sh, _ = compile_sharded_step(case.tx, params, mesh, policy)
@@ -446,10 +455,14 @@ def main():
   parser.add_argument("--factor_sharding", choices=["matched", "full", "replicated"],
                       action="append",
                       help="--hlo: state sharding policies to compare (default: all three)")
+  parser.add_argument("--hlo_names", default="",
+                      help="--hlo: comma-separated optimizers to compile (default: all of "
+                           "adamw, soap, kron, muon, dion)")
   args = parser.parse_args()
   if args.hlo:
     run_hlo(args.hlo_layers, args.frequency, args.kron_probability, args.hlo_top,
-            args.factor_sharding or ["matched", "full", "replicated"])
+            args.factor_sharding or ["matched", "full", "replicated"],
+            [n for n in args.hlo_names.split(",") if n])
     return
 
   shapes = llama_tree(args.layers)

@@ -78,5 +78,15 @@ def get_config():
                    grid={"learning_rate": [3e-4, 1e-3, 3e-3]}),
       "sophia": dict(baseline=dict(b1=0.9, b2=0.99, rho=0.04),
                      grid={"learning_rate": [3e-4, 1e-3, 3e-3]}),
+      # Dion (microsoft/dion configs/dion_160m.yaml): mu 0.95, rank 1/2; its AdamW
+      # branch takes the same lr (adam_learning_rate=None), as in the reference.
+      "dion": dict(baseline=dict(mu=0.95, rank_fraction=0.5),
+                   grid={"learning_rate": [3e-3, 1e-2, 3e-2]}),
+      # SPlus (kvfrans/splus experiments: b1 0.9, b2 0.95, lr ~0.1-1). The paper's
+      # EMA (0.999) and refresh interval (100) are 10% and 1% of its 10k-step runs;
+      # at 50-100 steps 0.999 would average back to the initialisation and 100 would
+      # keep the first step's basis, so both are scaled to the budget.
+      "splus": dict(baseline=dict(b1=0.9, b2=0.95, ema_rate=0.9, inverse_every=10),
+                    grid={"learning_rate": [0.1, 0.3, 1.0]}),
   }
   return c

@@ -77,5 +77,14 @@ def get_config():
                                    warmup_steps=1000),
                      grid={"learning_rate": lrs, "rho": [0.02, 0.04, 0.08], "b2": [0.99, 0.995],
                            "weight_decay": wds}),
+      # Dion (Ahn et al. 2025) at the authors' recommended GPT settings
+      # (github.com/microsoft/dion configs/dion_160m.yaml: lr 0.02, mu 0.95,
+      # weight_decay 0.01, ortho_fraction 0.5, no warmup, linear warmdown over the
+      # last 20% -- this preset's WSD; scalar AdamW betas (0.95, 0.98), no decay,
+      # same lr: the factory's defaults). Wen et al. did not tune Dion.
+      "dion": dict(baseline=dict(learning_rate=2e-2, mu=0.95, rank_fraction=0.5,
+                                 weight_decay=0.01, warmup_steps=0),
+                   grid={"learning_rate": [5e-3, 1e-2, 2e-2, 4e-2], "mu": [0.9, 0.95, 0.98],
+                         "rank_fraction": [0.25, 0.5, 1.0], "weight_decay": [0.0, 0.01, 0.1]}),
   }
   return c

@@ -15,6 +15,7 @@ from optbench_jax.optim.ademamix import ademamix
 from optbench_jax.optim.adopt import adopt
 from optbench_jax.optim.evaluation import eval_params
 from optbench_jax.optim.cautious import c_adamw, c_lion, cautious
+from optbench_jax.optim.dion import dion
 from optbench_jax.optim.mars import mars
 from optbench_jax.optim.muon import d_muon, muon
 from optbench_jax.optim.prodigy import prodigy
@@ -24,5 +25,6 @@ from optbench_jax.optim.sign import lion, signum
 from optbench_jax.optim.kron import kron
 from optbench_jax.optim.soap import soap
 from optbench_jax.optim.sophia import sophia
+from optbench_jax.optim.splus import splus
 from optbench_jax.optim.labels import label_params, weight_decay_mask
 from optbench_jax.optim.registry import create, names, register

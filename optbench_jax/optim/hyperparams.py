@@ -53,6 +53,13 @@ def check_positive(name: str, value: Any) -> None:
     raise ValueError(f"{name} must be > 0 and finite, got {value!r}")
 
 
+def check_fraction(name: str, value: Any) -> None:
+  """A share in (0, 1] (e.g. Dion's ``rank_fraction``)."""
+  x = _concrete_float(value)
+  if x is not None and not 0.0 < x <= 1.0:
+    raise ValueError(f"{name} must be in (0, 1], got {value!r}")
+
+
 def check_non_negative(name: str, value: Any) -> None:
   """Non-negative, finite (weight decay, gamma, alpha, warmup lengths, ...)."""
   x = _concrete_float(value)

@@ -58,6 +58,8 @@ _FACTORIES: dict[str, tuple[str, str]] = {
     "soap": ("soap", "soap"),
     "kron": ("kron", "kron"),
     "sophia": ("sophia", "sophia"),
+    "dion": ("dion", "dion"),
+    "splus": ("splus", "splus"),
 }
 
 

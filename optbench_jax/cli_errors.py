@@ -34,19 +34,23 @@ def verbose_requested(argv: list[str] | None = None) -> bool:
              for a in (sys.argv if argv is None else argv))
 
 
-def _user_error_types() -> tuple[type, ...]:
-  types = []
-  for module, names in (
-      ("optbench_jax.train.config_checks", ("ConfigError",)),
-      ("optbench_jax.data.manifest", ("DataError",)),
-      ("optbench_jax.bench.sweep_config", ("SweepConfigError",)),
-      ("optbench_jax.bench.search_space", ("SearchSpaceError",)),
-      ("optbench_jax.bench.results_store", ("StoreMismatchError",)),
-      ("optbench_jax.train.checkpoint", ("CheckpointError",)),
-      ("optbench_jax.workdir_lock", ("WorkdirLockedError",))):
-    mod = sys.modules.get(module)   # only already-imported modules can have raised
-    types.extend(getattr(mod, n) for n in names if mod is not None and hasattr(mod, n))
-  return tuple(types)
+# The input / environment error classes of the package (matched by name: an entry
+# point run with ``python -m`` defines its classes in ``__main__``).
+USER_ERROR_NAMES = frozenset({
+    "ConfigError",          # optbench_jax.train.config_checks (+ preflight, run_record)
+    "DataError",            # optbench_jax.data.manifest
+    "SweepConfigError",     # optbench_jax.bench.sweep_config
+    "SearchSpaceError",     # optbench_jax.bench.search_space
+    "StoreMismatchError",   # optbench_jax.bench.results_store
+    "CheckpointError",      # optbench_jax.train.checkpoint
+    "ReportError",          # optbench_jax.bench.report
+    "WorkdirLockedError",   # optbench_jax.workdir_lock
+})
+
+
+def _is_user_error(error: BaseException) -> bool:
+  return any(c.__name__ in USER_ERROR_NAMES and c.__module__.startswith(("optbench_jax", "__main__"))
+             for c in type(error).__mro__)
 
 
 def _chain(error: BaseException):
@@ -73,13 +77,12 @@ def _text(error: BaseException) -> str:
 def classify(error: BaseException) -> tuple[bool, str]:
   """(is an input/environment error, the one-line message)."""
   chain = list(_chain(error))
-  user_types = _user_error_types()
   for e in chain:
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
       return True, f"disk full: {_text(e)}"
     if "No space left on device" in str(e):
       return True, f"disk full: {_text(e)}"
-  if isinstance(error, user_types):
+  if _is_user_error(error):
     return True, _text(error)
   if _from_config_flags(error):
     message = _text(error)
@@ -108,9 +111,10 @@ def report(error: BaseException, verbose: bool = False) -> int:
 
 
 def run(main: Callable[..., int | None], *args, verbose: bool | None = None) -> int:
-  """``main(*args)``'s return value (None -> 0), or the status :func:`report` gives."""
+  """``main(*args)``'s exit status (an int; anything else is 0), or :func:`report`'s."""
   try:
-    return int(main(*args) or 0)
+    status = main(*args)
+    return status if isinstance(status, int) else 0
   except SystemExit:
     raise
   except KeyboardInterrupt:

@@ -20,10 +20,23 @@ them run side by side as independent processes. The runner:
   the loss is NaN/Inf, or >= the threshold after the rule's step (Wen et al.
   2025: loss >= 6 after 2000 steps);
 * records a crashed trial as ``failed`` with the tail of its log and continues.
+
+The driver and its trials are tied (issue 14): the driver holds its workdir's
+lock (``optbench_jax.workdir_lock``), so a second driver on the same sweep is
+refused; each trial is started with ``PR_SET_PDEATHSIG`` (Linux), so when the
+driver dies, even by SIGKILL, its trials get SIGTERM, checkpoint and exit
+``preempted`` -- a rerun resumes them instead of finding them still running.
+Where that is unavailable (other OSes), or if a trial outlives its driver
+anyway, the trial's own workdir lock stops a second copy: the rerun waits up
+to ``LIVE_TRIAL_WAIT_S`` for the old process to exit, then leaves the trial
+interrupted rather than start it twice. Re-attaching to a live trial was not
+chosen: its process would not be the new driver's child (no exit status, no
+stop on divergence or timeout).
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
 import math
@@ -35,12 +48,15 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 from optbench_jax import atomic_files
+from optbench_jax import workdir_lock
 from optbench_jax.bench import results_store, sweep_config, tuning
 
 SWEEP_SNAPSHOT = "sweep.json"
 TRIALS_DIR = "trials"
 LOG_TAIL_LINES = 15
 STOP_GRACE_S = 30.0        # SIGTERM lets a trainer checkpoint; SIGKILL after this long
+LIVE_TRIAL_WAIT_S = STOP_GRACE_S + 30.0   # for a trial of a dead driver to checkpoint and exit
+_PR_SET_PDEATHSIG = 1
 
 Launcher = Callable[[str, str], Sequence[str]]
 
@@ -135,6 +151,30 @@ def _log_tail(path: str) -> str:
   return "".join(lines[-LOG_TAIL_LINES:]).strip()
 
 
+def _die_with_parent():
+  """A preexec_fn: the child gets SIGTERM when this (the driver's) thread dies; Linux only."""
+  if not sys.platform.startswith("linux"):
+    return None
+  try:
+    libc = ctypes.CDLL(None, use_errno=True)   # loaded in the parent, before fork
+  except OSError:
+    return None
+  parent = os.getpid()
+
+  def preexec():
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:   # the driver died before prctl took effect
+      os.kill(os.getpid(), signal.SIGTERM)
+  return preexec
+
+
+def error_line(log_tail: str) -> str:
+  """The trainer's ``error: ...`` line in a log tail, else its last line."""
+  lines = [l.strip() for l in log_tail.splitlines() if l.strip()]
+  errors = [l for l in lines if l.startswith("error:")]
+  return errors[-1] if errors else (lines[-1] if lines else "")
+
+
 class _Running:
   """One launched trial process and its incremental view of metrics.jsonl."""
 
@@ -153,10 +193,11 @@ class _Running:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (sweep_config.REPO_ROOT, env.get("PYTHONPATH", "")) if p)
-    # Own session so stopping a trial also stops anything it started.
+    # Own session so stopping a trial also stops anything it started; and it dies
+    # with the driver (module docstring).
     self.process = subprocess.Popen(list(argv), cwd=sweep_config.REPO_ROOT, env=env,
                                     stdout=self._log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+                                    start_new_session=True, preexec_fn=_die_with_parent())
     self._metrics_offset = 0
 
   def check_divergence(self) -> None:
@@ -202,9 +243,14 @@ class SweepRunner:
                poll_interval_s: float = 0.5, log: Callable[[str], None] = print,
                trial_timeout_s: float = 0.0):
     if parallel < 1:
-      raise ValueError(f"parallel must be >= 1, got {parallel}")
+      raise sweep_config.SweepConfigError(f"--parallel must be >= 1, got {parallel}")
+    if workdir is None or not str(workdir).strip():
+      raise sweep_config.SweepConfigError("--workdir is empty (an unset shell variable?)")
     self.plain, self.base, self.fingerprint = sweep_config.load(sweep)
     self.workdir = os.path.abspath(workdir)
+    if os.path.exists(self.workdir) and not os.path.isdir(self.workdir):
+      raise sweep_config.SweepConfigError(f"--workdir {self.workdir} is not a directory")
+    self._check_data()
     self.parallel = parallel
     self.launcher = launcher
     self.retry_failed = retry_failed
@@ -214,13 +260,40 @@ class SweepRunner:
     self.trial_timeout_s = trial_timeout_s
     self.log = log
     os.makedirs(self.workdir, exist_ok=True)
-    self.store = results_store.ResultsStore(
-        os.path.join(self.workdir, results_store.STORE_FILENAME), self.fingerprint,
-        self.plain["name"])
-    atomic_files.write_json(
-        os.path.join(self.workdir, SWEEP_SNAPSHOT),
-        {"fingerprint": self.fingerprint, "sweep": self.plain,
-         "base_config": sweep_config._plain(self.base)}, indent=1, sort_keys=True)
+    self.lock = workdir_lock.WorkdirLock(self.workdir, "sweep driver", log=log).acquire()
+    try:
+      self.store = results_store.ResultsStore(
+          os.path.join(self.workdir, results_store.STORE_FILENAME), self.fingerprint,
+          self.plain["name"])
+      atomic_files.write_json(
+          os.path.join(self.workdir, SWEEP_SNAPSHOT),
+          {"fingerprint": self.fingerprint, "sweep": self.plain,
+           "base_config": sweep_config._plain(self.base)}, indent=1, sort_keys=True)
+    except BaseException:
+      self.lock.release()
+      raise
+
+  def _check_data(self) -> None:
+    """The trials' corpora open and fit their seq_len, before any trial starts."""
+    from optbench_jax.train import preflight  # pylint: disable=import-outside-toplevel
+    from optbench_jax.train.config_checks import ConfigError  # pylint: disable=import-outside-toplevel
+    seen = set()
+    for optimizer in self.plain["optimizers"]:
+      config = sweep_config.trial_config(self.plain, self.base, optimizer, {},
+                                         self.plain["budgets"][0], self.plain["seeds"][0])
+      d = config.data
+      key = (d.source, d.path, d.seq_len, d.global_batch_size, d.grad_accum_steps)
+      if d.source == "synthetic" and not d.path or key in seen:
+        continue   # generated by each trial into its workdir
+      seen.add(key)
+      if d.source != "synthetic" and (not d.path or not os.path.isdir(d.path)):
+        raise sweep_config.SweepConfigError(
+            f"data.path {d.path!r} (trials of {optimizer}) is not a directory")
+      if d.source != "synthetic" or os.path.exists(os.path.join(d.path, "manifest.json")):
+        try:
+          preflight.check_data(d.path, config)
+        except ConfigError as e:
+          raise sweep_config.SweepConfigError(f"trials of {optimizer}: {e}") from None
 
   # Trial bookkeeping -----------------------------------------------------------------------
   def _trial_dir(self, trial: Trial) -> str:
@@ -355,6 +428,10 @@ class SweepRunner:
     while queue or running:
       while queue and len(running) < self.parallel:
         trial = queue.pop(0)
+        if not self._wait_for_live_copy(trial):
+          outcome.interrupted.append(trial.trial_id)
+          waiting.pop(trial.trial_id, None)
+          continue
         running[trial.trial_id] = self._launch(trial)
         outcome.launched += 1
       time.sleep(self.poll_interval_s)
@@ -382,10 +459,36 @@ class SweepRunner:
         outcome.recorded[result.status] += 1
         self.log(f"[sweep] {tid}: {result.status}"
                  + (f" final_eval_loss={result.final_eval_loss:.4f}"
-                    if result.status == results_store.COMPLETED else f" ({result.reason[:200]})"))
+                    if result.status == results_store.COMPLETED else
+                    f" ({self._short_reason(result)})"))
         for callback in waiting.pop(tid, []):
           callback(result.objective)
       gather()
+
+  def _short_reason(self, result: results_store.TrialResult) -> str:
+    """The console form of a failure: the trainer's own error line, not the command line."""
+    if result.status == results_store.FAILED:
+      line = error_line(_log_tail(os.path.join(result.workdir, "trial.log")))
+      head = result.reason.splitlines()[0] if result.reason else ""
+      return f"{head}: {line}"[:300] if line else head[:300]
+    return result.reason[:300]
+
+  def _wait_for_live_copy(self, trial: Trial) -> bool:
+    """False when the trial still runs in another process (e.g. of a dead driver) after a wait."""
+    trial_dir = self._trial_dir(trial)
+    deadline = time.time() + LIVE_TRIAL_WAIT_S
+    holder = workdir_lock.read_holder(trial_dir)
+    if holder is not None:
+      self.log(f"[sweep] {trial.trial_id}: still running as pid {holder.get('pid')} "
+               "(left by an earlier driver); waiting for it to exit")
+    while holder is not None and time.time() < deadline:
+      time.sleep(min(1.0, self.poll_interval_s * 10))
+      holder = workdir_lock.read_holder(trial_dir)
+    if holder is not None:
+      self.log(f"[sweep] {trial.trial_id}: pid {holder.get('pid')} still holds {trial_dir}; "
+               "not started twice: rerun the sweep once it has exited")
+      return False
+    return True
 
   def _recover_finished(self, trial: Trial) -> results_store.TrialResult | None:
     """Records a trial whose process finished after the last sweep stopped watching it."""
@@ -411,6 +514,7 @@ class SweepRunner:
 
   def close(self) -> None:
     self.store.close()
+    self.lock.release()
 
 
 def run_sweep(sweep: Any, workdir: str, parallel: int = 1, **kwargs) -> SweepOutcome:

@@ -9,6 +9,7 @@ test_reliability_processes.py.
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 
@@ -29,6 +30,24 @@ def data_dir(tmp_path_factory):
   return tmp_path_factory.mktemp("corpus")
 
 
+def six_step_config(data_dir):
+  return tiny.micro_config(data_dir, steps=6, checkpoint_every=2, keep_checkpoints=3)
+
+
+@pytest.fixture(scope="module")
+def six_steps(data_dir, tmp_path_factory):
+  """(the summary, a workdir) of a completed 6-step run with checkpoints 2, 4 and 6."""
+  workdir = tmp_path_factory.mktemp("six_steps")
+  return train.run(six_step_config(data_dir), str(workdir), devices=tiny.one_device()), workdir
+
+
+def copy_interrupted(six_steps, target):
+  """The reference run as a kill after its last save, before its summary, leaves it."""
+  shutil.copytree(six_steps[1], target)
+  os.remove(os.path.join(target, "summary.json"))
+  return target
+
+
 def records(workdir):
   return metrics_lib.read_records(os.path.join(workdir, "metrics.jsonl"))
 
@@ -41,67 +60,57 @@ def run(config, workdir, **kw):
   return train.run(config, str(workdir), devices=tiny.one_device(), **kw)
 
 
-def forget_the_summary(workdir):
-  """A run killed after its last save, before its summary: the rerun resumes, not reports."""
-  os.remove(os.path.join(workdir, "summary.json"))
-
-
-def test_torn_last_metrics_line_is_dropped_on_resume(tmp_path, data_dir):
+def test_torn_last_metrics_line_is_dropped_on_resume(tmp_path, data_dir, six_steps):
   """Case 3: a kill or full disk mid-write leaves a torn line; the rerun must not crash."""
-  config = tiny.micro_config(data_dir, steps=6, checkpoint_every=3, keep_checkpoints=3)
-  full = run(config, tmp_path / "full")
-  run(config, tmp_path / "w")
-  forget_the_summary(tmp_path / "w")
+  full, reference = six_steps
+  workdir = copy_interrupted(six_steps, tmp_path / "w")
   # The process died after step 5's record, in the middle of step 6's, before saving 6.
-  checkpoint_lib.shutil.rmtree(tmp_path / "w" / "checkpoints" / "6")
-  kept = [json.dumps(r) for r in records(tmp_path / "w") if r["step"] <= 5]
-  (tmp_path / "w" / "metrics.jsonl").write_text("\n".join(kept) + '\n{"step": 6, "lo')
-  resumed = run(config, tmp_path / "w")
-  assert resumed["status"] == "completed" and resumed["resumed_from_step"] == 3
-  assert losses(tmp_path / "w") == losses(tmp_path / "full")
+  shutil.rmtree(workdir / "checkpoints" / "6")
+  kept = [json.dumps(r) for r in records(workdir) if r["step"] <= 5]
+  (workdir / "metrics.jsonl").write_text("\n".join(kept) + '\n{"step": 6, "lo')
+  resumed = run(six_step_config(data_dir), workdir)
+  assert resumed["status"] == "completed" and resumed["resumed_from_step"] == 4
+  assert losses(workdir) == losses(reference)
   assert resumed["final_eval_loss"] == full["final_eval_loss"]
-  assert [r["step"] for r in records(tmp_path / "w") if "full_eval" in r] == [6]
+  assert [r["step"] for r in records(workdir) if "full_eval" in r] == [6]
 
 
 def _damage(step_dir, kind):
-  if kind == "truncated_array":
-    arrays = sorted((step_dir / "state" / "ocdbt.process_0" / "d").iterdir())
-    with open(arrays[0], "r+b") as f:
-      f.truncate(10)
+  if kind == "truncated_arrays":
+    for array_file in (step_dir / "state" / "ocdbt.process_0" / "d").iterdir():
+      with open(array_file, "r+b") as f:
+        f.truncate(10)
   elif kind == "missing_iterator_file":
     (step_dir / "data" / "process_0-of-1.json").unlink()
   else:
     (step_dir / "state" / "_METADATA").write_text("")
 
 
-@pytest.mark.parametrize("kind", ["truncated_array", "missing_iterator_file", "empty_metadata"])
-def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, data_dir, kind,
-                                                                 caplog):
+@pytest.mark.parametrize("kind", ["truncated_arrays", "missing_iterator_file", "empty_metadata"])
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, data_dir, six_steps,
+                                                                 kind, caplog):
   """Case 4: resume from the newest checkpoint that restores, loudly; keep the bad one aside."""
-  config = tiny.micro_config(data_dir, steps=6, checkpoint_every=2, keep_checkpoints=3)
-  full = run(config, tmp_path / "full")
-  run(config, tmp_path / "w")
-  forget_the_summary(tmp_path / "w")
-  _damage(tmp_path / "w" / "checkpoints" / "6", kind)
-  resumed = run(config, tmp_path / "w")
+  full, reference = six_steps
+  workdir = copy_interrupted(six_steps, tmp_path / "w")
+  _damage(workdir / "checkpoints" / "6", kind)
+  resumed = run(six_step_config(data_dir), workdir)
   assert resumed["resumed_from_step"] == 4 and resumed["status"] == "completed"
   assert resumed["final_eval_loss"] == full["final_eval_loss"]
-  assert losses(tmp_path / "w") == losses(tmp_path / "full")
-  aside = os.listdir(tmp_path / "w" / checkpoint_lib.DAMAGED_DIR)
+  assert losses(workdir) == losses(reference)
+  aside = os.listdir(workdir / checkpoint_lib.DAMAGED_DIR)
   assert len(aside) == 1 and aside[0].startswith("6.")
   assert "RESUMING FROM AN OLDER CHECKPOINT: step 4" in caplog.text
 
 
-def test_no_checkpoint_restoring_is_one_error_and_sets_nothing_aside(tmp_path, data_dir):
-  config = tiny.micro_config(data_dir, steps=4, checkpoint_every=2, keep_checkpoints=3)
-  run(config, tmp_path)
-  forget_the_summary(tmp_path)
-  for step in ("2", "4"):
-    _damage(tmp_path / "checkpoints" / step, "empty_metadata")
-  with pytest.raises(checkpoint_lib.CheckpointError, match="no checkpoint in .* restores: step 4"):
-    run(config, tmp_path)
-  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
-  assert not (tmp_path / checkpoint_lib.DAMAGED_DIR).exists()
+def test_no_checkpoint_restoring_is_one_error_and_sets_nothing_aside(tmp_path, data_dir,
+                                                                    six_steps):
+  workdir = copy_interrupted(six_steps, tmp_path / "w")
+  for step in ("2", "4", "6"):
+    _damage(workdir / "checkpoints" / step, "empty_metadata")
+  with pytest.raises(checkpoint_lib.CheckpointError, match="no checkpoint in .* restores: step 6"):
+    run(six_step_config(data_dir), workdir)
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4", "6"]
+  assert not (workdir / checkpoint_lib.DAMAGED_DIR).exists()
 
 
 def test_empty_validation_split_is_refused_before_training(tmp_path):
@@ -212,20 +221,20 @@ def test_bad_work_directories(tmp_path, data_dir):
 def test_divergence_keeps_only_healthy_checkpoints(tmp_path, data_dir):
   """Case 13: a loss blown far past a uniform guess stops the run before it is saved;
   `steps` is the step that diverged; a rerun with a changed config is refused."""
-  config = tiny.micro_config(data_dir, steps=30, checkpoint_every=1, keep_checkpoints=2)
-  config.optimizer.update(name="adamw", learning_rate=30.0, grad_clip=0.0)
-  config.optimizer.schedule.update(name="constant")
-  summary = run(config, tmp_path)
+  def config(lr):
+    c = tiny.micro_config(data_dir, steps=16, checkpoint_every=2, keep_checkpoints=2)
+    c.optimizer.update(name="adamw", learning_rate=lr, grad_clip=0.0)
+    c.optimizer.schedule.update(name="cosine", warmup_steps=12)   # healthy, then blows up
+    return c
+  summary = run(config(3.0), tmp_path)
   assert summary["status"] == "diverged", summary
-  limit = 2 * np.log(config.model.vocab_size)
+  limit = 2 * np.log(config(3.0).model.vocab_size)
   logged = dict(losses(tmp_path))
-  assert summary["steps"] == summary["diverged_at_step"] == max(logged) + 1
-  assert summary["kept_checkpoints"] == sorted(int(s) for s in os.listdir(tmp_path / "checkpoints"))
-  assert summary["kept_checkpoints"] and max(summary["kept_checkpoints"]) < summary["steps"]
-  assert all(np.isfinite(v) and v <= limit for v in logged.values())
+  assert "left the healthy range" in summary["message"] or "non-finite" in summary["message"]
+  assert summary["steps"] == summary["diverged_at_step"] == max(logged) + 1 > 4
   assert summary["tokens"] == summary["steps"] * 16 * 16
-  lower = tiny.micro_config(data_dir, steps=30, checkpoint_every=1, keep_checkpoints=2)
-  lower.optimizer.update(name="adamw", learning_rate=1e-3, grad_clip=0.0)
-  lower.optimizer.schedule.update(name="constant")
-  with pytest.raises(train.ConfigError, match="optimizer.learning_rate: 30.0 -> 0.001"):
-    run(lower, tmp_path)
+  kept = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints"))
+  assert summary["kept_checkpoints"] == kept and kept and max(kept) < summary["steps"]
+  assert all(np.isfinite(v) and v <= limit for v in logged.values())   # every kept one healthy
+  with pytest.raises(train.ConfigError, match="optimizer.learning_rate: 3.0 -> 0.001"):
+    run(config(1e-3), tmp_path)

@@ -41,9 +41,9 @@ import numpy as np
 from absl import logging
 
 from optbench_jax import atomic_files
-from optbench_jax import workdir_lock
 from optbench_jax import data as data_lib
 from optbench_jax import models
+from optbench_jax import workdir_lock
 from optbench_jax.models import flops as flops_lib
 from optbench_jax.models import sharding as sharding_lib
 from optbench_jax.train import checkpoint as checkpoint_lib
@@ -319,7 +319,8 @@ def _run(config, workdir: str, devices, allow_config_change: bool) -> dict:
   healthy_loss_limit = 2.0 * np.log(config.model.vocab_size)
 
   def check(step_metrics_pair):
-    """Pulls one step's metrics to the host and merges them; False if not finite."""
+    """Pulls one step's metrics to the host and merges them; False if not finite or if the
+    loss left its healthy range."""
     nonlocal pending, diverged_at
     done_step, device_metrics = step_metrics_pair
     host = jax.device_get(device_metrics)

@@ -21,42 +21,27 @@ them run side by side as independent processes. The runner:
   2025: loss >= 6 after 2000 steps);
 * records a crashed trial as ``failed`` with the tail of its log and continues.
 
-The driver and its trials are tied (issue 14): the driver holds its workdir's
-lock (``optbench_jax.workdir_lock``), so a second driver on the same sweep is
-refused; each trial is started with ``PR_SET_PDEATHSIG`` (Linux), so when the
-driver dies, even by SIGKILL, its trials get SIGTERM, checkpoint and exit
-``preempted`` -- a rerun resumes them instead of finding them still running.
-Where that is unavailable (other OSes), or if a trial outlives its driver
-anyway, the trial's own workdir lock stops a second copy: the rerun waits up
-to ``LIVE_TRIAL_WAIT_S`` for the old process to exit, then leaves the trial
-interrupted rather than start it twice. Re-attaching to a live trial was not
-chosen: its process would not be the new driver's child (no exit status, no
-stop on divergence or timeout).
+The driver holds its workdir's lock (``optbench_jax.workdir_lock``), so a
+second driver on the same sweep is refused; how trials die with their driver
+and are never started twice is in ``trial_process``.
 """
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import json
 import math
 import os
-import signal
-import subprocess
 import sys
 import time
 from typing import Any, Callable, Mapping, Sequence
 
 from optbench_jax import atomic_files
 from optbench_jax import workdir_lock
-from optbench_jax.bench import results_store, sweep_config, tuning
+from optbench_jax.bench import results_store, sweep_config, trial_process, tuning
 
 SWEEP_SNAPSHOT = "sweep.json"
 TRIALS_DIR = "trials"
-LOG_TAIL_LINES = 15
-STOP_GRACE_S = 30.0        # SIGTERM lets a trainer checkpoint; SIGKILL after this long
-LIVE_TRIAL_WAIT_S = STOP_GRACE_S + 30.0   # for a trial of a dead driver to checkpoint and exit
-_PR_SET_PDEATHSIG = 1
 
 Launcher = Callable[[str, str], Sequence[str]]
 
@@ -141,98 +126,6 @@ def _number(value: Any) -> float:
     return math.nan if value is None else float(value)
   except (TypeError, ValueError):
     return math.nan
-
-
-def _log_tail(path: str) -> str:
-  if not os.path.exists(path):
-    return ""
-  with open(path, errors="replace") as f:
-    lines = f.readlines()
-  return "".join(lines[-LOG_TAIL_LINES:]).strip()
-
-
-def _die_with_parent():
-  """A preexec_fn: the child gets SIGTERM when this (the driver's) thread dies; Linux only."""
-  if not sys.platform.startswith("linux"):
-    return None
-  try:
-    libc = ctypes.CDLL(None, use_errno=True)   # loaded in the parent, before fork
-  except OSError:
-    return None
-  parent = os.getpid()
-
-  def preexec():
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() != parent:   # the driver died before prctl took effect
-      os.kill(os.getpid(), signal.SIGTERM)
-  return preexec
-
-
-def error_line(log_tail: str) -> str:
-  """The trainer's ``error: ...`` line in a log tail, else its last line."""
-  lines = [l.strip() for l in log_tail.splitlines() if l.strip()]
-  errors = [l for l in lines if l.startswith("error:")]
-  return errors[-1] if errors else (lines[-1] if lines else "")
-
-
-class _Running:
-  """One launched trial process and its incremental view of metrics.jsonl."""
-
-  def __init__(self, trial: Trial, trial_dir: str, argv: Sequence[str], after_step: int,
-               threshold: float):
-    self.trial = trial
-    self.trial_dir = trial_dir
-    self.after_step = after_step
-    self.threshold = threshold
-    self.started = time.time()
-    self.diverged: str | None = None
-    self.timed_out: str | None = None
-    self._log = open(os.path.join(trial_dir, "trial.log"), "a")
-    self._log.write(f"\n=== attempt at {time.ctime()}: {' '.join(argv)}\n")
-    self._log.flush()
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (sweep_config.REPO_ROOT, env.get("PYTHONPATH", "")) if p)
-    # Own session so stopping a trial also stops anything it started; and it dies
-    # with the driver (module docstring).
-    self.process = subprocess.Popen(list(argv), cwd=sweep_config.REPO_ROOT, env=env,
-                                    stdout=self._log, stderr=subprocess.STDOUT,
-                                    start_new_session=True, preexec_fn=_die_with_parent())
-    self._metrics_offset = 0
-
-  def check_divergence(self) -> None:
-    path = os.path.join(self.trial_dir, "metrics.jsonl")
-    if self.diverged or not os.path.exists(path):
-      return
-    with open(path) as f:
-      f.seek(self._metrics_offset)
-      chunk = f.read()
-    complete = chunk[:chunk.rfind("\n") + 1]        # only whole lines
-    self._metrics_offset += len(complete.encode())
-    records = []
-    for line in complete.splitlines():
-      try:
-        records.append(json.loads(line))
-      except json.JSONDecodeError:
-        continue
-    reason = divergence_reason(records, self.threshold, self.after_step)
-    if reason:
-      self.diverged = reason
-      self.stop()
-
-  def stop(self) -> None:
-    if self.process.poll() is None:
-      try:
-        os.killpg(self.process.pid, signal.SIGTERM)
-        self.process.wait(timeout=STOP_GRACE_S)
-      except subprocess.TimeoutExpired:
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
-      except ProcessLookupError:
-        pass
-
-  def close(self) -> None:
-    self._log.close()
 
 
 class SweepRunner:
@@ -350,7 +243,7 @@ class SweepRunner:
       return self._result(trial, results_store.DIVERGED, str(reason), summary, records)
     if status == "preempted":
       return None
-    tail = _log_tail(os.path.join(trial_dir, "trial.log"))
+    tail = trial_process.log_tail(os.path.join(trial_dir, "trial.log"))
     reason = f"exit code {returncode}" + (f"; log tail:\n{tail}" if tail else "")
     if unreadable:
       reason = f"{unreadable}; {reason}"
@@ -371,7 +264,7 @@ class SweepRunner:
     replicated: set[tuple[str, int]] = set()
     waiting: dict[str, list[Callable[[float], None]]] = {}   # trial id -> result callbacks
     queue: list[Trial] = []
-    running: dict[str, _Running] = {}
+    running: dict[str, trial_process.TrialProcess] = {}
 
     def submit(trial: Trial, callback: Callable[[float], None]) -> bool:
       """Returns True if the trial's result was already known (callback called)."""
@@ -468,7 +361,8 @@ class SweepRunner:
   def _short_reason(self, result: results_store.TrialResult) -> str:
     """The console form of a failure: the trainer's own error line, not the command line."""
     if result.status == results_store.FAILED:
-      line = error_line(_log_tail(os.path.join(result.workdir, "trial.log")))
+      line = trial_process.error_line(
+          trial_process.log_tail(os.path.join(result.workdir, "trial.log")))
       head = result.reason.splitlines()[0] if result.reason else ""
       return f"{head}: {line}"[:300] if line else head[:300]
     return result.reason[:300]
@@ -476,14 +370,12 @@ class SweepRunner:
   def _wait_for_live_copy(self, trial: Trial) -> bool:
     """False when the trial still runs in another process (e.g. of a dead driver) after a wait."""
     trial_dir = self._trial_dir(trial)
-    deadline = time.time() + LIVE_TRIAL_WAIT_S
     holder = workdir_lock.read_holder(trial_dir)
-    if holder is not None:
-      self.log(f"[sweep] {trial.trial_id}: still running as pid {holder.get('pid')} "
-               "(left by an earlier driver); waiting for it to exit")
-    while holder is not None and time.time() < deadline:
-      time.sleep(min(1.0, self.poll_interval_s * 10))
-      holder = workdir_lock.read_holder(trial_dir)
+    if holder is None:
+      return True
+    self.log(f"[sweep] {trial.trial_id}: still running as pid {holder.get('pid')} "
+             "(left by an earlier driver); waiting for it to exit")
+    holder = trial_process.wait_until_unlocked(trial_dir, min(1.0, self.poll_interval_s * 10))
     if holder is not None:
       self.log(f"[sweep] {trial.trial_id}: pid {holder.get('pid')} still holds {trial_dir}; "
                "not started twice: rerun the sweep once it has exited")
@@ -501,16 +393,18 @@ class SweepRunner:
     self.store.record(result)
     return result
 
-  def _launch(self, trial: Trial) -> _Running:
+  def _launch(self, trial: Trial) -> trial_process.TrialProcess:
     trial_dir = self._trial_dir(trial)
     os.makedirs(trial_dir, exist_ok=True)
     config_path = os.path.join(trial_dir, "config.json")
     with open(config_path, "w") as f:
       json.dump(self._config(trial).to_dict(), f, indent=1, sort_keys=True)
     self.log(f"[sweep] launching {trial.trial_id} {trial.hparams}")
-    return _Running(trial, trial_dir, self.launcher(config_path, trial_dir),
-                    sweep_config.divergence_step(self.plain, trial.budget_steps),
-                    self.plain["divergence"]["loss_threshold"])
+    threshold = self.plain["divergence"]["loss_threshold"]
+    after_step = sweep_config.divergence_step(self.plain, trial.budget_steps)
+    return trial_process.TrialProcess(
+        trial, trial_dir, self.launcher(config_path, trial_dir),
+        lambda records: divergence_reason(records, threshold, after_step))
 
   def close(self) -> None:
     self.store.close()

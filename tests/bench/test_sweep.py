@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from optbench_jax.bench import results_store as rs
-from optbench_jax.bench import search_space, sweep, sweep_config
+from optbench_jax.bench import search_space, sweep, sweep_config, trial_process
 
 FAKE = os.path.join(os.path.dirname(__file__), "fake_trainer.py")
 BUDGET = 40
@@ -225,7 +225,7 @@ def test_hyperparameters_land_in_the_right_config_keys():
 
 
 def test_hung_trial_is_stopped_and_recorded_failed(tmp_path, monkeypatch):
-  monkeypatch.setattr(sweep, "STOP_GRACE_S", 0.5)
+  monkeypatch.setattr(trial_process, "STOP_GRACE_S", 0.5)
   spec = make_sweep(seeds=[0], optimizers={"adamw": dict(
       baseline={"b2": 0.95}, grid={"learning_rate": [3e-3, 0.1]})})
   out = run(spec, tmp_path, parallel=2, trial_timeout_s=3.0)
@@ -281,7 +281,7 @@ def test_a_trial_still_running_elsewhere_is_not_started_twice(tmp_path, monkeypa
   assert len(run(spec, tmp_path).interrupted) == 1
   monkeypatch.delenv("FAKE_PREEMPT_AT")
   (trial_dir,) = (tmp_path / "trials").iterdir()
-  monkeypatch.setattr(sweep, "LIVE_TRIAL_WAIT_S", 0.3)
+  monkeypatch.setattr(trial_process, "LIVE_TRIAL_WAIT_S", 0.3)
   logged = []
   with workdir_lock.WorkdirLock(str(trial_dir), "trainer", log=logged.append):
     out = sweep.run_sweep(spec, str(tmp_path), poll_interval_s=0.02, log=logged.append,

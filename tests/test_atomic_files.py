@@ -23,3 +23,16 @@ def test_failed_serialisation_keeps_the_old_file(tmp_path):
     atomic_files.write_json(path, {"bad": object()})
   assert json.loads(path.read_text()) == {"ok": True}
   assert os.listdir(tmp_path) == ["summary.json"]
+
+
+def test_files_get_the_umask_mode_not_mkstemps_0600(tmp_path):
+  """Issue 14 case 11: a shared manifest / summary must be readable by other users."""
+  old = os.umask(0o022)
+  try:
+    atomic_files.write_json(tmp_path / "a.json", {"x": 1})
+    os.umask(0o027)
+    atomic_files.write_json(tmp_path / "b.json", {"x": 1})
+  finally:
+    os.umask(old)
+  assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+  assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o640

@@ -8,7 +8,12 @@ r"""Train a Llama / MoE language model: ``python -m trainers.lm --config=configs
 ``summary.json``; rerunning with the same workdir resumes. ``--multihost``
 forces ``jax.distributed.initialize()`` (it is also called when the
 environment names several processes, see ``optbench_jax.train.mesh``).
-The exit status is 0 for a completed or preempted run, 1 for a diverged one.
+One work directory holds one run: a second start on it is refused while the
+first lives, and a resume with a changed config is refused with the change
+named (``--allow_config_change`` accepts and records it).
+The exit status is 0 for a completed or preempted run, 1 for a diverged one,
+2 for an input or environment error (one ``error: ...`` line; ``--verbose``
+adds the traceback).
 """
 
 import os
@@ -18,6 +23,11 @@ from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from optbench_jax import cli_errors
+
+if __name__ == "__main__":   # --config.x=v overrides are applied (and can fail) right below
+  cli_errors.install_excepthook()
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                "configs", "tiny.py")
@@ -29,6 +39,10 @@ _WORKDIR = flags.DEFINE_string(
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print sizes, FLOPs/token and per-device memory, "
                              "then exit.")
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize().")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False, "Resume although the config differs from the one the run "
+    "started with (e.g. a new eval setting); the change is recorded in run_record.json.")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Print tracebacks with errors.")
 
 
 def main(argv):
@@ -39,19 +53,15 @@ def main(argv):
   from optbench_jax import train  # pylint: disable=import-outside-toplevel
 
   config = _CONFIG.value
-  try:
-    if _DRY_RUN.value:
-      train.dry_run(config)
-      return 0
-    workdir = _WORKDIR.value
-    if workdir is None:
-      name = os.path.splitext(os.path.basename(config_flags.get_config_filename(
-          flags.FLAGS["config"]).split(":")[0]))[0]
-      workdir = os.path.join("runs", f"{name}_{config.optimizer.name}")
-    summary = train.run(config, workdir)
-  except train.ConfigError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  if _DRY_RUN.value:
+    train.dry_run(config)
+    return 0
+  workdir = _WORKDIR.value
+  if workdir is None:
+    name = os.path.splitext(os.path.basename(config_flags.get_config_filename(
+        flags.FLAGS["config"]).split(":")[0]))[0]
+    workdir = os.path.join("runs", f"{name}_{config.optimizer.name}")
+  summary = train.run(config, workdir, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
   print(f"{summary['status']}: {summary['steps']} steps, final eval loss "
         f"{summary['final_eval_loss']}, workdir {summary['workdir']}")
   return 1 if summary["status"] == "diverged" else 0
@@ -59,4 +69,4 @@ def main(argv):
 
 if __name__ == "__main__":
   logging.set_verbosity(logging.INFO)
-  app.run(lambda argv: sys.exit(main(argv)))
+  app.run(lambda argv: sys.exit(cli_errors.run(main, argv, verbose=_VERBOSE.value)))

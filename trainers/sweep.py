@@ -3,6 +3,10 @@
 Each trial is a ``trainers.lm`` process in ``DIR/trials/<id>``; results go to
 ``DIR/results.sqlite``. Rerunning the same command skips finished trials and
 resumes interrupted ones. Then: ``python -m optbench_jax.bench.report DIR``.
+
+Exit status: 0 when every trial of this invocation finished (completed or
+diverged), 1 when some failed or were interrupted (rerun to retry / resume),
+2 for an input error (one ``error: ...`` line; ``--verbose`` adds the traceback).
 """
 
 import signal
@@ -11,7 +15,11 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from optbench_jax.bench import results_store, search_space, sweep, sweep_config
+from optbench_jax import cli_errors
+from optbench_jax.bench import results_store, sweep
+
+if __name__ == "__main__":   # config-flag errors happen at import time, below
+  cli_errors.install_excepthook()
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep config file (configs/sweeps/*.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory (results store, trials, report).")
@@ -21,6 +29,7 @@ _RETRY_FAILED = flags.DEFINE_bool("retry_failed", True,
 _TRIAL_TIMEOUT = flags.DEFINE_float("trial_timeout_s", 0.0,
                                     "Stop a trial after this many seconds and record it as "
                                     "failed (0: no limit).")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Print tracebacks with errors.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -33,19 +42,19 @@ def _terminate(signum, frame):
 def main(argv):
   del argv
   signal.signal(signal.SIGTERM, _terminate)
-  try:
-    outcome = sweep.run_sweep(_CONFIG.value, _WORKDIR.value, parallel=_PARALLEL.value,
-                              retry_failed=_RETRY_FAILED.value,
-                              trial_timeout_s=_TRIAL_TIMEOUT.value)
-  except (sweep_config.SweepConfigError, search_space.SearchSpaceError,
-          results_store.StoreMismatchError) as e:
-    print(f"error: {e}", file=sys.stderr)   # one line naming the culprit; no trial started
-    return 2
+  # A bad sweep raises one line naming the culprit before any trial starts (cli_errors).
+  outcome = sweep.run_sweep(_CONFIG.value, _WORKDIR.value, parallel=_PARALLEL.value,
+                            retry_failed=_RETRY_FAILED.value,
+                            trial_timeout_s=_TRIAL_TIMEOUT.value)
   print(f"[sweep] launched {outcome.launched}, skipped {outcome.skipped} already finished, "
         f"recorded {outcome.recorded}, interrupted {len(outcome.interrupted)}")
   if outcome.interrupted:
     print("[sweep] rerun the same command to resume the interrupted trials")
+  failed = outcome.recorded[results_store.FAILED]
+  if failed:
+    print(f"[sweep] {failed} trial(s) failed (see trials/<id>/trial.log); a rerun retries them")
+  return 1 if failed or outcome.interrupted else 0
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(lambda argv: sys.exit(cli_errors.run(main, argv, verbose=_VERBOSE.value)))

@@ -20,8 +20,10 @@ The document is built once as a list of blocks and rendered to both formats.
 from __future__ import annotations
 
 import html
+import json
 import math
 import os
+import sqlite3
 import sys
 from typing import Any, Sequence
 
@@ -31,6 +33,32 @@ from optbench_jax.bench import analysis as analysis_lib
 from optbench_jax.bench import plots, results_store, sensitivity, speedup
 
 PLOTS_DIR = "plots"
+
+
+class ReportError(Exception):
+  """RUN_DIR is not a readable sweep directory; the message says what is missing or damaged."""
+
+
+def check_run_dir(run_dir: str) -> None:
+  """Raises ReportError unless ``run_dir`` holds a readable sweep snapshot and results store."""
+  if not os.path.isdir(run_dir):
+    raise ReportError(f"{run_dir} is not a directory")
+  snapshot = os.path.join(run_dir, analysis_lib.SWEEP_SNAPSHOT)
+  if not os.path.exists(snapshot):
+    raise ReportError(f"{run_dir} is not a sweep workdir (no {analysis_lib.SWEEP_SNAPSHOT}; "
+                      "run trainers.sweep there first)")
+  try:
+    with open(snapshot) as f:
+      json.load(f)["sweep"]
+  except (ValueError, KeyError, TypeError) as e:
+    raise ReportError(f"{snapshot} is damaged ({type(e).__name__}: {e})") from None
+  store = os.path.join(run_dir, results_store.STORE_FILENAME)
+  try:
+    results_store.ResultsStore.open_existing(store).close()
+  except FileNotFoundError:
+    raise ReportError(f"{run_dir} has no results store ({results_store.STORE_FILENAME})") from None
+  except (sqlite3.DatabaseError, results_store.StoreMismatchError, KeyError) as e:
+    raise ReportError(f"{store} is damaged or not a results store ({e})") from None
 
 
 def _fmt(x: float, digits: int = 4) -> str:
@@ -244,13 +272,16 @@ def write_report(run_dir: str, num_bootstrap: int | None = None) -> tuple[str, s
 
 
 def main(argv: Sequence[str]) -> int:
+  argv = [a for a in argv if a not in ("--verbose", "-v")]
   if len(argv) != 2 or argv[1].startswith("-"):
-    print("usage: python -m optbench_jax.bench.report RUN_DIR", file=sys.stderr)
+    print("usage: python -m optbench_jax.bench.report RUN_DIR [--verbose]", file=sys.stderr)
     return 2
+  check_run_dir(argv[1])
   md_path, html_path = write_report(argv[1])
   print(f"wrote {md_path}, {html_path} and {os.path.join(argv[1], PLOTS_DIR)}/*.png")
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main(sys.argv))
+  from optbench_jax import cli_errors  # pylint: disable=import-outside-toplevel
+  sys.exit(cli_errors.run(main, sys.argv))

@@ -23,6 +23,10 @@ them run side by side as independent processes. The runner:
   the loss is NaN/Inf, or >= the threshold after the rule's step (Wen et al.
   2025: loss >= 6 after 2000 steps);
 * records a crashed trial as ``failed`` with the tail of its log and continues.
+
+The driver holds its workdir's lock (``optbench_jax.workdir_lock``), so a
+second driver on the same sweep is refused; how trials die with their driver
+and are never started twice is in ``trial_process``.
 """
 
 from __future__ import annotations
@@ -31,19 +35,16 @@ import dataclasses
 import json
 import math
 import os
-import signal
-import subprocess
 import sys
 import time
 from typing import Any, Callable, Mapping, Sequence
 
 from optbench_jax import atomic_files
-from optbench_jax.bench import results_store, sweep_config, tuning
+from optbench_jax import workdir_lock
+from optbench_jax.bench import results_store, sweep_config, trial_process, tuning
 
 SWEEP_SNAPSHOT = "sweep.json"
 TRIALS_DIR = "trials"
-LOG_TAIL_LINES = 15
-STOP_GRACE_S = 30.0        # SIGTERM lets a trainer checkpoint; SIGKILL after this long
 
 Launcher = Callable[[str, str], Sequence[str]]
 
@@ -130,75 +131,6 @@ def _number(value: Any) -> float:
     return math.nan
 
 
-def _log_tail(path: str) -> str:
-  if not os.path.exists(path):
-    return ""
-  with open(path, errors="replace") as f:
-    lines = f.readlines()
-  return "".join(lines[-LOG_TAIL_LINES:]).strip()
-
-
-class _Running:
-  """One launched trial process and its incremental view of metrics.jsonl."""
-
-  def __init__(self, trial: Trial, trial_dir: str, argv: Sequence[str], after_step: int,
-               threshold: float):
-    self.trial = trial
-    self.trial_dir = trial_dir
-    self.after_step = after_step
-    self.threshold = threshold
-    self.started = time.time()
-    self.diverged: str | None = None
-    self.timed_out: str | None = None
-    self._log = open(os.path.join(trial_dir, "trial.log"), "a")
-    self._log.write(f"\n=== attempt at {time.ctime()}: {' '.join(argv)}\n")
-    self._log.flush()
-    env = dict(os.environ)
-    # The repository, then the driver's working directory: a user's optimizer named by
-    # an import path ("my_module:factory") imports in the trial as it did in the driver.
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (sweep_config.REPO_ROOT, os.getcwd(), env.get("PYTHONPATH", "")) if p)
-    # Own session so stopping a trial also stops anything it started.
-    self.process = subprocess.Popen(list(argv), cwd=sweep_config.REPO_ROOT, env=env,
-                                    stdout=self._log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-    self._metrics_offset = 0
-
-  def check_divergence(self) -> None:
-    path = os.path.join(self.trial_dir, "metrics.jsonl")
-    if self.diverged or not os.path.exists(path):
-      return
-    with open(path) as f:
-      f.seek(self._metrics_offset)
-      chunk = f.read()
-    complete = chunk[:chunk.rfind("\n") + 1]        # only whole lines
-    self._metrics_offset += len(complete.encode())
-    records = []
-    for line in complete.splitlines():
-      try:
-        records.append(json.loads(line))
-      except json.JSONDecodeError:
-        continue
-    reason = divergence_reason(records, self.threshold, self.after_step)
-    if reason:
-      self.diverged = reason
-      self.stop()
-
-  def stop(self) -> None:
-    if self.process.poll() is None:
-      try:
-        os.killpg(self.process.pid, signal.SIGTERM)
-        self.process.wait(timeout=STOP_GRACE_S)
-      except subprocess.TimeoutExpired:
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
-      except ProcessLookupError:
-        pass
-
-  def close(self) -> None:
-    self._log.close()
-
-
 class SweepRunner:
   """Runs one sweep config in one workdir (see the module docstring)."""
 
@@ -207,9 +139,14 @@ class SweepRunner:
                poll_interval_s: float = 0.5, log: Callable[[str], None] = print,
                trial_timeout_s: float = 0.0):
     if parallel < 1:
-      raise ValueError(f"parallel must be >= 1, got {parallel}")
+      raise sweep_config.SweepConfigError(f"--parallel must be >= 1, got {parallel}")
+    if workdir is None or not str(workdir).strip():
+      raise sweep_config.SweepConfigError("--workdir is empty (an unset shell variable?)")
     self.plain, self.base, self.fingerprint = sweep_config.load(sweep)
     self.workdir = os.path.abspath(workdir)
+    if os.path.exists(self.workdir) and not os.path.isdir(self.workdir):
+      raise sweep_config.SweepConfigError(f"--workdir {self.workdir} is not a directory")
+    self._check_data()
     self.parallel = parallel
     self.launcher = launcher
     self.retry_failed = retry_failed
@@ -219,13 +156,40 @@ class SweepRunner:
     self.trial_timeout_s = trial_timeout_s
     self.log = log
     os.makedirs(self.workdir, exist_ok=True)
-    self.store = results_store.ResultsStore(
-        os.path.join(self.workdir, results_store.STORE_FILENAME), self.fingerprint,
-        self.plain["name"])
-    atomic_files.write_json(
-        os.path.join(self.workdir, SWEEP_SNAPSHOT),
-        {"fingerprint": self.fingerprint, "sweep": self.plain,
-         "base_config": sweep_config._plain(self.base)}, indent=1, sort_keys=True)
+    self.lock = workdir_lock.WorkdirLock(self.workdir, "sweep driver", log=log).acquire()
+    try:
+      self.store = results_store.ResultsStore(
+          os.path.join(self.workdir, results_store.STORE_FILENAME), self.fingerprint,
+          self.plain["name"])
+      atomic_files.write_json(
+          os.path.join(self.workdir, SWEEP_SNAPSHOT),
+          {"fingerprint": self.fingerprint, "sweep": self.plain,
+           "base_config": sweep_config._plain(self.base)}, indent=1, sort_keys=True)
+    except BaseException:
+      self.lock.release()
+      raise
+
+  def _check_data(self) -> None:
+    """The trials' corpora open and fit their seq_len, before any trial starts."""
+    from optbench_jax.train import preflight  # pylint: disable=import-outside-toplevel
+    from optbench_jax.train.config_checks import ConfigError  # pylint: disable=import-outside-toplevel
+    seen = set()
+    for optimizer in self.plain["optimizers"]:
+      config = sweep_config.trial_config(self.plain, self.base, optimizer, {},
+                                         self.plain["budgets"][0], self.plain["seeds"][0])
+      d = config.data
+      key = (d.source, d.path, d.seq_len, d.global_batch_size, d.grad_accum_steps)
+      if d.source == "synthetic" and not d.path or key in seen:
+        continue   # generated by each trial into its workdir
+      seen.add(key)
+      if d.source != "synthetic" and (not d.path or not os.path.isdir(d.path)):
+        raise sweep_config.SweepConfigError(
+            f"data.path {d.path!r} (trials of {optimizer}) is not a directory")
+      if d.source != "synthetic" or os.path.exists(os.path.join(d.path, "manifest.json")):
+        try:
+          preflight.check_data(d.path, config)
+        except ConfigError as e:
+          raise sweep_config.SweepConfigError(f"trials of {optimizer}: {e}") from None
 
   # Trial bookkeeping -----------------------------------------------------------------------
   def _trial_dir(self, trial: Trial) -> str:
@@ -282,7 +246,7 @@ class SweepRunner:
       return self._result(trial, results_store.DIVERGED, str(reason), summary, records)
     if status == "preempted":
       return None
-    tail = _log_tail(os.path.join(trial_dir, "trial.log"))
+    tail = trial_process.log_tail(os.path.join(trial_dir, "trial.log"))
     reason = f"exit code {returncode}" + (f"; log tail:\n{tail}" if tail else "")
     if unreadable:
       reason = f"{unreadable}; {reason}"
@@ -303,7 +267,7 @@ class SweepRunner:
     replicated: set[tuple[str, int]] = set()
     waiting: dict[str, list[Callable[[float], None]]] = {}   # trial id -> result callbacks
     queue: list[Trial] = []
-    running: dict[str, _Running] = {}
+    running: dict[str, trial_process.TrialProcess] = {}
 
     def submit(trial: Trial, callback: Callable[[float], None]) -> bool:
       """Returns True if the trial's result was already known (callback called)."""
@@ -368,6 +332,10 @@ class SweepRunner:
           for callback in waiting.pop(trial.trial_id, []):
             callback(rejected.objective)
           continue
+        if not self._wait_for_live_copy(trial):
+          outcome.interrupted.append(trial.trial_id)
+          waiting.pop(trial.trial_id, None)
+          continue
         running[trial.trial_id] = self._launch(trial)
         outcome.launched += 1
       time.sleep(self.poll_interval_s)
@@ -395,10 +363,35 @@ class SweepRunner:
         outcome.recorded[result.status] += 1
         self.log(f"[sweep] {tid}: {result.status}"
                  + (f" final_eval_loss={result.final_eval_loss:.4f}"
-                    if result.status == results_store.COMPLETED else f" ({result.reason[:200]})"))
+                    if result.status == results_store.COMPLETED else
+                    f" ({self._short_reason(result)})"))
         for callback in waiting.pop(tid, []):
           callback(result.objective)
       gather()
+
+  def _short_reason(self, result: results_store.TrialResult) -> str:
+    """The console form of a failure: the trainer's own error line, not the command line."""
+    if result.status == results_store.FAILED:
+      line = trial_process.error_line(
+          trial_process.log_tail(os.path.join(result.workdir, "trial.log")))
+      head = result.reason.splitlines()[0] if result.reason else ""
+      return f"{head}: {line}"[:300] if line else head[:300]
+    return result.reason[:300]
+
+  def _wait_for_live_copy(self, trial: Trial) -> bool:
+    """False when the trial still runs in another process (e.g. of a dead driver) after a wait."""
+    trial_dir = self._trial_dir(trial)
+    holder = workdir_lock.read_holder(trial_dir)
+    if holder is None:
+      return True
+    self.log(f"[sweep] {trial.trial_id}: still running as pid {holder.get('pid')} "
+             "(left by an earlier driver); waiting for it to exit")
+    holder = trial_process.wait_until_unlocked(trial_dir, min(1.0, self.poll_interval_s * 10))
+    if holder is not None:
+      self.log(f"[sweep] {trial.trial_id}: pid {holder.get('pid')} still holds {trial_dir}; "
+               "not started twice: rerun the sweep once it has exited")
+      return False
+    return True
 
   def _recover_finished(self, trial: Trial) -> results_store.TrialResult | None:
     """Records a trial whose process finished after the last sweep stopped watching it."""
@@ -419,19 +412,22 @@ class SweepRunner:
       return self._result(trial, results_store.FAILED, str(e), {}, [])
     return None
 
-  def _launch(self, trial: Trial) -> _Running:
+  def _launch(self, trial: Trial) -> trial_process.TrialProcess:
     trial_dir = self._trial_dir(trial)
     os.makedirs(trial_dir, exist_ok=True)
     config_path = os.path.join(trial_dir, "config.json")
     with open(config_path, "w") as f:
       json.dump(self._config(trial).to_dict(), f, indent=1, sort_keys=True)
     self.log(f"[sweep] launching {trial.trial_id} {trial.hparams}")
-    return _Running(trial, trial_dir, self.launcher(config_path, trial_dir),
-                    sweep_config.divergence_step(self.plain, trial.budget_steps),
-                    self.plain["divergence"]["loss_threshold"])
+    threshold = self.plain["divergence"]["loss_threshold"]
+    after_step = sweep_config.divergence_step(self.plain, trial.budget_steps)
+    return trial_process.TrialProcess(
+        trial, trial_dir, self.launcher(config_path, trial_dir),
+        lambda records: divergence_reason(records, threshold, after_step))
 
   def close(self) -> None:
     self.store.close()
+    self.lock.release()
 
 
 def run_sweep(sweep: Any, workdir: str, parallel: int = 1, **kwargs) -> SweepOutcome:

@@ -89,15 +89,23 @@ def iter_text_documents(files: Sequence[str], per_line: bool = False) -> Iterato
   """Yields each file as one document, or each line (without its newline) with ``per_line``.
 
   Files are decoded as UTF-8; undecodable bytes become U+FFFD rather than
-  aborting a long run.
+  aborting a long run, and each such file is named in one warning on stderr
+  (binary input, or another encoding, would otherwise be tokenised silently).
   """
   for path in files:
+    replaced = 0
     with open(path, encoding="utf-8", errors="replace", newline="") as f:
       if per_line:
         for line in f:
+          replaced += line.count("\ufffd")
           yield line.rstrip("\r\n")
       else:
-        yield f.read()
+        text = f.read()
+        replaced += text.count("\ufffd")
+        yield text
+    if replaced:
+      print(f"warning: {path} is not UTF-8 text ({replaced} undecodable bytes or U+FFFD "
+            "characters were tokenised as U+FFFD)", file=sys.stderr, flush=True)
 
 
 def iter_hf_documents(dataset: str, config: str | None, split: str = "train",
@@ -224,12 +232,14 @@ def prepare_corpus(documents: Iterable[str | None], output: str | os.PathLike, *
   ``overwrite``) or when there are no documents.
   """
   if not 0.0 <= val_fraction < 1.0:
-    raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    raise DataError(f"--val_fraction must be in [0, 1), got {val_fraction}")
   for name, value, low in (("workers", workers, 0), ("shard_tokens", shard_tokens, 1),
                            ("docs_per_task", docs_per_task, 1)):
     if value < low:
-      raise ValueError(f"{name} must be >= {low}, got {value}")
+      raise DataError(f"--{name} must be >= {low}, got {value}")
   output = pathlib.Path(output)
+  if output.exists() and not output.is_dir():
+    raise DataError(f"--output {output} exists and is not a directory")
   if (output / manifest_lib.MANIFEST_NAME).exists() and not overwrite:
     raise DataError(f"{output} already holds a prepared corpus ({manifest_lib.MANIFEST_NAME}); "
                     "pass --overwrite or choose another --output")
@@ -274,6 +284,13 @@ def prepare_corpus(documents: Iterable[str | None], output: str | os.PathLike, *
   shards = writers["train"].close() + writers["val"].close()
   if counts["train_documents"] + counts["val_documents"] == 0:
     raise DataError(f"no (non-empty) documents to prepare into {output}")
+  if val_fraction > 0 and counts["val_documents"] == 0:
+    for shard in shards:   # no manifest, so the trainer cannot pick up a corpus it must refuse
+      (output / shard.file).unlink(missing_ok=True)
+    raise DataError(
+        f"the validation split is empty: none of the {counts['train_documents']:,} documents "
+        f"fell into it at --val_fraction={val_fraction:g} (the trainer evaluates on it); use a "
+        "larger --val_fraction or more documents, or --val_fraction=0 for a train-only corpus")
   info = dict(metadata or {})
   info.update(val_fraction=val_fraction, split_seed=split_seed,
               train_documents=counts["train_documents"], val_documents=counts["val_documents"],
@@ -309,6 +326,7 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--max_documents", type=int, default=None, help="stop after this many")
   p.add_argument("--overwrite", action="store_true", help="replace an existing prepared corpus")
   p.add_argument("--no_progress", action="store_true")
+  p.add_argument("--verbose", action="store_true", help="print tracebacks with errors")
   return p
 
 
@@ -343,7 +361,5 @@ def main(argv: Sequence[str] | None = None) -> manifest_lib.Manifest:
 
 
 if __name__ == "__main__":
-  try:
-    main()
-  except DataError as e:
-    sys.exit(f"error: {e}")
+  from optbench_jax import cli_errors  # pylint: disable=import-outside-toplevel
+  sys.exit(cli_errors.run(main))

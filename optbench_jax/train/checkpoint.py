@@ -7,15 +7,37 @@ iterator's position (the next batch to draw) as ``data``, in one
 leaves carrying the *current* mesh's shardings), so a checkpoint written on
 one mesh or device count restores onto another. Saves are asynchronous:
 training continues while the arrays are written; ``wait`` blocks before exit.
+
+A damaged newest checkpoint (a truncated array file, a missing iterator file, an
+empty ``_METADATA``: a disk that filled up, a copy cut short) must not cost the
+run: ``restore_latest`` walks back to the newest checkpoint that restores whole,
+says so loudly, and moves the damaged ones to ``<workdir>/checkpoints_damaged/``
+(kept for inspection, out of orbax's sight). It sets nothing aside when no
+checkpoint restores, since then the cause is rather the target (e.g. a model
+changed on purpose) than the files.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+import shutil
+import time
+from typing import Any, Callable
 
 import grain.checkpoint as grain_checkpoint
 import orbax.checkpoint as ocp
+
+
+DAMAGED_DIR = "checkpoints_damaged"
+
+
+class CheckpointError(RuntimeError):
+  """No checkpoint of the run restores; the message names each one's error."""
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip().splitlines()
+  return f"{type(error).__name__}: {text[0][:300] if text else ''}"
 
 
 class Checkpointer:
@@ -45,6 +67,42 @@ class Checkpointer:
         state=ocp.args.StandardRestore(abstract_state),
         data=grain_checkpoint.CheckpointRestore(data_iterator)))
     return restored["state"]
+
+  def restore_latest(self, abstract_state: Any, data_iterator: Any,
+                     log: Callable[[str], None], primary: bool = True) -> tuple[int | None, Any]:
+    """(step, state) of the newest checkpoint that restores, or (None, None) when there is none.
+
+    Newer checkpoints that fail to restore are moved to ``checkpoints_damaged``
+    (by the ``primary`` process) once an older one has restored.
+    """
+    failures = []
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        state = self.restore(step, abstract_state, data_iterator)
+      except Exception as e:  # pylint: disable=broad-except  # orbax/tensorstore/grain: many types
+        failures.append((step, e))
+        log(f"checkpoint {step} in {self.directory} does not restore ({_first_line(e)})")
+        continue
+      if failures:
+        moved = [self._set_aside(bad) if primary else f"step {bad}" for bad, _ in failures]
+        self.manager.reload()
+        log(f"RESUMING FROM AN OLDER CHECKPOINT: step {step}; the damaged newer "
+            f"checkpoint(s) were moved to {', '.join(moved)}")
+      return step, state
+    if failures:
+      raise CheckpointError(
+          f"no checkpoint in {self.directory} restores: " +
+          "; ".join(f"step {s}: {_first_line(e)}" for s, e in failures) +
+          " (if the model or optimizer changed, use a new workdir)")
+    return None, None
+
+  def _set_aside(self, step: int) -> str:
+    source = os.path.join(self.directory, str(step))
+    target_dir = os.path.join(os.path.dirname(self.directory), DAMAGED_DIR)
+    os.makedirs(target_dir, exist_ok=True)
+    target = os.path.join(target_dir, f"{step}.{time.strftime('%Y%m%d-%H%M%S')}")
+    shutil.move(source, target)
+    return target
 
   def reached_preemption(self, step: int) -> bool:
     """True on every host once a multi-host preemption notice reached this step."""

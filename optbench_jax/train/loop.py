@@ -9,8 +9,17 @@ validation batches plus a full validation pass at the end, checkpoint every
 ``loss_curve.png`` and ``summary.json``.
 
 Stops: SIGTERM (or a multi-host preemption notice) saves a checkpoint and
-returns ``status="preempted"``; a NaN/Inf loss or update stops the run with
-``status="diverged"`` without saving (the last good checkpoint is kept).
+returns ``status="preempted"``, also when it arrives during the final eval or
+save; a NaN/Inf loss or update, or a training loss above 2 ln(vocab_size)
+(worse than twice a uniform guess: the run left its healthy range), stops the
+run with ``status="diverged"`` without saving, so every kept checkpoint
+(``kept_checkpoints`` in the summary) predates the divergence.
+
+Reliability (issue 14): the work directory is locked (``workdir_lock``), the
+config is checked against the run's record (``run_record``), the data and the
+checkpoints directory are checked before compiling (``preflight``), a damaged
+newest checkpoint falls back to the previous one (``checkpoint``), and a
+rerun of a completed run reports it unchanged.
 
 The loop dispatches step t+1 before pulling step t's metrics to the host, so
 the device never waits for Python; it synchronises only at log, eval and
@@ -34,12 +43,15 @@ from absl import logging
 from optbench_jax import atomic_files
 from optbench_jax import data as data_lib
 from optbench_jax import models
+from optbench_jax import workdir_lock
 from optbench_jax.models import flops as flops_lib
 from optbench_jax.train import assembly
 from optbench_jax.train import checkpoint as checkpoint_lib
 from optbench_jax.train import config_checks
 from optbench_jax.train import mesh as mesh_lib
 from optbench_jax.train import metrics as metrics_lib
+from optbench_jax.train import preflight
+from optbench_jax.train import run_record
 from optbench_jax.train import state as state_lib
 from optbench_jax.train.config_checks import ConfigError
 
@@ -159,35 +171,72 @@ def dry_run(config: Any, devices: list | None = None) -> dict:
   return report
 
 
-def run(config: Any, workdir: str, devices: list | None = None) -> dict:
+def run(config: Any, workdir: str, devices: list | None = None,
+        allow_config_change: bool = False) -> dict:
   """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint); returns the summary.
 
   ``devices``: the devices of the mesh (default: all of ``jax.devices()``).
+  ``allow_config_change``: resume although the config differs from the run's
+  record (the change is recorded); otherwise such a resume raises ConfigError.
+  Holds the work directory's lock throughout; a ConfigError leaves no empty
+  work directory behind.
   """
-  start_time, start_perf = time.time(), time.perf_counter()
-  _quiet_orbax()
   config = config_checks.resolve(config)
   config_checks.validate(config)
-  workdir = os.path.abspath(workdir)
-  is_writer = jax.process_index() == 0
-  if is_writer:
+  workdir = preflight.workdir_path(workdir)
+  created, lock, setup_failed = not os.path.exists(workdir), None, False
+  if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
+    lock = workdir_lock.WorkdirLock(workdir, "trainer", log=logging.warning).acquire()
+  try:
+    return _run(config, workdir, devices, allow_config_change)
+  except ConfigError:
+    setup_failed = True
+    raise
+  finally:
+    if lock is not None:
+      lock.release()
+    if setup_failed and created:
+      for leftover in (os.path.join(workdir, "checkpoints"), workdir):
+        if os.path.isdir(leftover) and not os.listdir(leftover):
+          os.rmdir(leftover)
+
+
+def _run(config, workdir: str, devices, allow_config_change: bool) -> dict:
+  start_time, start_perf = time.time(), time.perf_counter()
+  _quiet_orbax()
+  is_writer = jax.process_index() == 0
   devices = list(jax.devices() if devices is None else devices)
   run_ = assembly.build(config, devices)
   config, mesh, batch_sharding = run_.config, run_.mesh, run_.batch_sharding
   manifest = _prepare_data(config, workdir)
   d, t = config.data, config.train
+  preflight.check_data(str(manifest.directory), config)
   micro_batch = d.global_batch_size // d.grad_accum_steps
   train_iter = data_lib.make_train_iterator(
       str(manifest.directory), seq_len=d.seq_len, global_batch_size=d.global_batch_size,
       seed=d.shuffle_seed, process_index=jax.process_index(),
       process_count=jax.process_count(), prefetch_threads=d.prefetch_threads)
+  if is_writer:
+    preflight.check_writable(os.path.join(workdir, "checkpoints"))
   checkpointer = checkpoint_lib.Checkpointer(workdir, keep=t.keep_checkpoints)
-  resumed_from = checkpointer.latest_step()
-  if resumed_from is not None:
-    logging.info("restoring step %d from %s", resumed_from, checkpointer.directory)
-    state = checkpointer.restore(resumed_from, run_.state_target(), train_iter)
-  else:
+  latest = checkpointer.latest_step()
+  run_record.check(workdir, config.to_dict(), latest, allow_config_change, logging.warning,
+                   write=is_writer)
+  preflight.check_resume_step(latest, t.steps)
+  previous_summary = run_record.previous_summary(workdir)
+  if run_record.already_completed(previous_summary, latest, t.steps) and not allow_config_change:
+    logging.warning("%s already holds the completed run (%d steps, final eval loss %s); "
+                    "reporting it unchanged", workdir, t.steps,
+                    previous_summary["final_eval_loss"])
+    checkpointer.close()
+    return previous_summary
+  if latest is not None:
+    logging.info("restoring step %d from %s", latest, checkpointer.directory)
+  resumed_from, state = checkpointer.restore_latest(
+      run_.state_target(), train_iter, log=logging.error,
+      primary=is_writer)
+  if resumed_from is None:
     state = run_.create_state()
   step = int(jax.device_get(state.step))
 
@@ -203,13 +252,16 @@ def run(config: Any, workdir: str, devices: list | None = None) -> dict:
                config.model.kind, f"{n_params:,}", flops_per_token, dict(mesh.shape), peak,
                peak_source)
 
-  def evaluate(max_batches):
+  def evaluate(max_batches, stop=None):
+    """The eval loss, or None when ``stop`` (SIGTERM) arrives during the pass."""
     it = data_lib.make_eval_iterator(
         str(manifest.directory), seq_len=d.seq_len, batch_size=micro_batch,
         process_index=jax.process_index(), process_count=jax.process_count(),
         max_batches=max_batches)
     total = None
     for batch in it:
+      if stop is not None and stop.received:
+        return None
       total = metrics_lib.merge(total, jax.device_get(eval_step(state, _to_global(batch,
                                                                               batch_sharding))))
     return metrics_lib.to_floats(total.compute())["eval_loss"]
@@ -221,15 +273,24 @@ def run(config: Any, workdir: str, devices: list | None = None) -> dict:
   # first (compiling) step are excluded.
   interval_start, synced_step, timed_steps, timed_seconds = time.perf_counter(), step, 0, 0.0
   previous = None   # (step, device metrics) dispatched but not yet checked
+  diverged_at = None
+  healthy_loss_limit = 2.0 * np.log(config.model.vocab_size)
 
   def check(step_metrics_pair):
-    """Pulls one step's metrics to the host and merges them; False if not finite."""
-    nonlocal pending
+    """Pulls one step's metrics to the host and merges them; False if not finite or if the
+    loss left its healthy range."""
+    nonlocal pending, diverged_at
     done_step, device_metrics = step_metrics_pair
     host = jax.device_get(device_metrics)
     values = (host.loss.total, host.update_norm.total, host.grad_norm.total)
     if not all(np.isfinite(v) for v in values):
+      diverged_at = done_step
       return False, f"non-finite loss or update at step {done_step}"
+    loss = float(np.asarray(host.loss.compute()))
+    if loss > healthy_loss_limit:
+      diverged_at = done_step
+      return False, (f"training loss {loss:.4g} at step {done_step} left the healthy range "
+                     f"(> 2 ln(vocab_size) = {healthy_loss_limit:.4g})")
     pending = metrics_lib.merge(pending, host)
     return True, ""
 
@@ -304,18 +365,26 @@ def run(config: Any, workdir: str, devices: list | None = None) -> dict:
         checkpointer.save(step, state, train_iter)
       interval_start = time.perf_counter()
 
-  final_eval = None
-  if status == COMPLETED:
-    final_eval = evaluate(None if t.full_eval_at_end else t.eval_batches)
-    writer.write(step, {"eval_loss": final_eval, "full_eval": bool(t.full_eval_at_end)})
-    logging.info("final eval loss %.4f (%s)", final_eval,
-                 "full validation split" if t.full_eval_at_end else f"{t.eval_batches} batches")
-    checkpointer.save(step, state, train_iter)
-  elif status == DIVERGED:
-    logging.error("training diverged: %s; keeping the last good checkpoint (step %s) in %s",
-                  message, checkpointer.latest_step(), checkpointer.directory)
-  checkpointer.wait()
-  checkpointer.close()
+    final_eval = None
+    if status == COMPLETED:
+      checkpointer.save(step, state, train_iter)   # on disk (async) before the long final eval
+      final_eval = evaluate(None if t.full_eval_at_end else t.eval_batches, stop)
+      if final_eval is None:
+        status, message = PREEMPTED, (f"stopped by signal during the final eval at step {step}; "
+                                      "the final checkpoint is saved: rerun to evaluate")
+      else:
+        writer.write(step, {"eval_loss": final_eval, "full_eval": bool(t.full_eval_at_end)})
+        logging.info("final eval loss %.4f (%s)", final_eval,
+                     "full validation split" if t.full_eval_at_end else
+                     f"{t.eval_batches} batches")
+    elif status == DIVERGED:
+      step = diverged_at if diverged_at is not None else step
+    checkpointer.wait()   # a SIGTERM now only sets the flag: the save completes
+    kept = sorted(checkpointer.manager.all_steps())
+    if status == DIVERGED:
+      logging.error("training diverged: %s; kept checkpoints %s (all from before step %d) in %s",
+                    message, kept, step, checkpointer.directory)
+    checkpointer.close()
 
   weighted = sum(n for n, _ in throughput)
   mean_tps = sum(n * tps for n, tps in throughput) / weighted if weighted else None
@@ -327,7 +396,10 @@ def run(config: Any, workdir: str, devices: list | None = None) -> dict:
       tokens_per_s=mean_tps, mfu=mean_tps * flops_per_token / peak if mean_tps else None,
       peak_flops=peak, peak_flops_source=peak_source, devices=len(devices),
       processes=jax.process_count(), mesh={a: int(mesh.shape[a]) for a in mesh_lib.AXES},
-      workdir=workdir, config=config.to_dict())
+      workdir=workdir, config=config.to_dict(), kept_checkpoints=kept,
+      diverged_at_step=diverged_at if status == DIVERGED else None)
+  if resumed_from is not None and resumed_from == step:   # trained no step here
+    run_record.carry_over(summary, previous_summary)
   if is_writer:
     records = metrics_lib.read_records(writer.path) if os.path.exists(writer.path) else []
     metrics_lib.plot_loss_curve(records, os.path.join(workdir, "loss_curve.png"),

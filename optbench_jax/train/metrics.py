@@ -30,6 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 from clu import metrics as clu_metrics
 
+from optbench_jax import atomic_files
+
 
 @flax.struct.dataclass
 class TrainMetrics(clu_metrics.Collection):
@@ -137,13 +139,18 @@ class MetricsWriter:
         pass
 
   def truncate_after(self, step: int) -> None:
-    """Drops records past ``step`` (written by an interrupted run that is now resumed)."""
+    """Drops records an interrupted or finished earlier process wrote past ``step``.
+
+    That is every record past ``step`` and the final-eval record at ``step``
+    (the run now resuming there will write its own). A torn last line (the
+    process was killed or the disk filled mid-write) is dropped too. The file is
+    replaced atomically, so a kill during this rewrite loses nothing.
+    """
     if not self.enabled or not os.path.exists(self.path):
       return
-    kept = [r for r in read_records(self.path) if r["step"] <= step]
-    with open(self.path, "w") as f:
-      for record in kept:
-        f.write(json.dumps(record) + "\n")
+    kept = [r for r in read_records(self.path)
+            if r["step"] < step or (r["step"] == step and "full_eval" not in r)]
+    atomic_files.write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
   def write(self, step: int, values: dict) -> None:
     if not self.enabled:
@@ -162,8 +169,17 @@ class MetricsWriter:
 
 
 def read_records(path: str) -> list[dict]:
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  """The records of a metrics.jsonl; lines that do not parse (a torn write) are skipped."""
+  records = []
+  with open(path, errors="replace") as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except ValueError:
+        continue
+      if isinstance(record, dict) and "step" in record:
+        records.append(record)
+  return records
 
 
 def plot_loss_curve(records: Iterable[dict], out_path: str, loss_floor: float | None = None,

@@ -4,6 +4,7 @@ nadamw's planted token speedup is exactly 2 and its step-time overhead 2, so the
 tables must show speedup 2, overhead 2 and wall-clock speedup 1.
 """
 
+import json
 import math
 import os
 import sys
@@ -85,3 +86,18 @@ def test_report_files_and_numbers(run_dir):
 
 def test_report_cli_usage():
   assert report.main(["report"]) == 2
+
+
+@pytest.mark.parametrize("state", ["missing", "empty", "damaged_store", "damaged_snapshot"])
+def test_report_of_a_directory_without_a_readable_sweep_is_one_error(tmp_path, state):
+  """Issue 14 case 14: `error: ...` instead of a traceback."""
+  run_dir = tmp_path / "run"
+  if state != "missing":
+    run_dir.mkdir()
+  if state == "damaged_store":
+    (run_dir / "sweep.json").write_text(json.dumps({"sweep": {}}))
+    (run_dir / "results.sqlite").write_bytes(b"not a database")
+  if state == "damaged_snapshot":
+    (run_dir / "sweep.json").write_text("{")
+  with pytest.raises(report.ReportError):
+    report.main(["report", str(run_dir)])

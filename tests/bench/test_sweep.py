@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from optbench_jax.bench import results_store as rs
-from optbench_jax.bench import search_space, sweep, sweep_config
+from optbench_jax.bench import search_space, sweep, sweep_config, trial_process
 
 FAKE = os.path.join(os.path.dirname(__file__), "fake_trainer.py")
 BUDGET = 40
@@ -225,7 +225,7 @@ def test_hyperparameters_land_in_the_right_config_keys():
 
 
 def test_hung_trial_is_stopped_and_recorded_failed(tmp_path, monkeypatch):
-  monkeypatch.setattr(sweep, "STOP_GRACE_S", 0.5)
+  monkeypatch.setattr(trial_process, "STOP_GRACE_S", 0.5)
   spec = make_sweep(seeds=[0], optimizers={"adamw": dict(
       baseline={"b2": 0.95}, grid={"learning_rate": [3e-3, 0.1]})})
   out = run(spec, tmp_path, parallel=2, trial_timeout_s=3.0)
@@ -269,3 +269,48 @@ def test_edge_extension_needs_a_numeric_grid(tmp_path):
       baseline={"learning_rate": 1e-3}, grid={"b2": [0.95, "auto"]})})
   with pytest.raises(ValueError, match="edge_extension names 'b2'"):
     run(spec, tmp_path, launcher=never_launch)
+
+
+def test_a_trial_still_running_elsewhere_is_not_started_twice(tmp_path, monkeypatch):
+  """Issue 14 case 1: a trial left running (e.g. by a dead driver on an OS without
+  PR_SET_PDEATHSIG) holds its workdir lock; the rerun waits, then leaves it alone."""
+  from optbench_jax import workdir_lock  # pylint: disable=import-outside-toplevel
+  spec = make_sweep(seeds=[0], optimizers={"adamw": dict(
+      baseline={"b2": 0.95}, grid={"learning_rate": [1e-3]})})
+  monkeypatch.setenv("FAKE_PREEMPT_AT", "7")
+  assert len(run(spec, tmp_path).interrupted) == 1
+  monkeypatch.delenv("FAKE_PREEMPT_AT")
+  (trial_dir,) = (tmp_path / "trials").iterdir()
+  monkeypatch.setattr(trial_process, "LIVE_TRIAL_WAIT_S", 0.3)
+  logged = []
+  with workdir_lock.WorkdirLock(str(trial_dir), "trainer", log=logged.append):
+    out = sweep.run_sweep(spec, str(tmp_path), poll_interval_s=0.02, log=logged.append,
+                          launcher=fake_launcher)
+  assert out.launched == 0 and out.interrupted == [trial_dir.name]
+  assert any(f"still running as pid {os.getpid()}" in line for line in logged), logged
+  assert run(spec, tmp_path).recorded["completed"] == 1   # once it is gone, it resumes
+
+
+def test_a_failed_trial_shows_the_trainers_error_line_not_its_command(tmp_path):
+  """Issue 14 case 12: the console names why a trial failed."""
+  spec = make_sweep(seeds=[0], optimizers={"adamw": dict(
+      baseline={"b2": 0.95}, grid={"learning_rate": [0.5]})})
+  logged = []
+  out = sweep.run_sweep(spec, str(tmp_path), poll_interval_s=0.02, log=logged.append,
+                        launcher=fake_launcher)
+  assert out.recorded["failed"] == 1
+  (line,) = [l for l in logged if ": failed" in l]
+  assert line.endswith("(exit code 3; log tail:: fake trainer: simulated crash)"), line
+
+
+def test_a_second_driver_and_a_bad_corpus_are_refused_before_any_trial(tmp_path):
+  from optbench_jax import workdir_lock  # pylint: disable=import-outside-toplevel
+  with workdir_lock.WorkdirLock(str(tmp_path), "sweep driver"):
+    with pytest.raises(workdir_lock.WorkdirLockedError, match="in use by sweep driver pid"):
+      run(make_sweep(), tmp_path, launcher=never_launch)
+  spec = make_sweep()
+  spec["overrides"].update({"data.source": "shards", "data.path": str(tmp_path)})
+  with pytest.raises(sweep_config.SweepConfigError, match="trials of adamw: config.data: shard directory"):
+    run(spec, tmp_path / "other", launcher=never_launch)
+  with pytest.raises(sweep_config.SweepConfigError, match="--workdir is empty"):
+    run(make_sweep(), "", launcher=never_launch)

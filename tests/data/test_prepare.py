@@ -2,6 +2,7 @@
 
 import hashlib
 import pathlib
+import os
 import subprocess
 import sys
 import types
@@ -113,7 +114,8 @@ def test_command_line_entry_point(tmp_path):
   (tmp_path / "doc.txt").write_text("Hello world")
   result = subprocess.run(
       [sys.executable, "-m", "optbench_jax.data.prepare", "--source=text",
-       f"--input={tmp_path}/*.txt", f"--output={tmp_path}/out", "--workers=0"],
+       f"--input={tmp_path}/*.txt", f"--output={tmp_path}/out", "--workers=0",
+       "--val_fraction=0"],
       capture_output=True, text=True, check=True, cwd=REPO_ROOT)
   assert "prepare: done: 1 docs, 3 tokens" in result.stderr   # the progress report
   assert _split_tokens(read_manifest(tmp_path / "out"), "train").tolist() == [15496, 995, EOT]
@@ -121,7 +123,8 @@ def test_command_line_entry_point(tmp_path):
       [sys.executable, "-m", "optbench_jax.data.prepare", "--source=text",
        f"--input={tmp_path}/*.nothing", f"--output={tmp_path}/out2"],
       capture_output=True, text=True, cwd=REPO_ROOT)
-  assert failed.returncode == 1 and "matches no files" in failed.stderr
+  assert failed.returncode == 2 and failed.stderr.strip().splitlines()[-1].startswith("error: ")
+  assert "matches no files" in failed.stderr and "Traceback" not in failed.stderr
 
 
 def test_bad_inputs(tmp_path):
@@ -142,13 +145,43 @@ def test_bad_inputs(tmp_path):
     prepare.main(["--source=text", f"--input={tmp_path}/empty.txt", out, "--workers=0",
                   "--no_progress"])
   prepare.main(["--source=parquet", f"--input={tmp_path}/ok.parquet", out, "--workers=0",
-                "--no_progress"])
+                "--no_progress", "--val_fraction=0"])
   with pytest.raises(DataError, match="already holds a prepared corpus"):
     prepare.main(["--source=parquet", f"--input={tmp_path}/ok.parquet", out, "--workers=0"])
   prepare.main(["--source=parquet", f"--input={tmp_path}/ok.parquet", out, "--workers=0",
-                "--overwrite", "--no_progress"])
-  with pytest.raises(ValueError, match="val_fraction"):
+                "--overwrite", "--no_progress", "--val_fraction=0"])
+  with pytest.raises(DataError, match="val_fraction"):
     prepare.prepare_corpus(["x"], tmp_path / "o3", val_fraction=1.5)
+
+
+def _cli(*args, cwd=REPO_ROOT):
+  return subprocess.run([sys.executable, "-m", "optbench_jax.data.prepare", *args],
+                        capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def test_cli_errors_are_one_line_and_small_corpora_need_a_validation_split(tmp_path):
+  """Issue 14 cases 5 and 14: an empty val split, --output a file, --val_fraction=1.5 and
+  binary input end in one `error:` / `warning:` line, not a traceback or a silent exit 0."""
+  (tmp_path / "doc.txt").write_text("Hello world")
+  (tmp_path / "afile").write_text("")
+  (tmp_path / "blob.bin").write_bytes(bytes(range(256)) * 4)
+  inp = f"--input={tmp_path}/doc.txt"
+  cases = [
+      ([inp, f"--output={tmp_path}/out"], "the validation split is empty"),
+      ([inp, f"--output={tmp_path}/afile"], "exists and is not a directory"),
+      ([inp, f"--output={tmp_path}/o", "--val_fraction=1.5"], "--val_fraction must be in [0, 1)"),
+  ]
+  for args, message in cases:
+    result = _cli("--source=text", "--workers=0", "--no_progress", *args)
+    assert result.returncode == 2, (args, result.stderr)
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
+  assert not (tmp_path / "out" / "manifest.json").exists()
+  assert not [p for p in os.listdir(tmp_path / "out") if p.endswith(".bin")]   # shards removed
+  binary = _cli("--source=text", f"--input={tmp_path}/blob.bin", f"--output={tmp_path}/b",
+                "--workers=0", "--no_progress", "--val_fraction=0")
+  assert binary.returncode == 0, binary.stderr
+  assert f"warning: {tmp_path}/blob.bin is not UTF-8 text" in binary.stderr
 
 
 def test_hf_source_without_datasets_is_a_clear_error(tmp_path, monkeypatch):

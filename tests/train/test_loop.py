@@ -126,10 +126,12 @@ def test_resume_onto_a_different_device_count(tmp_path, data_dir):
   train.run(config, str(tmp_path / "full"), devices=tiny.one_device())
   config.train.steps = 3
   train.run(config, str(tmp_path / "moved"), devices=tiny.one_device())
-  # Same schedule length as the uninterrupted run, now on a 2 x 2 x 2 mesh.
+  # Same schedule length as the uninterrupted run, now on a 2 x 2 x 2 mesh (the mesh is
+  # not part of the run record; the longer train.steps is, so it is allowed explicitly).
   config.train.steps = 6
   config.mesh.update(data=2, fsdp=2, tensor=2)
-  moved = train.run(config, str(tmp_path / "moved"), devices=jax.devices()[:8])
+  moved = train.run(config, str(tmp_path / "moved"), devices=jax.devices()[:8],
+                    allow_config_change=True)
   assert moved["resumed_from_step"] == 3
   np.testing.assert_allclose(train_losses(tmp_path / "moved")[3:],
                              train_losses(tmp_path / "full")[3:], rtol=1e-5)

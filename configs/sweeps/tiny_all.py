@@ -8,8 +8,9 @@ Per optimizer: a 3-point learning-rate grid at 50 steps (the other
 hyperparameters at the paper settings of REFERENCE.md, Semenov et al. 2025,
 with tiny-model learning rates), extended by up to 3 more learning rates
 beyond whichever edge the best one sits at (``edge_extension``), then the
-best point at 100 steps (transfer): 4 to 7 trials per optimizer (Muon, NorMuon:
-the AdamW-branch learning rate is swept too). The second budget is what the AdamW L(D) fit needs;
+best point at 100 steps (transfer): 4 to 7 trials per optimizer (Muon and
+NorMuon sweep their AdamW-branch learning rate too). The second budget is what
+the AdamW L(D) fit needs;
 gamma is fixed to the synthetic corpus's entropy floor, so two budgets
 suffice. One seed: the speedup interval is degenerate (add seeds for one).
 A smoke-scale comparison: 50-100 steps of a 164k-parameter model rank

@@ -8,8 +8,9 @@ Per optimizer: a 3-point learning-rate grid at 50 steps (the other
 hyperparameters at the paper settings of REFERENCE.md, Semenov et al. 2025,
 with tiny-model learning rates), extended by up to 3 more learning rates
 beyond whichever edge the best one sits at (``edge_extension``), then the
-best point at 100 steps (transfer): 4 to 7 trials per optimizer (Muon: its
-AdamW-branch learning rate is swept too). The second budget is what the AdamW L(D) fit needs;
+best point at 100 steps (transfer): 4 to 7 trials per optimizer (Muon and
+NorMuon sweep their AdamW-branch learning rate too). The second budget is what
+the AdamW L(D) fit needs;
 gamma is fixed to the synthetic corpus's entropy floor, so two budgets
 suffice. One seed: the speedup interval is degenerate (add seeds for one).
 A smoke-scale comparison: 50-100 steps of a 164k-parameter model rank
@@ -69,6 +70,18 @@ def get_config():
                    grid={"learning_rate": [3e-3, 1e-2, 3e-2],
                          "adam_learning_rate": [3e-3, 1e-2, 3e-2]}),
       "d_muon": dict(baseline=dict(beta=0.95), grid={"learning_rate": ADAM_LRS}),
+      # NorMuon keeps Muon's update norm and lr scale (the authors' code), so it gets
+      # Muon's two grids; betas at the authors' defaults (0.95, 0.95).
+      "normuon": dict(baseline=dict(beta=0.95, beta2=0.95),
+                      grid={"learning_rate": [3e-3, 1e-2, 3e-2],
+                            "adam_learning_rate": [3e-3, 1e-2, 3e-2]}),
+      # AdaMuon's update RMS is AdamW's (0.2): one lr for both branches, as in the paper.
+      "adamuon": dict(baseline=dict(beta=0.95), grid={"learning_rate": ADAM_LRS}),
+      # Conda: the authors' betas (0.9, 0.99) and scale 0.25; their SVD gap of 2000 is
+      # 10% of a 20k-step LLaMA run, here 10 steps of 50-100. The 0.25 scale makes
+      # the matrix steps 4x smaller than AdamW's at the same lr: grid one notch up.
+      "conda": dict(baseline=dict(b1=0.9, b2=0.99, scale=0.25, update_proj_gap=10),
+                    grid={"learning_rate": [3e-3, 1e-2, 3e-2]}),
       "scion": dict(baseline=dict(beta=0.9), grid={"learning_rate": ADAM_LRS}),
       "soap": dict(baseline=dict(b1=0.9, b2=0.99, precondition_frequency=10),
                    grid={"learning_rate": ADAM_LRS}),

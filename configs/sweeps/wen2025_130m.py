@@ -59,6 +59,27 @@ def get_config():
                          "weight_decay": wds},
                    overrides={"optimizer": {"schedule": {"name": "linear",
                                                          "final_fraction": 0.0}}}),
+      # NorMuon: the authors' recommended groups (README of github.com/zichongli5/NorMuon,
+      # NorMuonWithAuxAdam): lr 0.02, momentum 0.95, beta2 0.95, weight decay 0.01 on
+      # both groups, AdamW lr 3e-4, betas (0.9, 0.95), eps 1e-10 (the factory's defaults);
+      # "same values that work for Muon are a good starting point", so Muon's grids.
+      "normuon": dict(baseline=dict(learning_rate=2e-2, adam_learning_rate=3e-4, beta=0.95,
+                                    beta2=0.95, weight_decay=0.01),
+                      grid={"learning_rate": [4e-3, 8e-3, 1.6e-2, 3.2e-2],
+                            "adam_learning_rate": [3e-4, 1e-3, 2e-3, 4e-3, 8e-3],
+                            "beta": [0.9, 0.95, 0.98], "beta2": [0.9, 0.95, 0.98],
+                            "weight_decay": [0.0, 0.01, 0.1]}),
+      # AdaMuon: the authors' GPT-2 small run (github.com/Chongjie-Si/AdaMuon,
+      # gpt2/config/small.py, models/train.py, models/model.py): one lr 6e-4 for both
+      # groups (RMS-aligned), weight decay 0.1, momentum 0.95, AdamW betas (0.9, 0.95),
+      # 2000 warmup steps, grad clip 1.0. Their schedule is warmup-then-constant; the
+      # study's WSD schedule is kept.
+      "adamuon": dict(baseline=dict(learning_rate=6e-4, weight_decay=0.1, beta=0.95,
+                                    adam_b1=0.9, adam_b2=0.95, warmup_steps=2000,
+                                    grad_clip=1.0),
+                      grid={"learning_rate": [6e-4, 1e-3, 2e-3, 4e-3, 8e-3],
+                            "weight_decay": wds, "beta": [0.9, 0.95, 0.98],
+                            "warmup_steps": warmups}),
       "scion": dict(baseline=dict(learning_rate=8e-3, beta=0.95, weight_decay=0.0, warmup_steps=1000),
                     grid={"learning_rate": lrs, "beta": [0.9, 0.95, 0.98],
                           "warmup_steps": warmups}),

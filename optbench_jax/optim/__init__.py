@@ -11,13 +11,16 @@ from optbench_jax.optim import labels
 from optbench_jax.optim import schedules
 from optbench_jax.optim.adam import adamw, nadamw
 from optbench_jax.optim.adam_mini import adam_mini
+from optbench_jax.optim.adamuon import adamuon
 from optbench_jax.optim.ademamix import ademamix
 from optbench_jax.optim.adopt import adopt
 from optbench_jax.optim.evaluation import eval_params
 from optbench_jax.optim.cautious import c_adamw, c_lion, cautious
+from optbench_jax.optim.conda import conda
 from optbench_jax.optim.dion import dion
 from optbench_jax.optim.mars import mars
 from optbench_jax.optim.muon import d_muon, muon
+from optbench_jax.optim.normuon import normuon
 from optbench_jax.optim.prodigy import prodigy
 from optbench_jax.optim.schedule_free import schedule_free_adamw, schedule_free_eval_params
 from optbench_jax.optim.scion import scion

@@ -47,7 +47,7 @@ drawn from a key folded from ``seed``, the step count and the leaf, where the
 reference advances one generator.
 
 On CPU, the QR / Cholesky / triangular-solve calls of different leaves are
-chained by a data dependency (``soap._after``): two batched LAPACK calls that
+chained by a data dependency (``linalg.serialize_after``): two batched LAPACK calls that
 XLA:CPU runs concurrently can deadlock its 2-thread pool (BUILD_NOTES.md).
 """
 
@@ -65,7 +65,7 @@ from optbench_jax.optim import labels
 from optbench_jax.optim.adam import adamw
 from optbench_jax.optim.muon import ADAM, batch_axes_fn, fan_in_out
 from optbench_jax.optim.scaling import decay_and_scale
-from optbench_jax.optim.soap import _after
+from optbench_jax.optim.linalg import serialize_after as _after
 
 DION = "dion"
 QR_METHODS = ("rcqr", "cqr", "qr")

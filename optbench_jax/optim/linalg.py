@@ -3,6 +3,8 @@
 * Newton-Schulz orthogonalisation (Muon, D-Muon, Scion).
 * Eigenbasis of Kronecker factors: first basis by ``eigh``, refresh by one power
   iteration + QR with re-sorting (SOAP).
+* ``serialize_after``: orders batched LAPACK calls (SOAP's eigh / QR, Conda's
+  SVD) one after another, which the CPU backend needs.
 
 Every kernel takes any number of leading batch axes (stacked layers, experts)
 and treats the last two axes as the matrix.
@@ -237,6 +239,27 @@ def newton_schulz(x: jax.Array, steps: int = 5, coefficients="classic",
   if distribute:
     x = undo(x)
   return x
+
+# ---------------------------------------------------------------------------
+# Ordering of batched LAPACK calls
+# ---------------------------------------------------------------------------
+
+
+def serialize_after(previous: jax.Array | None, x: jax.Array) -> jax.Array:
+  """``x``, available only once ``previous`` is computed.
+
+  Serialises the batched LAPACK calls (eigh / QR / SVD) of different leaves or
+  factors. On CPU jaxlib runs each batched call as a ParallelBatchMap on the
+  intra-op thread pool and blocks a pool thread while it waits; two such calls
+  scheduled concurrently (e.g. the L and R refresh of a stacked SOAP leaf) can
+  occupy every pool thread and deadlock (seen on 2 cores, jax 0.10.2). On
+  accelerators the ordering costs nothing.
+  """
+  if previous is None:
+    return x
+  # A true data dependency (XLA does not fold 0 * y for floats, and dropped an
+  # optimization_barrier here): x + 0 * sum(previous).
+  return x + (0.0 * jnp.sum(previous)).astype(x.dtype)
 
 # ---------------------------------------------------------------------------
 # Eigenbasis (SOAP)

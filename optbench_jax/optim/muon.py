@@ -35,6 +35,7 @@ import math
 from typing import Any, Callable, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from optbench_jax.optim import hyperparams
@@ -99,6 +100,21 @@ def orthogonalize(x: jax.Array, n_batch: int, ns_steps: int = 5,
   return out.reshape(x.shape)
 
 
+def ema_momentum(g: jax.Array, m: jax.Array, beta, nesterov: bool
+                 ) -> tuple[jax.Array, jax.Array]:
+  """(direction, new momentum) of the EMA form (modded-nanogpt's ``lerp``).
+
+  ``m_t = beta m_{t-1} + (1 - beta) g_t`` in ``m.dtype``; the direction is
+  ``(1 - beta) g_t + beta m_t`` (Nesterov) or ``m_t``, in float32. NorMuon's
+  and AdaMuon's reference code use this form; Muon's ``buf = mu buf + g`` is
+  the same direction up to a scale factor (which NS removes).
+  """
+  g32 = g.astype(jnp.float32)
+  m = (beta * m.astype(jnp.float32) + (1 - beta) * g32).astype(m.dtype)
+  m32 = m.astype(jnp.float32)
+  return ((1 - beta) * g32 + beta * m32 if nesterov else m32), m
+
+
 class ScaleByMuonState(NamedTuple):
   """Muon's state: the momentum buffer of every matrix leaf."""
   momentum: optax.Updates
@@ -143,16 +159,22 @@ def scale_by_muon(beta: float = 0.95, nesterov: bool = True, ns_steps: int = 5,
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _routing(batch_axes: labels.BatchAxesSpec) -> Callable[[Any], Any]:
-  """params -> 'muon' for hidden matrices, 'adam' for embeddings, head and vectors."""
+def matrix_routing(batch_axes: labels.BatchAxesSpec) -> Callable[[Any], Any]:
+  """params -> 'muon' for hidden matrices, 'adam' for embeddings, head and vectors.
+
+  The ``optax.partition`` labels of every Muon-family optimizer (Muon, D-Muon,
+  NorMuon, AdaMuon, Conda): the matrix branch is keyed ``MUON``, the AdamW
+  branch ``ADAM``.
+  """
   axes = batch_axes_fn(batch_axes)
   return lambda params: jax.tree.map(
       lambda label: MUON if label == labels.MATRIX else ADAM,
       labels.label_params(params, axes))
 
 
-def _check_common(learning_rate, beta, adam_b1, adam_b2, adam_eps, ns_steps,
-                  ns_coefficients, ns_eps, weight_decay):
+def check_common(learning_rate, beta, adam_b1, adam_b2, adam_eps, ns_steps,
+                 ns_coefficients, ns_eps, weight_decay):
+  """Construction-time checks shared by the Muon-family factories."""
   hyperparams.check_learning_rate("learning_rate", learning_rate)
   hyperparams.check_beta("beta", beta)
   hyperparams.check_beta("adam_b1", adam_b1)
@@ -161,6 +183,28 @@ def _check_common(learning_rate, beta, adam_b1, adam_b2, adam_eps, ns_steps,
   hyperparams.check_positive("ns_eps", ns_eps)
   hyperparams.check_non_negative("weight_decay", weight_decay)
   linalg.newton_schulz_schedule(ns_coefficients, ns_steps)
+
+
+def matrices_with_adamw(matrix_tx: optax.GradientTransformation, batch_axes,
+                        adam_learning_rate: Any, adam_b1: float, adam_b2: float,
+                        adam_eps: float, adam_weight_decay: Any, adam_mask: Any,
+                        mu_dtype: Any = None) -> optax.GradientTransformationExtraArgs:
+  """``matrix_tx`` on hidden matrices, AdamW on embeddings, head and vectors.
+
+  ``matrix_tx`` is the whole matrix branch (direction, decay, learning rate).
+  The AdamW branch decays the leaves of ``adam_mask`` (default
+  ``labels.weight_decay_mask``: an untied head, never embeddings or vectors).
+  """
+  hyperparams.check_learning_rate("adam_learning_rate", adam_learning_rate)
+  hyperparams.check_non_negative("adam_weight_decay", adam_weight_decay)
+  axes = batch_axes_fn(batch_axes)
+  if adam_mask is None:
+    adam_mask = lambda params: labels.weight_decay_mask(params, axes)
+  return optax.partition(
+      {MUON: matrix_tx,
+       ADAM: adamw(adam_learning_rate, adam_b1, adam_b2, adam_eps, mu_dtype=mu_dtype,
+                   weight_decay=adam_weight_decay, mask=adam_mask)},
+      matrix_routing(axes))
 
 
 def muon(learning_rate: Any = 0.02, beta: float = 0.95, nesterov: bool = True,
@@ -188,24 +232,15 @@ def muon(learning_rate: Any = 0.02, beta: float = 0.95, nesterov: bool = True,
     mu_dtype: dtype of the momentum / first moment (default: the parameter's).
     batch_axes: leading batch axes of stacked leaves (see ``labels``).
   """
-  _check_common(learning_rate, beta, adam_b1, adam_b2, adam_eps, ns_steps,
-                ns_coefficients, ns_eps, weight_decay)
-  if adam_learning_rate is not None:
-    hyperparams.check_learning_rate("adam_learning_rate", adam_learning_rate)
-  hyperparams.check_non_negative("adam_weight_decay", adam_weight_decay)
+  check_common(learning_rate, beta, adam_b1, adam_b2, adam_eps, ns_steps,
+               ns_coefficients, ns_eps, weight_decay)
   axes = batch_axes_fn(batch_axes)
-  if adam_learning_rate is None:
-    adam_learning_rate = learning_rate
-  if adam_mask is None:
-    adam_mask = lambda params: labels.weight_decay_mask(params, axes)
-  return optax.partition(
-      {MUON: optax.chain(
-          scale_by_muon(beta, nesterov, ns_steps, ns_coefficients, ns_eps, ns_dtype,
-                        axes, muon_scale, mu_dtype),
-          decay_and_scale(learning_rate, weight_decay)),
-       ADAM: adamw(adam_learning_rate, adam_b1, adam_b2, adam_eps, mu_dtype=mu_dtype,
-                   weight_decay=adam_weight_decay, mask=adam_mask)},
-      _routing(axes))
+  return matrices_with_adamw(
+      optax.chain(scale_by_muon(beta, nesterov, ns_steps, ns_coefficients, ns_eps, ns_dtype,
+                                axes, muon_scale, mu_dtype),
+                  decay_and_scale(learning_rate, weight_decay)),
+      axes, learning_rate if adam_learning_rate is None else adam_learning_rate,
+      adam_b1, adam_b2, adam_eps, adam_weight_decay, adam_mask, mu_dtype)
 
 
 def d_muon(learning_rate: Any = 1e-3, beta: float = 0.95, nesterov: bool = True,
@@ -221,8 +256,8 @@ def d_muon(learning_rate: Any = 1e-3, beta: float = 0.95, nesterov: bool = True,
   leaves of ``mask`` (default ``labels.weight_decay_mask``: matrices and an
   untied head). Arguments as in ``muon``.
   """
-  _check_common(learning_rate, beta, adam_b1, adam_b2, adam_eps, ns_steps,
-                ns_coefficients, ns_eps, weight_decay)
+  check_common(learning_rate, beta, adam_b1, adam_b2, adam_eps, ns_steps,
+               ns_coefficients, ns_eps, weight_decay)
   axes = batch_axes_fn(batch_axes)
   if mask is None:
     mask = lambda params: labels.weight_decay_mask(params, axes)
@@ -231,5 +266,5 @@ def d_muon(learning_rate: Any = 1e-3, beta: float = 0.95, nesterov: bool = True,
           {MUON: scale_by_muon(beta, nesterov, ns_steps, ns_coefficients, ns_eps,
                                ns_dtype, axes, d_muon_scale, mu_dtype),
            ADAM: optax.scale_by_adam(adam_b1, adam_b2, adam_eps, mu_dtype=mu_dtype)},
-          _routing(axes)),
+          matrix_routing(axes)),
       decay_and_scale(learning_rate, weight_decay, mask))

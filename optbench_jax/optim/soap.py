@@ -160,23 +160,6 @@ def _layout(shape, n_batch, adam_only, max_precond_dim, merge_small_dims, block_
   return _Layout(tuple(shape), n_batch, core, blocks, n_blocks, rotated, False)
 
 
-def _after(previous: jax.Array | None, x: jax.Array) -> jax.Array:
-  """``x``, available only once ``previous`` is computed.
-
-  Serialises the batched LAPACK calls (eigh / QR) of different factors. On CPU
-  jaxlib runs each batched call as a ParallelBatchMap on the intra-op thread
-  pool and blocks a pool thread while it waits; two such calls scheduled
-  concurrently (e.g. the L and R refresh of a stacked leaf) can occupy every
-  pool thread and deadlock (seen on 2 cores, jax 0.10.2). On accelerators the
-  ordering costs nothing.
-  """
-  if previous is None:
-    return x
-  # A true data dependency (XLA does not fold 0 * y for floats, and dropped an
-  # optimization_barrier here): x + 0 * sum(previous).
-  return x + (0.0 * jnp.sum(previous)).astype(x.dtype)
-
-
 def _letters(k: int) -> str:
   return string.ascii_lowercase[:k]
 
@@ -269,7 +252,7 @@ def scale_by_soap(b1: float = 0.95, b2: float = 0.95, shampoo_beta: float | None
       for f in factors:
         qs = []
         for fj in f:
-          fj = _after(previous, fj)
+          fj = linalg.serialize_after(previous, fj)
           previous = linalg.eigenbasis_init(fj)
           qs.append(previous)
         bases.append(tuple(qs))
@@ -297,7 +280,7 @@ def scale_by_soap(b1: float = 0.95, b2: float = 0.95, shampoo_beta: float | None
       for lay, f, q, v in zip(lays, factors, bases, nus):
         qs = []
         for j, fj, qj in zip(axes_of(lay), f, q):
-          fj = _after(previous, fj)
+          fj = linalg.serialize_after(previous, fj)
           qj, order = linalg.eigenbasis_refresh(fj, qj)
           previous = qj
           v = _permute_axis(v, order, j, len(lay.core))

@@ -38,7 +38,7 @@ single-file release (``optax/splus.py``):
 
 Kronecker factors, bases are float32; the EMA and momentum have the parameter
 dtype (as the reference). The eigendecompositions of different factors are
-chained by a data dependency (``soap._after``): two batched LAPACK calls that
+chained by a data dependency (``linalg.serialize_after``): two batched LAPACK calls that
 XLA:CPU runs concurrently can deadlock its 2-thread pool (BUILD_NOTES.md).
 """
 
@@ -55,7 +55,7 @@ from optbench_jax.optim import labels
 from optbench_jax.optim import linalg
 from optbench_jax.optim.muon import batch_axes_fn, fan_in_out
 from optbench_jax.optim.scaling import decay_and_scale
-from optbench_jax.optim.soap import _after
+from optbench_jax.optim.linalg import serialize_after as _after
 
 
 class ScaleBySPlusState(NamedTuple):

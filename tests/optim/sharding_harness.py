@@ -19,6 +19,12 @@ output shardings left to the compiler. It asserts that
   update still sharded like that parameter (the optimizer neither gathers nor
   replicates its state), and so do the updated parameters.
 
+With ``pin_other_state=True`` the state leaves that mirror no parameter
+(NorMuon's per-neuron second moment, Conda's bases) are given as output
+shardings, as a trainer with donated state gives all of its state; otherwise
+the compiler may hand them back in another layout than the next call expects.
+The mirrored leaves stay unpinned, so the check above still means something.
+
 It returns a ``ShardedRun`` with the compiled update (``compiled.as_text()``
 for HLO inspection; ``collectives(text)`` lists its communication ops).
 Meshes use Auto axis types (GSPMD propagation), as the trainer does.
@@ -113,6 +119,7 @@ def check_sharded_matches_unsharded(tx: optax.GradientTransformation, params: An
                                     specs: Any, mesh=None, n_steps: int = 3,
                                     rtol: float = 1e-5, atol: float = 1e-6,
                                     check_param_sharding: bool = True,
+                                    pin_other_state: bool = False,
                                     **extra_args) -> ShardedRun:
   """Sharded == unsharded after ``n_steps``; state stays sharded like params (see module doc)."""
   mesh = make_mesh() if mesh is None else mesh
@@ -129,7 +136,12 @@ def check_sharded_matches_unsharded(tx: optax.GradientTransformation, params: An
   with jax.set_mesh(mesh):
     p = jax.device_put(params, shardings)
     state = jax.jit(tx.init, out_shardings=st_shardings)(p)
-    update = jax.jit(step, in_shardings=(shardings, st_shardings, shardings))
+    pinned = {}
+    if pin_other_state:  # None leaves: layout left to the compiler
+      out_state = jax.tree.map(lambda sh, mirrored: None if mirrored else sh,
+                               st_shardings, mirrors)
+      pinned["out_shardings"] = (jax.tree.map(lambda _: None, shardings), out_state)
+    update = jax.jit(step, in_shardings=(shardings, st_shardings, shardings), **pinned)
     compiled = update.lower(p, state, p).compile()
     for g in grads:
       p, state = update(p, state, jax.device_put(g, shardings))

@@ -60,6 +60,7 @@ def base_config() -> ml_collections.ConfigDict:
       weight_decay=0.1,
       grad_clip=0.5,           # global-norm clipping; 0 disables
       decay_embeddings=False,
+      qk_clip_tau=0.0,         # QK-clip (Kimi K2's MuonClip) threshold, any optimizer; 0 = off
       hparams=ml_collections.ConfigDict(),  # extra optimizer kwargs (b1, b2, ...)
       schedule=ml_collections.ConfigDict(dict(
           name="cosine",       # constant | linear | cosine | paper_cosine | wsd

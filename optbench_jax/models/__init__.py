@@ -3,7 +3,8 @@
 API (stable; the trainer codes against it). ``model_cfg`` is ``config.model``
 (schema in ``configs/base.py``), a dict with those keys, or a ``ModelSpec``.
 
-* ``build_model(model_cfg, mesh=None, rules=DEFAULT_RULES) -> nn.Module``:
+* ``build_model(model_cfg, mesh=None, rules=DEFAULT_RULES, report_max_logits=False)
+  -> nn.Module``:
   ``module.apply({'params': params}, tokens int32 [B, S]) -> (logits float32
   [B, S, V], aux)``. ``aux`` is a dict of float32 scalars: ``moe_aux_loss`` and
   ``router_z_loss`` (coefficient x layer-mean; 0.0 for dense; add both to the
@@ -12,6 +13,8 @@ API (stable; the trainer codes against it). ``model_cfg`` is ``config.model``
   path; 0.0 when dropless). With a mesh, activations are constrained by the
   logical rules and MoE uses expert parallelism when ``mesh.shape['expert'] >
   1``; nothing needs to wrap ``apply`` (no rules context).
+  ``report_max_logits=True`` adds ``aux['attn_max_logits']`` float32 [L, H],
+  the largest pre-softmax attention logit per layer and head (QK-clip).
   Compute in ``compute_dtype``, params ``param_dtype``, RMSNorm and router in
   float32, logits float32.
 * ``init_params(model_cfg, rng) -> params``: plain (unboxed) pytree.
@@ -58,9 +61,10 @@ __all__ = ["ModelSpec", "LanguageModel", "build_model", "init_params", "abstract
 
 
 def build_model(model_cfg: Any, mesh: jax.sharding.Mesh | None = None,
-                rules=sharding.DEFAULT_RULES) -> LanguageModel:
+                rules=sharding.DEFAULT_RULES, report_max_logits: bool = False) -> LanguageModel:
   """The Flax module for ``model_cfg`` (validated; raises ValueError naming a bad key)."""
-  return LanguageModel(ModelSpec.from_config(model_cfg), mesh=mesh, rules=tuple(rules))
+  return LanguageModel(ModelSpec.from_config(model_cfg), mesh=mesh, rules=tuple(rules),
+                       report_max_logits=report_max_logits)
 
 
 

@@ -10,6 +10,16 @@ depends only on m - n (tested).
 The attention itself is ``jax.nn.dot_product_attention(is_causal=True)``
 (XLA on CPU/TPU, cuDNN flash attention on GPU when available); it handles
 GQA natively when num_kv_heads < num_heads.
+
+``report_max_logits=True`` (the trainer sets it for QK-clip, Kimi Team 2025,
+arXiv 2507.20534) also returns, per query head h, the largest pre-softmax logit
+of the call:
+  S_h = max over batch b and causal pairs j <= i of  q^h_{b,i} . k^{g(h)}_{b,j} / sqrt(hd),
+with q, k after RoPE, in float32, and g(h) = h // (H / Hkv) the kv head of q
+head h (GQA). The scores are recomputed by an einsum next to the fused
+attention (which does not expose them): one transient [B, H, S, S] float32
+tensor per layer, forward only (``stop_gradient``: no backward cost). Off by
+default, so the default model is unchanged.
 """
 
 from __future__ import annotations
@@ -45,9 +55,11 @@ class CausalSelfAttention(nn.Module):
   param_dtype: jnp.dtype = jnp.float32
   mesh: object = None
   rules: tuple = sharding.DEFAULT_RULES
+  report_max_logits: bool = False
 
   @nn.compact
   def __call__(self, x):
+    """x [B, S, d] -> y [B, S, d], or (y, S [H]) with ``report_max_logits``."""
     b, s, d = x.shape
     h, hkv, hd = self.num_heads, self.num_kv_heads, self.head_dim
     proj = lambda n, axes, std, name: layers.dense(n, std, axes, self.dtype, self.param_dtype,
@@ -63,4 +75,23 @@ class CausalSelfAttention(nn.Module):
     k = apply_rope(k, positions, self.rope_theta)
     out = jax.nn.dot_product_attention(q, k, v, is_causal=True)
     out = sharding.constrain(out, ("batch", "seq", "act_heads", None), self.mesh, self.rules)
-    return proj(d, ("heads", "embed"), self.out_std, "o_proj")(out.reshape(b, s, h * hd))
+    y = proj(d, ("heads", "embed"), self.out_std, "o_proj")(out.reshape(b, s, h * hd))
+    if not self.report_max_logits:
+      return y
+    return y, max_logits(q, k)
+
+
+def max_logits(q: jax.Array, k: jax.Array) -> jax.Array:
+  """S [H]: each query head's largest causal logit q_i . k_j / sqrt(hd) (float32, no grad).
+
+  q [B, S, H, hd], k [B, S, Hkv, hd] (after RoPE); q head h reads kv head
+  h // (H / Hkv), as in ``jax.nn.dot_product_attention``.
+  """
+  b, s, h, hd = q.shape
+  hkv = k.shape[2]
+  q = jax.lax.stop_gradient(q).astype(jnp.float32).reshape(b, s, hkv, h // hkv, hd)
+  k = jax.lax.stop_gradient(k).astype(jnp.float32)
+  scores = jnp.einsum("bqgrd,bkgd->bgrqk", q, k) / jnp.sqrt(jnp.float32(hd))
+  causal = jnp.tril(jnp.ones((s, s), bool))
+  scores = jnp.where(causal, scores, -jnp.inf)
+  return jnp.max(scores, axis=(0, 3, 4)).reshape(h)

@@ -28,8 +28,10 @@ from optbench_jax.models import attention, layers, moe, sharding
 from optbench_jax.models.spec import ModelSpec
 
 # Auxiliary losses: per layer already x coef / L, so summed over layers;
-# other aux entries are diagnostics, averaged over layers.
+# per-layer outputs are kept stacked [L, ...]; other aux entries are
+# diagnostics, averaged over layers.
 LOSS_AUX = ("moe_aux_loss", "router_z_loss")
+PER_LAYER_AUX = ("attn_max_logits",)
 
 
 class Block(nn.Module):
@@ -37,6 +39,7 @@ class Block(nn.Module):
   spec: ModelSpec
   mesh: Any = None
   rules: tuple = sharding.DEFAULT_RULES
+  report_max_logits: bool = False
 
   @nn.compact
   def __call__(self, x):
@@ -44,9 +47,11 @@ class Block(nn.Module):
     dt, pdt = s.dtype, s.params_dtype
     out_std = layers.residual_std(s.init_std, s.num_layers)
     h = layers.RMSNorm(s.norm_eps, dt, pdt, name="attn_norm")(x)
-    x = x + attention.CausalSelfAttention(
+    attn = attention.CausalSelfAttention(
         s.num_heads, s.num_kv_heads, s.head_dim, s.rope_theta, s.init_std, out_std, dt, pdt,
-        self.mesh, self.rules, name="attn")(h)
+        self.mesh, self.rules, self.report_max_logits, name="attn")(h)
+    attn, max_logits = attn if self.report_max_logits else (attn, None)
+    x = x + attn
     x = sharding.constrain(x, ("batch", "seq", "act_embed"), self.mesh, self.rules)
     h = layers.RMSNorm(s.norm_eps, dt, pdt, name="mlp_norm")(x)
     if s.kind == "moe":
@@ -57,6 +62,8 @@ class Block(nn.Module):
       y = layers.SwiGLU(s.ffn_dim, s.init_std, out_std, dt, pdt, self.mesh, self.rules,
                         name="mlp")(h)
       aux = {key: jnp.float32(0.0) for key in LOSS_AUX}
+    if max_logits is not None:
+      aux = {**aux, "attn_max_logits": max_logits}
     x = sharding.constrain(x + y.astype(x.dtype), ("batch", "seq", "act_embed"), self.mesh,
                            self.rules)
     return x, aux
@@ -69,10 +76,16 @@ def _remat_policy(remat: str):
 
 
 class LanguageModel(nn.Module):
-  """tokens int32 [B, S] -> (logits float32 [B, S, V], aux dict of float32 scalars)."""
+  """tokens int32 [B, S] -> (logits float32 [B, S, V], aux dict of float32 scalars).
+
+  ``report_max_logits=True`` adds ``aux['attn_max_logits']`` float32 [L, H]:
+  per layer and query head, the largest pre-softmax attention logit of the
+  batch (``attention.max_logits``; QK-clip's S_h, no gradient).
+  """
   spec: ModelSpec
   mesh: Any = None
   rules: tuple = sharding.DEFAULT_RULES
+  report_max_logits: bool = False
 
   @nn.compact
   def __call__(self, tokens):
@@ -94,7 +107,7 @@ class LanguageModel(nn.Module):
     stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                     length=s.num_layers, unroll=1 if s.scan_layers else s.num_layers,
                     metadata_params={nn.PARTITION_NAME: "layers"})
-    x, per_layer = stack(s, self.mesh, self.rules, name="layers")(x)
+    x, per_layer = stack(s, self.mesh, self.rules, self.report_max_logits, name="layers")(x)
 
     h = layers.RMSNorm(s.norm_eps, dt, pdt, name="final_norm")(x)
     if s.tie_embeddings:
@@ -106,5 +119,6 @@ class LanguageModel(nn.Module):
     logits = jnp.einsum("bsd,dv->bsv", h.astype(dt), head.astype(dt),
                         preferred_element_type=jnp.float32)
     logits = sharding.constrain(logits, ("batch", "seq", "act_vocab"), self.mesh, self.rules)
-    aux = {key: (jnp.sum(v) if key in LOSS_AUX else jnp.mean(v)) for key, v in per_layer.items()}
+    aux = {key: (jnp.sum(v) if key in LOSS_AUX else v if key in PER_LAYER_AUX else jnp.mean(v))
+           for key, v in per_layer.items()}
     return logits, aux

@@ -55,7 +55,8 @@ class Run:
 
   @functools.cached_property
   def model(self):
-    return models.build_model(self.config.model, mesh=self.mesh)
+    return models.build_model(self.config.model, mesh=self.mesh,
+                              report_max_logits=self.config.optimizer.qk_clip_tau > 0)
 
   @functools.cached_property
   def train_step(self) -> Callable:

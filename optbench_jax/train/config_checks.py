@@ -95,6 +95,10 @@ def check_values(config: ml_collections.ConfigDict) -> None:
   _require(o.grad_clip >= 0, f"config.optimizer.grad_clip must be >= 0, got {o.grad_clip!r}")
   _require(o.weight_decay >= 0,
            f"config.optimizer.weight_decay must be >= 0, got {o.weight_decay!r}")
+  _require(isinstance(o.qk_clip_tau, (int, float)) and not isinstance(o.qk_clip_tau, bool)
+           and o.qk_clip_tau >= 0,
+           f"config.optimizer.qk_clip_tau must be a number >= 0 (0 = off; Kimi K2 used 100), "
+           f"got {o.qk_clip_tau!r}")
 
   _positive_int("train.steps", t.steps)
   _positive_int("train.log_every", t.log_every)

@@ -45,6 +45,33 @@ class TrainMetrics(clu_metrics.Collection):
 
 
 @flax.struct.dataclass
+class Maximum(clu_metrics.Metric):
+  """The largest value seen (merges by max)."""
+  value: jax.Array
+
+  @classmethod
+  def from_model_output(cls, value: jax.Array, **_) -> "Maximum":
+    return cls(value=jnp.asarray(value, jnp.float32))
+
+  def merge(self, other: "Maximum") -> "Maximum":
+    return type(self)(value=jnp.maximum(self.value, other.value))
+
+  def compute(self) -> jax.Array:
+    return self.value
+
+
+# TrainMetrics of a run with QK-clip (optimizer.qk_clip_tau > 0; train/qk_clip.py):
+# ``max_attn_logit``, the largest pre-softmax attention logit (any layer and head)
+# of the interval's forward passes, before clipping; ``qk_clipped_heads``, the
+# (layer, head) pairs clipped per step, interval mean. (clu reads a collection's
+# fields from its own annotations, so this is a new collection, not a subclass.)
+QKClipTrainMetrics = clu_metrics.Collection.create(
+    **TrainMetrics.__annotations__,
+    max_attn_logit=Maximum.from_output("max_attn_logit"),
+    qk_clipped_heads=clu_metrics.Average.from_output("qk_clipped_heads"))
+
+
+@flax.struct.dataclass
 class TokenAverage(clu_metrics.Average):
   """Token-weighted mean from per-batch ``loss_sum`` and ``tokens`` (padding excluded)."""
 

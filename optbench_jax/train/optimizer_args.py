@@ -103,7 +103,8 @@ TRAINER_ARGS: tuple[TrainerArg, ...] = (
 )
 BY_NAME = {arg.name: arg for arg in TRAINER_ARGS}
 # Trainer settings a sweep may tune that are not factory arguments.
-TRAINER_HYPERPARAMETERS = {"grad_clip": "optimizer.grad_clip"}
+TRAINER_HYPERPARAMETERS = {"grad_clip": "optimizer.grad_clip",
+                           "qk_clip_tau": "optimizer.qk_clip_tau"}   # train/qk_clip.py
 
 
 def is_learning_rate(name: str) -> bool:

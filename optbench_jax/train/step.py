@@ -6,7 +6,12 @@ Train step, for a global batch split into A = ``grad_accum_steps`` micro-batches
     updates, opt_state = tx.update(g, opt_state, params[, hessian_grads=h])
     params = params + updates
 
-where ``tx`` already chains global-norm clipping before the optimizer.
+    params = qk_clip(params, S, tau)                   (only if optimizer.qk_clip_tau > 0)
+
+where ``tx`` already chains global-norm clipping before the optimizer, and
+S [L, H] is the largest pre-softmax attention logit per layer and head of the
+step's forward passes (the max over micro-batches, not the mean;
+``train/qk_clip.py``; the model reports it only when QK-clip is on).
 Micro-batches run in a ``lax.scan`` so that memory is one micro-batch's
 activations. Each micro-batch takes every A-th row of the global batch
 (reshape [B, S] -> [B/A, A, S]), so the rows a device holds stay on it.
@@ -35,8 +40,10 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from optbench_jax import models
 from optbench_jax.models import losses
 from optbench_jax.train import metrics as metrics_lib
+from optbench_jax.train import qk_clip
 from optbench_jax.train.optimizer import Optimizer, eval_params
 from optbench_jax.train.state import TrainState
 
@@ -55,26 +62,42 @@ def split_micro_batches(batch: dict, accum: int, mesh, batch_spec: P) -> dict:
 def accumulate(fn: Callable, params: Any, batch: dict, accum: int, mesh,
                batch_spec: P, *args) -> Any:
   """Mean of ``fn(params, micro_batch, *args)`` (any pytree) over ``accum`` micro-batches."""
+  return accumulate_mean_max(lambda *a: (fn(*a), None), params, batch, accum, mesh,
+                             batch_spec, *args)[0]
+
+
+def accumulate_mean_max(fn: Callable, params: Any, batch: dict, accum: int, mesh,
+                        batch_spec: P, *args) -> tuple[Any, Any]:
+  """``fn(params, micro_batch, *args) -> (m, x)``: (mean of m, elementwise max of x) over
+  the ``accum`` micro-batches (x: e.g. the attention max logits)."""
   if accum == 1:
     return fn(params, batch, *args)
   micro = split_micro_batches(batch, accum, mesh, batch_spec)
 
   def body(carry, micro_batch):
-    return jax.tree.map(jnp.add, carry, fn(params, micro_batch, *args)), None
+    mean_part, max_part = fn(params, micro_batch, *args)
+    return (jax.tree.map(jnp.add, carry[0], mean_part),
+            jax.tree.map(jnp.maximum, carry[1], max_part)), None
 
   first = jax.eval_shape(fn, params, jax.tree.map(lambda x: x[0], micro), *args)
-  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), first)
-  total, _ = jax.lax.scan(body, zeros, micro)
-  return jax.tree.map(lambda x: x / accum, total)
+  init = (jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), first[0]),
+          jax.tree.map(lambda s: jnp.full(s.shape, -jnp.inf, s.dtype), first[1]))
+  (total, maximum), _ = jax.lax.scan(body, init, micro)
+  return jax.tree.map(lambda x: x / accum, total), maximum
 
 
 def make_loss_fn(model, z_loss: float) -> Callable:
-  """``(params, batch) -> (total loss, (cross-entropy, aux losses))``."""
+  """``(params, batch) -> (total loss, (cross-entropy, aux losses, attention max logits))``.
+
+  The max logits are the model's ``aux['attn_max_logits']`` [L, H], or None
+  when the model does not report them.
+  """
   def loss_fn(params, batch):
-    logits, aux = model.apply({"params": params}, batch["inputs"])
+    logits, model_aux = model.apply({"params": params}, batch["inputs"])
     loss, parts = losses.lm_loss(logits, batch["targets"], batch.get("mask"), z_loss=z_loss)
-    aux = {key: jnp.asarray(aux.get(key, 0.0), jnp.float32) for key in AUX_KEYS}
-    return loss + sum(aux.values()), (parts["cross_entropy"], aux)
+    aux = {key: jnp.asarray(model_aux.get(key, 0.0), jnp.float32) for key in AUX_KEYS}
+    return loss + sum(aux.values()), (parts["cross_entropy"], aux,
+                                      model_aux.get("attn_max_logits"))
   return loss_fn
 
 
@@ -93,13 +116,23 @@ def make_train_step(model, optimizer: Optimizer, config, mesh, state_shardings: 
   """``train_step(state, batch) -> (state, TrainMetrics)``, jitted, state donated."""
   accum = config.data.grad_accum_steps
   batch_spec = batch_sharding.spec
+  tau = float(config.optimizer.qk_clip_tau)
+  spec = models.ModelSpec.from_config(config.model)
+  if tau > 0 and not getattr(model, "report_max_logits", False):
+    raise ValueError("optimizer.qk_clip_tau > 0 needs a model built with "
+                     "report_max_logits=True (train.build does this)")
   loss_fn = make_loss_fn(model, config.model.z_loss)
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
   sampled_grad_fn = jax.grad(make_sampled_label_loss(model))
   hessian_key = jax.random.PRNGKey(config.seed + 1)
 
+  def grad_fn(params, batch):   # -> (mean part, max part) for accumulate_mean_max
+    (loss, (lm, aux, max_logits)), grads = value_and_grad(params, batch)
+    return ((loss, (lm, aux)), grads), (max_logits if tau > 0 else None)
+
   def train_step(state: TrainState, batch: dict):
-    (loss, (lm, aux)), grads = accumulate(grad_fn, state.params, batch, accum, mesh, batch_spec)
+    ((loss, (lm, aux)), grads), max_logits = accumulate_mean_max(
+        grad_fn, state.params, batch, accum, mesh, batch_spec)
     key = jax.random.fold_in(hessian_key, state.step)
 
     def hessian_grads_fn():
@@ -111,10 +144,16 @@ def make_train_step(model, optimizer: Optimizer, config, mesh, state_shardings: 
     updates, opt_state = optimizer.tx.update(grads, state.opt_state, state.params,
                                              hessian_grads_fn=hessian_grads_fn, obj_fn=obj_fn)
     params = optax.apply_updates(state.params, updates)
-    step_metrics = metrics_lib.TrainMetrics.single_from_model_output(
-        loss=loss, lm_loss=lm, grad_norm=optax.tree.norm(grads),
-        update_norm=optax.tree.norm(updates),
-        lr=jnp.asarray(optimizer.schedule(state.step), jnp.float32), **aux)
+    values = dict(loss=loss, lm_loss=lm, grad_norm=optax.tree.norm(grads),
+                  update_norm=optax.tree.norm(updates),
+                  lr=jnp.asarray(optimizer.schedule(state.step), jnp.float32), **aux)
+    collection = metrics_lib.TrainMetrics
+    if tau > 0:
+      params = qk_clip.clip(params, max_logits, tau, spec.num_heads, spec.num_kv_heads)
+      values.update(max_attn_logit=jnp.max(max_logits),
+                    qk_clipped_heads=qk_clip.clipped_heads(max_logits, tau))
+      collection = metrics_lib.QKClipTrainMetrics
+    step_metrics = collection.single_from_model_output(**values)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), step_metrics
 
   replicated = NamedSharding(mesh, P())

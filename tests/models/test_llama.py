@@ -64,12 +64,16 @@ def _rope(x, pos, theta):  # x [S, N, hd]; pairs (i, i + hd/2) as complex number
   return np.concatenate([z.real, z.imag], -1)
 
 
-def reference_forward(p, tokens, cfg):
-  """Float64 NumPy Llama written from the equations, one sequence at a time."""
+def reference_forward(p, tokens, cfg, return_max_logits=False):
+  """Float64 NumPy Llama written from the equations, one sequence at a time.
+
+  ``return_max_logits``: also the largest causal pre-softmax logit per layer
+  and head over the batch, [L, H].
+  """
   spec = M.ModelSpec.from_config(cfg)
   p = jax.tree.map(lambda a: np.asarray(a, np.float64), p)
   h, hkv, hd = spec.num_heads, spec.num_kv_heads, spec.head_dim
-  out = []
+  out, max_logits = [], np.full((spec.num_layers, h), -np.inf)
   for seq in np.asarray(tokens):
     s = len(seq)
     x = p["embed"]["embedding"][seq]
@@ -83,6 +87,7 @@ def reference_forward(p, tokens, cfg):
       k, v = np.repeat(k, h // hkv, axis=1), np.repeat(v, h // hkv, axis=1)
       scores = np.einsum("qnd,knd->nqk", q, k) / math.sqrt(hd)
       scores = np.where(np.tril(np.ones((s, s), bool)), scores, -np.inf)
+      max_logits[layer] = np.maximum(max_logits[layer], scores.max(axis=(1, 2)))
       att = np.exp(scores - scores.max(-1, keepdims=True))
       att /= att.sum(-1, keepdims=True)
       o = np.einsum("nqk,knd->qnd", att, v).reshape(s, h * hd)
@@ -93,7 +98,7 @@ def reference_forward(p, tokens, cfg):
     x = _rms(x, p["final_norm"]["scale"], spec.norm_eps)
     head = p["embed"]["embedding"].T if spec.tie_embeddings else p["lm_head"]["kernel"]
     out.append(x @ head)
-  return np.stack(out)
+  return (np.stack(out), max_logits) if return_max_logits else np.stack(out)
 
 
 def _perturbed_params(cfg, seed=0):
@@ -115,6 +120,47 @@ def test_forward_matches_numpy_reference(tie):
   np.testing.assert_allclose(logits, reference_forward(params, tokens, cfg), rtol=1e-4, atol=1e-4)
   assert float(aux["moe_aux_loss"]) == 0.0 and float(aux["router_z_loss"]) == 0.0
   assert ("lm_head" in params) != tie
+
+
+@pytest.mark.parametrize("num_kv_heads", [4, 2], ids=["mha", "gqa"])
+def test_reported_attention_max_logits_match_numpy(num_kv_heads):
+  """aux['attn_max_logits'] [L, H] = max over batch and causal (i, j) of q_i . k_j / sqrt(hd)."""
+  cfg = dict(TINY, num_kv_heads=num_kv_heads)
+  params = _perturbed_params(cfg)
+  # Larger q/k weights: logits of order 1-10 with distinct per-head maxima.
+  params["layers"]["attn"] = {
+      name: ({"kernel": 20 * w["kernel"]} if name in ("q_proj", "k_proj") else w)
+      for name, w in params["layers"]["attn"].items()}
+  tokens = jax.random.randint(jax.random.key(3), (3, 10), 0, cfg["vocab_size"])
+  model = M.build_model(cfg, report_max_logits=True)
+  logits, aux = jax.jit(model.apply)({"params": params}, tokens)
+  want_logits, want = reference_forward(params, tokens, cfg, return_max_logits=True)
+  assert aux["attn_max_logits"].shape == (2, 4) and aux["attn_max_logits"].dtype == jnp.float32
+  assert np.ptp(want) > 1.0, want                    # the heads really differ
+  np.testing.assert_allclose(aux["attn_max_logits"], want, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(logits, want_logits, rtol=1e-4, atol=1e-4)
+  plain_logits, plain_aux = jax.jit(M.build_model(cfg).apply)({"params": params}, tokens)
+  assert "attn_max_logits" not in plain_aux          # off by default
+  np.testing.assert_allclose(plain_logits, logits, rtol=1e-6, atol=1e-6)
+  # No gradient flows through the report.
+  grads = jax.grad(lambda p: jnp.sum(model.apply({"params": p}, tokens)[1]["attn_max_logits"]))(
+      params)
+  assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in jax.tree.leaves(grads))
+
+
+def test_moe_and_remat_report_attention_max_logits():
+  cfg = dict(TINY, kind="moe", num_experts=4, experts_top_k=2, remat="full")
+  params = M.init_params(cfg, jax.random.key(0))
+  tokens = jax.random.randint(jax.random.key(1), (2, 8), 0, cfg["vocab_size"])
+  _, aux = M.build_model(cfg, report_max_logits=True).apply({"params": params}, tokens)
+  dense = {k: v for k, v in cfg.items() if k not in ("kind", "num_experts", "experts_top_k")}
+  dense_params = {k: v for k, v in params.items()}
+  dense_params["layers"] = {k: v for k, v in params["layers"].items() if k != "moe"}
+  dense_params["layers"]["mlp"] = M.init_params(dense, jax.random.key(0))["layers"]["mlp"]
+  _, want = reference_forward(dense_params, tokens, dense, return_max_logits=True)
+  # Layer 0's attention input does not depend on the MLP / MoE: same logits.
+  np.testing.assert_allclose(aux["attn_max_logits"][0], want[0], rtol=1e-4, atol=1e-5)
+  assert aux["attn_max_logits"].shape == (2, 4) and "moe_max_load" in aux
 
 
 def test_causal():

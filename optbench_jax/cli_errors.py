@@ -18,6 +18,8 @@ misspelled key fails before ``main``).
 from __future__ import annotations
 
 import errno
+import gc
+import logging as pylogging
 import os
 import re
 import sys
@@ -106,6 +108,11 @@ def report(error: BaseException, verbose: bool = False) -> int:
   is_user, message = classify(error)
   if verbose or not is_user:
     traceback.print_exception(error)
+  # A failed async write (orbax/tensorstore) leaves asyncio futures whose "exception was never
+  # retrieved" is logged when they are collected: collect them now, before our line, and
+  # silence the same report at interpreter exit, so `error: ...` stays the last line.
+  gc.collect()
+  pylogging.getLogger("asyncio").disabled = True
   print(f"error: {message}", file=sys.stderr, flush=True)
   return USER_ERROR if is_user else INTERNAL_ERROR
 

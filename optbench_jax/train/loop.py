@@ -122,6 +122,14 @@ def _quiet_orbax() -> None:
     absl_logger.addFilter(_DropOrbaxInfo())
 
 
+def _drain(checkpointer) -> None:
+  """Closes ``checkpointer`` after a failure, waiting for its background writes; never raises."""
+  try:
+    checkpointer.close()
+  except Exception:  # pylint: disable=broad-except  (the original error is the one to report)
+    pass
+
+
 def _barrier(name: str) -> None:
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
@@ -315,76 +323,82 @@ def _run(config, workdir: str, devices, allow_config_change: bool) -> dict:
                  if "mfu" in values else "")
     pending = None
 
-  with _StopSignal() as stop:
-    while step < t.steps:
-      if stop.received or (jax.process_count() > 1 and checkpointer.reached_preemption(step)):
-        ok, message = check(previous) if previous is not None else (True, "")
+  try:
+    with _StopSignal() as stop:
+      while step < t.steps:
+        if stop.received or (jax.process_count() > 1 and checkpointer.reached_preemption(step)):
+          ok, message = check(previous) if previous is not None else (True, "")
+          previous = None
+          if not ok:
+            status = DIVERGED
+            break
+          log(step)
+          checkpointer.save(step, state, train_iter)
+          status, message = PREEMPTED, f"stopped by signal at step {step}; checkpoint saved"
+          break
+        batch = _to_global(next(train_iter), batch_sharding)
+        state, device_metrics = train_step(state, batch)
+        step += 1
+        if previous is not None:   # step - 1 is done or nearly: check it while `step` runs
+          ok, message = check(previous)
+          if not ok:
+            status = DIVERGED
+            break
+        previous = (step, device_metrics)
+
+        is_last = step == t.steps
+        log_now = step % t.log_every == 0 or is_last
+        eval_now = t.eval_every > 0 and step % t.eval_every == 0 and not is_last
+        save_now = (t.checkpoint_every > 0 and step % t.checkpoint_every == 0) or is_last
+        if not (log_now or eval_now or save_now or compile_time is None):
+          continue
+        ok, message = check(previous)
         previous = None
         if not ok:
           status = DIVERGED
           break
-        log(step)
-        checkpointer.save(step, state, train_iter)
-        status, message = PREEMPTED, f"stopped by signal at step {step}; checkpoint saved"
-        break
-      batch = _to_global(next(train_iter), batch_sharding)
-      state, device_metrics = train_step(state, batch)
-      step += 1
-      if previous is not None:   # step - 1 is done or nearly: check it while `step` runs
-        ok, message = check(previous)
-        if not ok:
-          status = DIVERGED
-          break
-      previous = (step, device_metrics)
+        now = time.perf_counter()
+        if compile_time is None:   # the first step of this process: compile + run
+          compile_time = now - start_perf
+        else:
+          timed_seconds += now - interval_start
+          timed_steps += step - synced_step
+        synced_step = step
+        if log_now:
+          log(step)
+        if eval_now:
+          last_eval = evaluate(t.eval_batches)
+          writer.write(step, {"eval_loss": last_eval, "eval_batches": t.eval_batches})
+          logging.info("step %d | eval loss %.4f", step, last_eval)
+        if save_now:
+          checkpointer.save(step, state, train_iter)
+        interval_start = time.perf_counter()
 
-      is_last = step == t.steps
-      log_now = step % t.log_every == 0 or is_last
-      eval_now = t.eval_every > 0 and step % t.eval_every == 0 and not is_last
-      save_now = (t.checkpoint_every > 0 and step % t.checkpoint_every == 0) or is_last
-      if not (log_now or eval_now or save_now or compile_time is None):
-        continue
-      ok, message = check(previous)
-      previous = None
-      if not ok:
-        status = DIVERGED
-        break
-      now = time.perf_counter()
-      if compile_time is None:   # the first step of this process: compile + run
-        compile_time = now - start_perf
-      else:
-        timed_seconds += now - interval_start
-        timed_steps += step - synced_step
-      synced_step = step
-      if log_now:
-        log(step)
-      if eval_now:
-        last_eval = evaluate(t.eval_batches)
-        writer.write(step, {"eval_loss": last_eval, "eval_batches": t.eval_batches})
-        logging.info("step %d | eval loss %.4f", step, last_eval)
-      if save_now:
-        checkpointer.save(step, state, train_iter)
-      interval_start = time.perf_counter()
-
-    final_eval = None
-    if status == COMPLETED:
-      checkpointer.save(step, state, train_iter)   # on disk (async) before the long final eval
-      final_eval = evaluate(None if t.full_eval_at_end else t.eval_batches, stop)
-      if final_eval is None:
-        status, message = PREEMPTED, (f"stopped by signal during the final eval at step {step}; "
-                                      "the final checkpoint is saved: rerun to evaluate")
-      else:
-        writer.write(step, {"eval_loss": final_eval, "full_eval": bool(t.full_eval_at_end)})
-        logging.info("final eval loss %.4f (%s)", final_eval,
-                     "full validation split" if t.full_eval_at_end else
-                     f"{t.eval_batches} batches")
-    elif status == DIVERGED:
-      step = diverged_at if diverged_at is not None else step
-    checkpointer.wait()   # a SIGTERM now only sets the flag: the save completes
-    kept = sorted(checkpointer.manager.all_steps())
-    if status == DIVERGED:
-      logging.error("training diverged: %s; kept checkpoints %s (all from before step %d) in %s",
-                    message, kept, step, checkpointer.directory)
-    checkpointer.close()
+      final_eval = None
+      if status == COMPLETED:
+        checkpointer.save(step, state, train_iter)   # on disk (async) before the long final eval
+        final_eval = evaluate(None if t.full_eval_at_end else t.eval_batches, stop)
+        if final_eval is None:
+          status, message = PREEMPTED, (f"stopped by signal during the final eval at step {step}; "
+                                        "the final checkpoint is saved: rerun to evaluate")
+        else:
+          writer.write(step, {"eval_loss": final_eval, "full_eval": bool(t.full_eval_at_end)})
+          logging.info("final eval loss %.4f (%s)", final_eval,
+                       "full validation split" if t.full_eval_at_end else
+                       f"{t.eval_batches} batches")
+      elif status == DIVERGED:
+        step = diverged_at if diverged_at is not None else step
+      checkpointer.wait()   # a SIGTERM now only sets the flag: the save completes
+      kept = sorted(checkpointer.manager.all_steps())
+      if status == DIVERGED:
+        logging.error("training diverged: %s; kept checkpoints %s (all from before step %d) in %s",
+                      message, kept, step, checkpointer.directory)
+      checkpointer.close()
+  except BaseException:
+    # Let orbax's background writes finish (or fail) before the error reaches the caller,
+    # so their own error output cannot come after the run's one `error:` line.
+    _drain(checkpointer)
+    raise
 
   weighted = sum(n for n, _ in throughput)
   mean_tps = sum(n * tps for n, tps in throughput) / weighted if weighted else None

@@ -344,9 +344,9 @@ def _tree_124m() -> Any:
   """Zeros shaped like the 124M Llama's parameters (stacked layers, tied embedding)."""
   from optbench_jax import models  # pylint: disable=import-outside-toplevel
   from configs import base  # pylint: disable=import-outside-toplevel
-  c = base.base_config().model
-  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), models.abstract_params(c)), \
-      models.param_batch_axes(models.abstract_params(c))
+  abstract = models.abstract_params(base.base_config().model)
+  return (jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), abstract),
+          models.param_batch_axes(abstract))
 
 
 def _step_seconds(tx, params, repeats: int) -> tuple[float, float]:

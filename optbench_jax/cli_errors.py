@@ -4,7 +4,8 @@ Every entry point (``trainers.lm``, ``trainers.sweep``, ``optbench_jax.bench.rep
 ``optbench_jax.data.prepare``) runs its main through :func:`run`:
 
 * an input or environment error (a bad config or flag, bad data, a locked or
-  unwritable work directory, a damaged checkpoint, a full disk) prints one line,
+  unwritable work directory, a damaged checkpoint, a full disk, a dead peer
+  process of a multi-host run) prints one line,
   ``error: <what is wrong>``, and exits 2;
 * anything else is a bug: the traceback is printed, then ``error: internal
   error: ...``, exit 1;
@@ -29,6 +30,11 @@ from typing import Callable
 USER_ERROR, INTERNAL_ERROR = 2, 1
 _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS,
                        errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.ENOTEMPTY}
+
+
+# A collective or the coordination service lost a peer process (multi-host runs).
+_PEER_FAILURE = re.compile(r"Gloo|heartbeat|coordination service|Connection reset by peer|"
+                           r"Connection refused|Socket closed", re.IGNORECASE)
 
 
 def verbose_requested(argv: list[str] | None = None) -> bool:
@@ -86,6 +92,9 @@ def classify(error: BaseException) -> tuple[bool, str]:
       return True, f"disk full: {_text(e)}"
   if _is_user_error(error):
     return True, _text(error)
+  if type(error).__name__ == "JaxRuntimeError" and _PEER_FAILURE.search(str(error)):
+    return True, ("another process of this multi-process run died or became unreachable "
+                  f"(its own log says why): {_text(error)[:400]}")
   if _from_config_flags(error):
     message = _text(error)
     for e in chain:

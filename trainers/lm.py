@@ -39,6 +39,12 @@ _WORKDIR = flags.DEFINE_string(
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print sizes, FLOPs/token and per-device memory, "
                              "then exit.")
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize().")
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+    "heartbeat_timeout_s", 100, "Multi-host: how long the other processes wait on a dead one "
+    "before they exit with an error (JAX's coordination-service heartbeat).")
+_INIT_TIMEOUT = flags.DEFINE_integer(
+    "distributed_init_timeout_s", 300, "Multi-host: how long each process waits for the others "
+    "to join at start.")
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     "allow_config_change", False, "Resume although the config differs from the one the run "
     "started with (e.g. a new eval setting); the change is recorded in run_record.json.")
@@ -49,7 +55,9 @@ def main(argv):
   del argv
   # Before anything touches a JAX backend.
   from optbench_jax.train import mesh  # pylint: disable=import-outside-toplevel
-  mesh.maybe_initialize_distributed(force=_MULTIHOST.value)
+  mesh.maybe_initialize_distributed(force=_MULTIHOST.value,
+                                    heartbeat_timeout_s=_HEARTBEAT_TIMEOUT.value,
+                                    initialization_timeout_s=_INIT_TIMEOUT.value)
   from optbench_jax import train  # pylint: disable=import-outside-toplevel
 
   config = _CONFIG.value

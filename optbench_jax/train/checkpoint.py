@@ -5,7 +5,8 @@ A checkpoint at step ``s`` holds the train state after ``s`` optimizer steps
 iterator's position (the next batch to draw) as ``data``, in one
 ``ocp.args.Composite``. Restoring takes abstract targets (ShapeDtypeStruct
 leaves carrying the *current* mesh's shardings), so a checkpoint written on
-one mesh or device count restores onto another. Saves are asynchronous:
+one mesh, device count or process count restores onto another (the data
+iterator's position too: see ``restore``). Saves are asynchronous:
 training continues while the arrays are written; ``wait`` blocks before exit.
 
 A damaged newest checkpoint (a truncated array file, a missing iterator file, an
@@ -19,12 +20,15 @@ changed on purpose) than the files.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
 from typing import Any, Callable
 
+from etils import epath
 import grain.checkpoint as grain_checkpoint
+import jax
 import orbax.checkpoint as ocp
 
 
@@ -62,10 +66,30 @@ class Checkpointer:
         data=grain_checkpoint.CheckpointSave(data_iterator)), force=True)
 
   def restore(self, step: int, abstract_state: Any, data_iterator: Any) -> Any:
-    """The state at ``step`` laid out as ``abstract_state``; moves ``data_iterator`` in place."""
+    """The state at ``step`` laid out as ``abstract_state``; moves ``data_iterator`` in place.
+
+    Elastic: grain writes one iterator file per process (``process_<i>-of-<P>.json``).
+    The trainer's iterator position is defined globally (``data.loader``: the
+    next global batch), so when the checkpoint was written by another number of
+    processes, every file holds the same state and it is read from them directly
+    (after checking that they agree).
+    """
+    data_dir = epath.Path(self.directory) / str(step) / "data"
+    own_file = data_dir / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    if own_file.exists() or not data_dir.exists():
+      restored = self.manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state),
+          data=grain_checkpoint.CheckpointRestore(data_iterator)))
+      return restored["state"]
+    states = {f.name: json.loads(f.read_text()) for f in sorted(data_dir.glob("process_*.json"))}
+    if not states:
+      raise FileNotFoundError(f"no data iterator file in {data_dir}")
+    if any(state != next(iter(states.values())) for state in states.values()):
+      raise ValueError(f"the per-process iterator files in {data_dir} disagree "
+                       f"({sorted(states)}); cannot restore onto {jax.process_count()} process(es)")
     restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
-        data=grain_checkpoint.CheckpointRestore(data_iterator)))
+        state=ocp.args.StandardRestore(abstract_state)))
+    data_iterator.set_state(next(iter(states.values())))
     return restored["state"]
 
   def restore_latest(self, abstract_state: Any, data_iterator: Any,

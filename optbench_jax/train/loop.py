@@ -8,9 +8,12 @@ validation batches plus a full validation pass at the end, checkpoint every
 ``checkpoint_every`` steps and at the end, and write ``metrics.jsonl``,
 ``loss_curve.png`` and ``summary.json``.
 
-Stops: SIGTERM (or a multi-host preemption notice) saves a checkpoint and
-returns ``status="preempted"``, also when it arrives during the final eval or
-save; a NaN/Inf loss or update, or a training loss above 2 ln(vocab_size)
+Stops: SIGTERM saves a checkpoint and returns ``status="preempted"``, also
+when it arrives during the final eval or save. With several processes a SIGTERM
+to any of them goes through JAX's preemption sync point instead: every process
+stops and saves at the same step (one arriving during the final eval lets the
+eval finish). A dead process makes the others exit non-zero once JAX's
+coordination heartbeat times out (``trainers.lm --heartbeat_timeout_s``); a NaN/Inf loss or update, or a training loss above 2 ln(vocab_size)
 (worse than twice a uniform guess: the run left its healthy range), stops the
 run with ``status="diverged"`` without saving, so every kept checkpoint
 (``kept_checkpoints`` in the summary) predates the divergence.
@@ -59,14 +62,22 @@ COMPLETED, DIVERGED, PREEMPTED = "completed", "diverged", "preempted"
 
 
 class _StopSignal:
-  """Turns SIGTERM into a flag the loop polls (the handler itself does no work)."""
+  """Turns SIGTERM into a flag the loop polls (the handler itself does no work).
 
-  def __init__(self):
+  One process only. With several, each process could see its signal at a
+  different step, so the stop must be agreed: JAX's preemption notifier (set up
+  by ``jax.distributed.initialize``) catches SIGTERM instead, and the loop polls
+  ``Checkpointer.reached_preemption(step)``, which is true on every process at the
+  same step. Installing a Python handler there would replace JAX's.
+  """
+
+  def __init__(self, enabled: bool = True):
     self.received = False
     self._previous = None
+    self._enabled = enabled
 
   def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
+    if self._enabled and threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     return self
 
@@ -324,7 +335,7 @@ def _run(config, workdir: str, devices, allow_config_change: bool) -> dict:
     pending = None
 
   try:
-    with _StopSignal() as stop:
+    with _StopSignal(enabled=jax.process_count() == 1) as stop:
       while step < t.steps:
         if stop.received or (jax.process_count() > 1 and checkpointer.reached_preemption(step)):
           ok, message = check(previous) if previous is not None else (True, "")

@@ -75,12 +75,16 @@ def multihost_requested(force: bool = False) -> bool:
   return len([w for w in workers.split(",") if w]) > 1
 
 
-def maybe_initialize_distributed(force: bool = False) -> None:
+def maybe_initialize_distributed(force: bool = False, heartbeat_timeout_s: int | None = None,
+                                 initialization_timeout_s: int | None = None) -> None:
   """Calls ``jax.distributed.initialize()`` (auto-detected cluster) when multi-host.
 
   Must run before anything touches a JAX backend. Coordinator, process count and
   index come from the environment (Cloud TPU, SLURM, or JAX_COORDINATOR_ADDRESS /
-  JAX_NUM_PROCESSES / JAX_PROCESS_ID).
+  JAX_NUM_PROCESSES / JAX_PROCESS_ID). ``heartbeat_timeout_s`` bounds how long the
+  other processes wait on a dead one before JAX's coordination service stops them;
+  ``initialization_timeout_s`` how long they wait for each other at start (JAX
+  defaults: 100 s and 300 s).
   """
   if not multihost_requested(force):
     return
@@ -91,4 +95,8 @@ def maybe_initialize_distributed(force: bool = False) -> None:
     kwargs["num_processes"] = int(os.environ["JAX_NUM_PROCESSES"])
   if os.environ.get("JAX_PROCESS_ID"):
     kwargs["process_id"] = int(os.environ["JAX_PROCESS_ID"])
+  if heartbeat_timeout_s:
+    kwargs["heartbeat_timeout_seconds"] = int(heartbeat_timeout_s)
+  if initialization_timeout_s:
+    kwargs["initialization_timeout"] = int(initialization_timeout_s)
   jax.distributed.initialize(**kwargs)

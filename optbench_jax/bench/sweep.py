@@ -137,7 +137,7 @@ class SweepRunner:
   def __init__(self, sweep: Any, workdir: str, parallel: int = 1,
                launcher: Launcher = default_launcher, retry_failed: bool = True,
                poll_interval_s: float = 0.5, log: Callable[[str], None] = print,
-               trial_timeout_s: float = 0.0):
+               trial_timeout_s: float = 0.0, executor: Any = None):
     if parallel < 1:
       raise sweep_config.SweepConfigError(f"--parallel must be >= 1, got {parallel}")
     if workdir is None or not str(workdir).strip():
@@ -147,6 +147,8 @@ class SweepRunner:
     if os.path.exists(self.workdir) and not os.path.isdir(self.workdir):
       raise sweep_config.SweepConfigError(f"--workdir {self.workdir} is not a directory")
     self._check_data()
+    self.executor = (executor if executor is not None else
+                     trial_process.LocalExecutor(self.plain["hosts_per_trial"]))
     self.parallel = parallel
     self.launcher = launcher
     self.retry_failed = retry_failed
@@ -248,6 +250,11 @@ class SweepRunner:
       return None
     tail = trial_process.log_tail(os.path.join(trial_dir, "trial.log"))
     reason = f"exit code {returncode}" + (f"; log tail:\n{tail}" if tail else "")
+    for index in range(1, self.plain["hosts_per_trial"]):   # a multi-host trial's other hosts
+      line = trial_process.error_line(trial_process.log_tail(
+          os.path.join(trial_dir, trial_process.host_log_name(index))))
+      if line:
+        reason += f"\nhost {index}: {line}"
     if unreadable:
       reason = f"{unreadable}; {reason}"
     elif returncode == 0:
@@ -267,7 +274,7 @@ class SweepRunner:
     replicated: set[tuple[str, int]] = set()
     waiting: dict[str, list[Callable[[float], None]]] = {}   # trial id -> result callbacks
     queue: list[Trial] = []
-    running: dict[str, trial_process.TrialProcess] = {}
+    running: dict[str, Any] = {}   # trial id -> the executor's handle
 
     def submit(trial: Trial, callback: Callable[[float], None]) -> bool:
       """Returns True if the trial's result was already known (callback called)."""
@@ -345,7 +352,7 @@ class SweepRunner:
             time.time() - run.started > self.trial_timeout_s):
           run.timed_out = f"no result after {self.trial_timeout_s:g} s: stopped (hung or too slow)"
           run.stop()
-        returncode = run.process.poll()
+        returncode = run.poll()
         if returncode is None:
           continue
         del running[tid]
@@ -407,7 +414,7 @@ class SweepRunner:
   def _preflight(self, trial: Trial) -> results_store.TrialResult | None:
     """A failed result if the trainer's own checks reject the trial's config, else None."""
     try:
-      sweep_config.preflight(self._config(trial), trial.trial_id)
+      sweep_config.preflight(self._config(trial), trial.trial_id, self.plain["hosts_per_trial"])
     except sweep_config.SweepConfigError as e:
       return self._result(trial, results_store.FAILED, str(e), {}, [])
     return None
@@ -421,11 +428,12 @@ class SweepRunner:
     self.log(f"[sweep] launching {trial.trial_id} {trial.hparams}")
     threshold = self.plain["divergence"]["loss_threshold"]
     after_step = sweep_config.divergence_step(self.plain, trial.budget_steps)
-    return trial_process.TrialProcess(
+    return self.executor.launch(
         trial, trial_dir, self.launcher(config_path, trial_dir),
         lambda records: divergence_reason(records, threshold, after_step))
 
   def close(self) -> None:
+    self.executor.close()
     self.store.close()
     self.lock.release()
 

@@ -34,6 +34,12 @@ has these fields:
   speedup              gamma ("fit" | "loss_floor" | a number), num_bootstrap
   optimizers           {name: {baseline: {hp: v}, grid: {hp: [v, ...]},
                        overrides: trainer config values, as above}}
+  hosts_per_trial      processes (hosts) each trial runs as, one multi-host job
+                       (default 1); the global batch and the trial's mesh must
+                       split over them. The local executor starts them on this
+                       machine, splitting its forced CPU device count; a cluster
+                       executor places one per node. Operational: not part of the
+                       fingerprint (results agree to the multi-host tolerance)
 
 Every check runs in :func:`validate` and raises one :class:`SweepConfigError`
 naming the culprit, before any trial starts.
@@ -127,6 +133,7 @@ def as_plain(sweep: Any) -> dict[str, Any]:
   divergence = dict(loss_threshold=6.0, after_steps=2000, after_fraction=1.0)
   divergence.update(plain.get("divergence", {}))
   plain["divergence"] = divergence
+  plain.setdefault("hosts_per_trial", 1)
   speedup = dict(gamma="fit", num_bootstrap=1000)
   speedup.update(plain.get("speedup", {}))
   plain["speedup"] = speedup
@@ -143,9 +150,15 @@ def as_plain(sweep: Any) -> dict[str, Any]:
   return plain
 
 
+# Fields that say how trials run, not what they compute: left out of the fingerprint, so
+# a sweep can move between executors or machines and keep its store.
+OPERATIONAL_FIELDS = ("hosts_per_trial",)
+
+
 def fingerprint(plain: Mapping[str, Any], base: Mapping[str, Any]) -> str:
   """sha256 of everything that determines the results: the sweep and the resolved base config."""
-  payload = json.dumps({"sweep": plain, "base": base}, sort_keys=True, default=str)
+  sweep = {k: v for k, v in plain.items() if k not in OPERATIONAL_FIELDS}
+  payload = json.dumps({"sweep": sweep, "base": base}, sort_keys=True, default=str)
   return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -234,6 +247,9 @@ def validate(plain: Mapping[str, Any], base: ml_collections.ConfigDict) -> None:
     raise SweepConfigError(
         f"reference_optimizer {plain['reference_optimizer']!r} is not among the swept "
         f"optimizers {sorted(plain['optimizers'])}; speedups need it")
+  hosts = plain["hosts_per_trial"]
+  if not (isinstance(hosts, int) and not isinstance(hosts, bool) and hosts >= 1):
+    raise SweepConfigError(f"hosts_per_trial must be an integer >= 1, got {hosts!r}")
   if not (isinstance(plain["trial_budget"], int) and plain["trial_budget"] >= 0):
     raise SweepConfigError(f"trial_budget must be an integer >= 0, got {plain['trial_budget']!r}")
   gamma = plain["speedup"]["gamma"]
@@ -265,7 +281,7 @@ def validate(plain: Mapping[str, Any], base: ml_collections.ConfigDict) -> None:
           raise SweepConfigError(
               f"optimizers.{name}: budget {budget} steps is not longer than the warmup "
               f"({warmup} steps); shorten warmup_steps or drop the budget")
-        preflight(config, f"optimizers.{name} at {point}, {budget} steps")
+        preflight(config, f"optimizers.{name} at {point}, {budget} steps", hosts)
 
 
 _TRACED: set[str] = set()      # trace signatures already checked in this process
@@ -284,7 +300,18 @@ def _trace_signature(config: ml_collections.ConfigDict) -> str:
   return json.dumps(plain, sort_keys=True, default=str)
 
 
-def preflight(config: ml_collections.ConfigDict, where: str) -> None:
+def check_hosts(config: ml_collections.ConfigDict, hosts: int, where: str) -> None:
+  """A trial of ``hosts`` processes needs a mesh that splits over them (the batch: build)."""
+  from optbench_jax.train import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
+  sizes = [int(config.mesh[a]) for a in mesh_lib.AXES]
+  if hosts > 1 and -1 not in sizes and math.prod(sizes) % hosts:
+    shape = " x ".join(f"{a}={n}" for a, n in zip(mesh_lib.AXES, sizes))
+    raise SweepConfigError(
+        f"{where}: hosts_per_trial={hosts} does not match the trial's mesh {shape} "
+        f"({math.prod(sizes)} devices cannot split evenly over {hosts} hosts)")
+
+
+def preflight(config: ml_collections.ConfigDict, where: str, hosts: int = 1) -> None:
   """The trainer's own checks on one trial config; raises SweepConfigError with its message.
 
   Every config gets ``train.build`` (abstract: config, model, mesh, batch split,
@@ -297,11 +324,14 @@ def preflight(config: ml_collections.ConfigDict, where: str) -> None:
   in advance).
   """
   from optbench_jax import train   # pylint: disable=import-outside-toplevel  (jax, models)
+  check_hosts(config, hosts, where)
   signature = _trace_signature(config)
   try:
     if signature in _TRACED:
-      train.build(config, abstract=True, process_count=1)
+      train.build(config, abstract=True, process_count=hosts)
     else:
+      if hosts > 1:
+        train.build(config, abstract=True, process_count=hosts)   # the batch split
       train.check(config)
       _TRACED.add(signature)
   except train.ConfigError as e:

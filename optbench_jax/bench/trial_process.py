@@ -27,17 +27,18 @@ import ctypes
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
+from optbench_jax import process_group
 from optbench_jax import workdir_lock
 from optbench_jax.bench import sweep_config
 
 LOG_TAIL_LINES = 15
 STOP_GRACE_S = 30.0        # SIGTERM lets a trainer checkpoint; SIGKILL after this long
 LIVE_TRIAL_WAIT_S = STOP_GRACE_S + 30.0   # for a trial of a dead driver to checkpoint and exit
+BROKEN_GRACE_S = 120.0     # a multi-host trial with a dead process: stop the rest after this
 _PR_SET_PDEATHSIG = 1      # <linux/prctl.h>
 
 
@@ -88,33 +89,76 @@ def wait_until_unlocked(trial_dir: str, poll_s: float) -> dict[str, Any] | None:
   return holder
 
 
+def host_log_name(index: int) -> str:
+  """The log of a trial's process ``index``: ``trial.log`` for process 0."""
+  return "trial.log" if index == 0 else f"trial.host{index}.log"
+
+
+def local_devices_per_host(hosts: int, env: Mapping[str, str] | None = None) -> int | None:
+  """CPU devices each of a trial's ``hosts`` local processes gets (None for one process).
+
+  Several processes of one trial on this machine split its forced CPU device
+  count (``--xla_force_host_platform_device_count`` in XLA_FLAGS); raises
+  SweepConfigError when there is none to split, or it does not divide.
+  """
+  if hosts == 1:
+    return None
+  forced = process_group.forced_device_count(env)
+  if forced is None:
+    raise sweep_config.SweepConfigError(
+        f"hosts_per_trial={hosts}: the local executor starts a trial's processes on this "
+        "machine and splits its CPU devices between them, but XLA_FLAGS sets no "
+        "--xla_force_host_platform_device_count; on GPU/TPU hosts run the sweep with "
+        "--executor=ray (one process per node)")
+  if forced % hosts:
+    raise sweep_config.SweepConfigError(
+        f"hosts_per_trial={hosts} does not divide this machine's {forced} CPU devices")
+  return forced // hosts
+
+
+def trial_env() -> dict[str, str]:
+  """The driver's environment, with the repository and the driver's working directory first on
+  PYTHONPATH: a user's optimizer named by an import path ("my_module:factory") imports in the
+  trial as it did in the driver."""
+  env = dict(os.environ)
+  env["PYTHONPATH"] = os.pathsep.join(
+      p for p in (sweep_config.REPO_ROOT, os.getcwd(), env.get("PYTHONPATH", "")) if p)
+  return env
+
+
 class TrialProcess:
-  """One launched trial process and its incremental view of metrics.jsonl.
+  """One launched trial (``hosts`` processes forming one job) and its view of metrics.jsonl.
 
   ``divergence(records)`` returns why the new records make the trial diverged
-  (it is then stopped), or None.
+  (it is then stopped), or None. With ``hosts > 1`` the trial is a multi-host
+  job started by ``process_group.ProcessGroup`` (process i logs to
+  ``host_log_name(i)``); it is one trial: one exit status (the first non-zero),
+  one divergence watch on process 0's metrics, one stop for all processes, and a
+  member that dies takes the others down after ``BROKEN_GRACE_S``.
   """
 
   def __init__(self, trial: Any, trial_dir: str, argv: Sequence[str],
-               divergence: Callable[[list[dict[str, Any]]], str | None]):
+               divergence: Callable[[list[dict[str, Any]]], str | None], hosts: int = 1,
+               local_devices: int | None = None):
     self.trial = trial
     self.trial_dir = trial_dir
     self.divergence = divergence
     self.started = time.time()
     self.diverged: str | None = None
     self.timed_out: str | None = None
-    self._log = open(os.path.join(trial_dir, "trial.log"), "a")
-    self._log.write(f"\n=== attempt at {time.ctime()}: {' '.join(argv)}\n")
-    self._log.flush()
-    env = dict(os.environ)
-    # The repository, then the driver's working directory: a user's optimizer named by
-    # an import path ("my_module:factory") imports in the trial as it did in the driver.
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (sweep_config.REPO_ROOT, os.getcwd(), env.get("PYTHONPATH", "")) if p)
-    self.process = subprocess.Popen(list(argv), cwd=sweep_config.REPO_ROOT, env=env,
-                                    stdout=self._log, stderr=subprocess.STDOUT,
-                                    start_new_session=True, preexec_fn=die_with_parent())
+    self._logs = [open(os.path.join(trial_dir, host_log_name(i)), "a") for i in range(hosts)]
+    for log in self._logs:
+      log.write(f"\n=== attempt at {time.ctime()}: {' '.join(argv)}\n")
+      log.flush()
+    self.group = process_group.ProcessGroup(
+        list(argv), hosts, local_device_count=local_devices, env=trial_env(),
+        cwd=sweep_config.REPO_ROOT, outputs=self._logs, preexec_fn=die_with_parent())
     self._metrics_offset = 0
+
+  def poll(self) -> int | None:
+    """None while the trial runs; then its exit status. Stops a broken multi-host trial."""
+    self.group.stop_if_broken(BROKEN_GRACE_S)
+    return self.group.poll()
 
   def check_divergence(self) -> None:
     path = os.path.join(self.trial_dir, "metrics.jsonl")
@@ -137,15 +181,30 @@ class TrialProcess:
       self.stop()
 
   def stop(self) -> None:
-    if self.process.poll() is None:
-      try:
-        os.killpg(self.process.pid, signal.SIGTERM)
-        self.process.wait(timeout=STOP_GRACE_S)
-      except subprocess.TimeoutExpired:
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
-      except ProcessLookupError:
-        pass
+    """SIGTERM to every process (the trainer checkpoints), SIGKILL after ``STOP_GRACE_S``."""
+    self.group.stop(grace_s=STOP_GRACE_S)
 
   def close(self) -> None:
-    self._log.close()
+    for log in self._logs:
+      log.close()
+
+
+class LocalExecutor:
+  """Runs trials as processes of this machine: ``launch`` returns a :class:`TrialProcess`.
+
+  The seam a cluster executor replaces: ``launch(trial, trial_dir, argv, divergence)``
+  returns a handle with ``trial``, ``trial_dir``, ``started``, ``diverged``,
+  ``timed_out``, ``check_divergence()``, ``poll()``, ``stop()`` and ``close()``.
+  """
+
+  def __init__(self, hosts_per_trial: int = 1):
+    self.hosts_per_trial = hosts_per_trial
+    self.local_devices = local_devices_per_host(hosts_per_trial)
+
+  def launch(self, trial: Any, trial_dir: str, argv: Sequence[str],
+             divergence: Callable[[list[dict[str, Any]]], str | None]) -> TrialProcess:
+    return TrialProcess(trial, trial_dir, argv, divergence, hosts=self.hosts_per_trial,
+                        local_devices=self.local_devices)
+
+  def close(self) -> None:
+    pass

@@ -53,6 +53,7 @@ USER_ERROR_NAMES = frozenset({
     "CheckpointError",      # optbench_jax.train.checkpoint
     "ReportError",          # optbench_jax.bench.report
     "WorkdirLockedError",   # optbench_jax.workdir_lock
+    "StatusError",          # optbench_jax.bench.sweep_status
 })
 
 

@@ -2,7 +2,10 @@
 
 Each trial is a ``trainers.lm`` process in ``DIR/trials/<id>``; results go to
 ``DIR/results.sqlite``. Rerunning the same command skips finished trials and
-resumes interrupted ones. Then: ``python -m optbench_jax.bench.report DIR``.
+resumes interrupted ones. While it runs, a progress bar (plain log lines when
+stdout is not a terminal) counts trials done, running, diverged and failed;
+``--workdir=DIR --status`` prints a table of every trial's state from another
+shell, starting nothing. Then: ``python -m optbench_jax.bench.report DIR``.
 
 Exit status: 0 when every trial of this invocation finished (completed or
 diverged), 1 when some failed or were interrupted (rerun to retry / resume),
@@ -16,7 +19,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from optbench_jax import cli_errors
-from optbench_jax.bench import results_store, sweep
+from optbench_jax.bench import results_store, sweep, sweep_config, sweep_status
 
 if __name__ == "__main__":   # config-flag errors happen at import time, below
   cli_errors.install_excepthook()
@@ -29,8 +32,11 @@ _RETRY_FAILED = flags.DEFINE_bool("retry_failed", True,
 _TRIAL_TIMEOUT = flags.DEFINE_float("trial_timeout_s", 0.0,
                                     "Stop a trial after this many seconds and record it as "
                                     "failed (0: no limit).")
+_STATUS = flags.DEFINE_bool("status", False, "Print what the sweep in --workdir has done, is "
+                            "running, failed and has left (from its store and trial "
+                            "directories), then exit; starts nothing, needs no --config.")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Print tracebacks with errors.")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["workdir"])
 
 
 def _terminate(signum, frame):
@@ -41,6 +47,12 @@ def _terminate(signum, frame):
 
 def main(argv):
   del argv
+  if _STATUS.value:
+    sweep_status.render(_WORKDIR.value)
+    return 0
+  if _CONFIG.value is None:
+    raise sweep_config.SweepConfigError("--config is required (a sweep config file, "
+                                        "configs/sweeps/*.py) unless --status is given")
   signal.signal(signal.SIGTERM, _terminate)
   # A bad sweep raises one line naming the culprit before any trial starts (cli_errors).
   outcome = sweep.run_sweep(_CONFIG.value, _WORKDIR.value, parallel=_PARALLEL.value,

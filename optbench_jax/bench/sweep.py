@@ -41,7 +41,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from optbench_jax import atomic_files
 from optbench_jax import workdir_lock
-from optbench_jax.bench import results_store, sweep_config, trial_process, tuning
+from optbench_jax.bench import results_store, sweep_config, sweep_progress, trial_plan, trial_process
 
 SWEEP_SNAPSHOT = "sweep.json"
 TRIALS_DIR = "trials"
@@ -56,16 +56,7 @@ def default_launcher(config_path: str, trial_dir: str) -> list[str]:
           f"--workdir={trial_dir}"]
 
 
-@dataclasses.dataclass(frozen=True)
-class Trial:
-  optimizer: str
-  hparams: dict[str, Any]
-  budget_steps: int
-  seed: int
-
-  @property
-  def trial_id(self) -> str:
-    return sweep_config.trial_id(self.optimizer, self.hparams, self.budget_steps, self.seed)
+Trial = trial_plan.Trial   # re-exported: the unit a sweep runs
 
 
 @dataclasses.dataclass
@@ -137,7 +128,8 @@ class SweepRunner:
   def __init__(self, sweep: Any, workdir: str, parallel: int = 1,
                launcher: Launcher = default_launcher, retry_failed: bool = True,
                poll_interval_s: float = 0.5, log: Callable[[str], None] = print,
-               trial_timeout_s: float = 0.0, executor: Any = None):
+               trial_timeout_s: float = 0.0, executor: Any = None,
+               progress: sweep_progress.SweepProgress | None = None):
     if parallel < 1:
       raise sweep_config.SweepConfigError(f"--parallel must be >= 1, got {parallel}")
     if workdir is None or not str(workdir).strip():
@@ -150,6 +142,7 @@ class SweepRunner:
     self.executor = (executor if executor is not None else
                      trial_process.LocalExecutor(self.plain["hosts_per_trial"]))
     self.parallel = parallel
+    self.progress = progress   # default: a SweepProgress on stdout (live on a terminal)
     self.launcher = launcher
     self.retry_failed = retry_failed
     self.poll_interval_s = poll_interval_s
@@ -264,71 +257,43 @@ class SweepRunner:
   # Main loop ----------------------------------------------------------------------------------
   def run(self) -> SweepOutcome:
     outcome = SweepOutcome()
-    plain = self.plain
-    tuners = {}
-    for optimizer, spec in plain["optimizers"].items():
-      for budget in plain["tune_budgets"]:
-        tuners[(optimizer, budget)] = tuning.make_tuner(
-            plain["strategy"], spec["grid"], spec["baseline"], plain["threshold"],
-            plain["trial_budget"] or None, plain["edge_extension"])
-    replicated: set[tuple[str, int]] = set()
-    waiting: dict[str, list[Callable[[float], None]]] = {}   # trial id -> result callbacks
-    queue: list[Trial] = []
+    plan = trial_plan.TrialPlan(self.plain)
     running: dict[str, Any] = {}   # trial id -> the executor's handle
 
-    def submit(trial: Trial, callback: Callable[[float], None]) -> bool:
-      """Returns True if the trial's result was already known (callback called)."""
-      tid = trial.trial_id
-      if tid in waiting:
-        waiting[tid].append(callback)
-        return False
-      final = self.store.final_result(tid)
+    def known(trial: Trial) -> float | None:
+      """The objective of a result already held (a rerun skips the trial), else None."""
+      final = self.store.final_result(trial.trial_id)
       if final is None:
         final = self._recover_finished(trial)
       if final is None and not self.retry_failed:
-        failures = self.store.attempts(tid)
+        failures = self.store.attempts(trial.trial_id)
         final = failures[-1] if failures else None
-      if final is not None:
-        outcome.skipped += 1
-        callback(final.objective)
-        return True
-      waiting[tid] = [callback]
-      queue.append(trial)
-      return False
+      if final is None:
+        return None
+      outcome.skipped += 1
+      return final.objective
 
-    def gather() -> None:
-      """Collects proposals until every tuner waits on a trial that must run."""
-      progress = True
-      while progress:
-        progress = False
-        for (optimizer, budget), tuner in tuners.items():
-          batch = tuner.propose()
-          for point in batch:
-            trial = Trial(optimizer, point, budget, plain["seeds"][0])
-            progress |= submit(trial, lambda loss, t=tuner, p=point: t.observe(p, loss))
-          if not batch and tuner.done and (optimizer, budget) not in replicated:
-            replicated.add((optimizer, budget))
-            best, best_loss = tuner.best
-            if math.isfinite(best_loss):
-              for seed in plain["seeds"][1:]:
-                submit(Trial(optimizer, best, budget, seed), lambda loss: None)
-              for other in plain["budgets"]:     # untuned budgets reuse this best config
-                if other not in plain["tune_budgets"] and \
-                   sweep_config.transfer_source(plain, other) == budget:
-                  for seed in plain["seeds"]:
-                    submit(Trial(optimizer, best, other, seed), lambda loss: None)
-
-    gather()
+    queue = plan.propose(known)
+    progress = self.progress or sweep_progress.SweepProgress(self.parallel, log=self.log)
     try:
-      self._loop(outcome, queue, running, waiting, gather)
+      with progress:
+        self._loop(outcome, queue, running, plan, known, progress)
     finally:
       for run in running.values():     # interrupted sweep: trials checkpoint and stop
         run.stop()
         run.close()
     return outcome
 
-  def _loop(self, outcome, queue, running, waiting, gather) -> None:
+  def _loop(self, outcome, queue, running, plan, known, progress) -> None:
+    def show():
+      recorded = outcome.recorded
+      done = outcome.skipped + sum(recorded.values())
+      progress.update(sweep_progress.Counts(
+          done=done, known=done + len(running) + len(queue), running=len(running),
+          diverged=recorded[results_store.DIVERGED], failed=recorded[results_store.FAILED]))
+
     while queue or running:
+      show()
       while queue and len(running) < self.parallel:
         trial = queue.pop(0)
         rejected = self._preflight(trial)
@@ -336,12 +301,11 @@ class SweepRunner:
           self.store.record(rejected)
           outcome.recorded[rejected.status] += 1
           self.log(f"[sweep] {trial.trial_id}: not launched ({rejected.reason})")
-          for callback in waiting.pop(trial.trial_id, []):
-            callback(rejected.objective)
+          plan.observe(trial.trial_id, rejected.objective)
           continue
         if not self._wait_for_live_copy(trial):
           outcome.interrupted.append(trial.trial_id)
-          waiting.pop(trial.trial_id, None)
+          plan.forget(trial.trial_id)
           continue
         running[trial.trial_id] = self._launch(trial)
         outcome.launched += 1
@@ -364,17 +328,18 @@ class SweepRunner:
         if result is None:
           outcome.interrupted.append(tid)
           self.log(f"[sweep] {tid}: interrupted (preempted); rerun the sweep to resume it")
-          waiting.pop(tid, None)
+          plan.forget(tid)
           continue
         self.store.record(result)
         outcome.recorded[result.status] += 1
+        progress.trial_finished(time.time() - run.started)
         self.log(f"[sweep] {tid}: {result.status}"
                  + (f" final_eval_loss={result.final_eval_loss:.4f}"
                     if result.status == results_store.COMPLETED else
                     f" ({self._short_reason(result)})"))
-        for callback in waiting.pop(tid, []):
-          callback(result.objective)
-      gather()
+        plan.observe(tid, result.objective)
+      queue.extend(plan.propose(known))
+    show()
 
   def _short_reason(self, result: results_store.TrialResult) -> str:
     """The console form of a failure: the trainer's own error line, not the command line."""

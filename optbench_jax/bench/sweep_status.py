@@ -1,0 +1,155 @@
+"""``trainers.sweep --workdir=DIR --status``: what a sweep has done, is running, failed and has left.
+
+Reads only: the sweep's snapshot (``sweep.json``), its results store and its
+trial directories; nothing is launched, locked or written, so it is safe while
+the sweep's driver runs. The trials left are replayed from the store through
+the sweep's own :class:`~optbench_jax.bench.trial_plan.TrialPlan`, so they are
+exactly the trials the next invocation would start now. A tuner proposes more
+trials as results arrive (coordinate descent, edge extension, seed replicas),
+so "left" counts the trials known so far.
+
+States: ``completed`` / ``diverged`` (recorded), ``running`` (a live process
+holds the trial's workdir lock), ``interrupted`` (started, no result: it
+resumes from its checkpoint), ``failed`` (its last attempt crashed; a rerun
+retries it), ``pending`` (not started).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from optbench_jax import workdir_lock
+from optbench_jax.bench import results_store, trial_plan
+
+RUNNING, INTERRUPTED, PENDING = "running", "interrupted", "pending"
+STATES = (results_store.COMPLETED, results_store.DIVERGED, RUNNING, INTERRUPTED,
+          results_store.FAILED, PENDING)
+
+
+class StatusError(ValueError):
+  """The directory holds no sweep."""
+
+
+@dataclasses.dataclass
+class TrialRow:
+  trial_id: str
+  optimizer: str
+  budget_steps: int
+  seed: int
+  hparams: dict[str, Any]
+  state: str
+  steps_done: int = 0
+  final_eval_loss: float = math.nan
+  note: str = ""
+
+
+def _last_step(trial_dir: str) -> int:
+  path = os.path.join(trial_dir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return 0
+  last = 0
+  with open(path) as f:
+    for line in f:
+      try:
+        last = max(last, int(json.loads(line).get("step", 0)))
+      except (ValueError, AttributeError):
+        continue   # a line being written
+  return last
+
+
+def collect(workdir: str) -> tuple[str, list[TrialRow]]:
+  """(sweep name, one row per known trial: recorded ones, then the ones left)."""
+  from optbench_jax.bench import sweep   # pylint: disable=import-outside-toplevel  (cycle)
+  snapshot_path = os.path.join(workdir, sweep.SWEEP_SNAPSHOT)
+  if not os.path.exists(snapshot_path):
+    raise StatusError(f"{workdir} holds no sweep (no {sweep.SWEEP_SNAPSHOT}); "
+                      "start one with --config")
+  with open(snapshot_path) as f:
+    plain = json.load(f)["sweep"]
+  store_path = os.path.join(workdir, results_store.STORE_FILENAME)
+  store = results_store.ResultsStore.open_existing(store_path) if os.path.exists(
+      store_path) else None
+  try:
+    final = {}
+    failures: dict[str, results_store.TrialResult] = {}
+    if store is not None:
+      for result in store.latest():
+        if result.status in results_store.FINAL_STATUSES:
+          final[result.trial_id] = result
+        else:
+          failures[result.trial_id] = result
+  finally:
+    if store is not None:
+      store.close()
+  plan = trial_plan.TrialPlan(plain)
+  recorded: list[trial_plan.Trial] = []
+
+  def known(trial):
+    # A failure is fed back as the runner fed it in the invocation that recorded it
+    # (objective inf), so the replay reaches the trials proposed after it.
+    result = final.get(trial.trial_id) or failures.get(trial.trial_id)
+    if result is None:
+      return None
+    recorded.append(trial)
+    return result.objective
+
+  left = plan.propose(known)
+  rows = []
+  for trial in recorded + left:
+    trial_dir = os.path.join(workdir, sweep.TRIALS_DIR, trial.trial_id)
+    result = final.get(trial.trial_id)
+    if result is not None:
+      rows.append(TrialRow(trial.trial_id, trial.optimizer, trial.budget_steps, trial.seed,
+                           dict(trial.hparams), result.status, result.steps,
+                           result.final_eval_loss, result.reason.splitlines()[0][:80]
+                           if result.reason else ""))
+      continue
+    steps = _last_step(trial_dir)
+    holder = workdir_lock.read_holder(trial_dir) if os.path.isdir(trial_dir) else None
+    if holder is not None:
+      state, note = RUNNING, f"pid {holder.get('pid')} on {holder.get('host', '?')}"
+    elif trial.trial_id in failures:
+      state = results_store.FAILED
+      note = failures[trial.trial_id].reason.splitlines()[0][:80] + " (a rerun retries it)"
+    elif os.path.isdir(os.path.join(trial_dir, "checkpoints")) or steps:
+      state, note = INTERRUPTED, "resumes from its checkpoint on rerun"
+    else:
+      state, note = PENDING, ""
+    rows.append(TrialRow(trial.trial_id, trial.optimizer, trial.budget_steps, trial.seed,
+                         dict(trial.hparams), state, steps, math.nan, note))
+  return str(plain.get("name", "")), rows
+
+
+def counts(rows: list[TrialRow]) -> dict[str, int]:
+  return {state: sum(1 for r in rows if r.state == state) for state in STATES}
+
+
+def render(workdir: str, console: Console | None = None) -> dict[str, int]:
+  """Prints the status table and the counts; returns the counts."""
+  name, rows = collect(workdir)
+  console = console or Console()
+  table = Table(title=f"sweep {name!r} in {workdir}", box=box.SIMPLE)
+  for column in ("trial", "optimizer", "budget", "seed", "state", "steps", "final eval loss",
+                 "note"):
+    table.add_column(column, justify="right" if column in ("budget", "seed", "steps",
+                                                           "final eval loss") else "left")
+  for r in rows:
+    table.add_row(r.trial_id, r.optimizer, str(r.budget_steps), str(r.seed), r.state,
+                  f"{r.steps_done}/{r.budget_steps}",
+                  "" if math.isnan(r.final_eval_loss) else f"{r.final_eval_loss:.4f}", r.note)
+  console.print(table)
+  n = counts(rows)
+  done = n[results_store.COMPLETED] + n[results_store.DIVERGED]
+  console.print(
+      f"done {done} ({n['completed']} completed, {n['diverged']} diverged), running "
+      f"{n[RUNNING]}, failed {n['failed']}, interrupted {n[INTERRUPTED]}, pending "
+      f"{n[PENDING]} (left: trials known so far; tuners propose more as results arrive)")
+  return n

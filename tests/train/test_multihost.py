@@ -190,3 +190,25 @@ def test_a_dead_host_stops_the_others_and_leaves_a_restorable_checkpoint(corpus,
   assert "does not restore" not in log
   summary = multihost.summary(workdir)
   assert summary["resumed_from_step"] == steps[-1] and summary["status"] == "completed"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"config.mesh.fsdp": 2}, "mesh data=2 x fsdp=2 x tensor=1 x expert=1 has 4 devices but 8"),
+    ({"config.data.global_batch_size": 15, "config.mesh.data": 1, "config.mesh.fsdp": 1,
+      "config.mesh.tensor": 4, "config.mesh.expert": 2},
+     "global_batch_size (15) must be divisible by the number of hosts (2)"),
+], ids=["mesh-mismatch", "batch-not-divisible"])
+def test_bad_multihost_input_is_one_error_on_every_host_before_compiling(
+    overrides, message, corpus, tmp_path):
+  workdir = str(tmp_path / "run")
+  argv = multihost.trainer_argv(workdir, {"config.data.path": corpus,
+                                          "config.data.synthetic_branching": 4,
+                                          "config.mesh.data": 2, "config.mesh.fsdp": 4,
+                                          **overrides})
+  codes = multihost.run(argv, workdir, processes=2, devices=4, timeout=TIMEOUT_S)
+  assert codes == [2, 2]
+  for index in range(2):
+    log = multihost.read_log(workdir, index)
+    errors = [l for l in log.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], log[-2000:]
+    assert "Compiling" not in log and not os.path.exists(os.path.join(workdir, "metrics.jsonl"))

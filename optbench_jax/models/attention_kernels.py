@@ -62,9 +62,8 @@ _CUDNN_DTYPES = ("bfloat16", "float16")
 
 def platform_of(mesh=None) -> str:
   """'cpu' | 'gpu' | 'tpu' of the mesh's devices (an abstract mesh or none: the default backend)."""
-  devices = getattr(mesh, "devices", None)
-  if devices is not None and getattr(devices, "size", 0):
-    return devices.flat[0].platform
+  if isinstance(mesh, jax.sharding.Mesh) and mesh.devices.size:
+    return mesh.devices.flat[0].platform
   return jax.default_backend()
 
 

@@ -29,6 +29,7 @@ def base_config() -> ml_collections.ConfigDict:
       z_loss=0.0,              # output-logit z-loss coefficient
       scan_layers=True,
       remat="none",            # none | full | dots
+      attention_impl="auto",   # auto | xla | cudnn | splash (auto: cuDNN on GPU, splash on TPU)
       compute_dtype="float32", # bfloat16 on GPU/TPU
       param_dtype="float32",
       num_experts=0,           # >= 2 for kind=moe (checked by models.ModelSpec)

@@ -2,6 +2,7 @@ r"""Train a Llama / MoE language model: ``python -m trainers.lm --config=configs
 
   python -m trainers.lm --config=configs/124m.py --config.optimizer.name=ademamix --workdir=runs/x
   python -m trainers.lm --config=configs/520m.py --dry_run      # sizes only, nothing allocated
+  python -m trainers.lm --config=configs/520m.py --dry_run --dry_run_device=h100   # fits?
 
 ``--config`` is an ml_collections config file (overrides: ``--config.a.b=v``);
 ``--workdir`` holds checkpoints, ``metrics.jsonl``, ``loss_curve.png`` and
@@ -38,6 +39,10 @@ _WORKDIR = flags.DEFINE_string(
     "runs/<config file>_<optimizer>).")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print sizes, FLOPs/token and per-device memory, "
                              "then exit.")
+_DRY_RUN_DEVICE = flags.DEFINE_string(
+    "dry_run_device", None, "With --dry_run: check the memory against this device's HBM "
+    "(v5e, v5p, h100, h200; default: all of them) and name the remat / attention_impl "
+    "setting that fits.")
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize().")
 _HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
     "heartbeat_timeout_s", 100, "Multi-host: how long the other processes wait on a dead one "
@@ -62,7 +67,7 @@ def main(argv):
 
   config = _CONFIG.value
   if _DRY_RUN.value:
-    train.dry_run(config)
+    train.dry_run(config, device=_DRY_RUN_DEVICE.value)
     return 0
   workdir = _WORKDIR.value
   if workdir is None:

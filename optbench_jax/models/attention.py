@@ -8,8 +8,10 @@ The rotation is computed in float32 and cast back. The score q_m . k_n then
 depends only on m - n (tested).
 
 The attention itself is ``jax.nn.dot_product_attention(is_causal=True)``
-(XLA on CPU/TPU, cuDNN flash attention on GPU when available); it handles
-GQA natively when num_kv_heads < num_heads.
+(XLA's expression on every backend: its default implementation); it handles
+GQA natively when num_kv_heads < num_heads. ``attention_impl`` (config
+``model.attention_impl``) swaps in a fused kernel instead (cuDNN flash on GPU,
+Pallas splash on TPU): see ``attention_kernels``.
 
 ``report_max_logits=True`` (the trainer sets it for QK-clip, Kimi Team 2025,
 arXiv 2507.20534) also returns, per query head h, the largest pre-softmax logit
@@ -28,7 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from optbench_jax.models import layers, sharding
+from optbench_jax.models import attention_kernels, layers, sharding
 
 
 def apply_rope(x: jax.Array, positions: jax.Array, theta: float = 10000.0) -> jax.Array:
@@ -56,6 +58,7 @@ class CausalSelfAttention(nn.Module):
   mesh: object = None
   rules: tuple = sharding.DEFAULT_RULES
   report_max_logits: bool = False
+  attention_impl: str = "xla"   # ModelSpec.attention_impl: auto | xla | cudnn | splash
 
   @nn.compact
   def __call__(self, x):
@@ -73,7 +76,12 @@ class CausalSelfAttention(nn.Module):
     positions = jnp.arange(s)
     q = apply_rope(q, positions, self.rope_theta)
     k = apply_rope(k, positions, self.rope_theta)
-    out = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+    impl = attention_kernels.resolve(self.attention_impl, attention_kernels.platform_of(self.mesh),
+                                     self.dtype, hd)
+    if impl == "xla":
+      out = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+    else:
+      out = attention_kernels.attention(q, k, v, impl, self.mesh, self.rules)
     out = sharding.constrain(out, ("batch", "seq", "act_heads", None), self.mesh, self.rules)
     y = proj(d, ("heads", "embed"), self.out_std, "o_proj")(out.reshape(b, s, h * hd))
     if not self.report_max_logits:

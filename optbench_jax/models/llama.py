@@ -49,7 +49,7 @@ class Block(nn.Module):
     h = layers.RMSNorm(s.norm_eps, dt, pdt, name="attn_norm")(x)
     attn = attention.CausalSelfAttention(
         s.num_heads, s.num_kv_heads, s.head_dim, s.rope_theta, s.init_std, out_std, dt, pdt,
-        self.mesh, self.rules, self.report_max_logits, name="attn")(h)
+        self.mesh, self.rules, self.report_max_logits, s.attention_impl, name="attn")(h)
     attn, max_logits = attn if self.report_max_logits else (attn, None)
     x = x + attn
     x = sharding.constrain(x, ("batch", "seq", "act_embed"), self.mesh, self.rules)

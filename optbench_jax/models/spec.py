@@ -19,6 +19,8 @@ from optbench_jax.models import layers
 KINDS = ("llama", "moe")
 REMAT = ("none", "full", "dots")
 DTYPES = ("float32", "bfloat16", "float16")
+# auto: cuDNN flash on GPU (bf16/fp16), Pallas splash on TPU, XLA elsewhere (attention_kernels).
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +39,7 @@ class ModelSpec:
   z_loss: float = 0.0
   scan_layers: bool = True
   remat: str = "none"
+  attention_impl: str = "auto"
   compute_dtype: str = "float32"
   param_dtype: str = "float32"
   num_experts: int = 0
@@ -101,6 +104,8 @@ class ModelSpec:
       fail("num_kv_heads", f"must divide num_heads={self.num_heads} (grouped-query attention)")
     if self.remat not in REMAT:
       fail("remat", f"must be one of {list(REMAT)}")
+    if self.attention_impl not in ATTENTION_IMPLS:
+      fail("attention_impl", f"must be one of {list(ATTENTION_IMPLS)}")
     for key in ("compute_dtype", "param_dtype"):
       if getattr(self, key) not in DTYPES:
         fail(key, f"must be one of {list(DTYPES)}")

@@ -4,7 +4,8 @@ From a trainer config (``configs/base.py`` schema) to everything a run, a dry
 run, a benchmark, a test or a sweep's pre-flight needs, in one order:
 
     resolve + validate the config (typos, values; the model via ModelSpec)
-    -> mesh over ``devices`` -> the batch split over hosts and batch axes
+    -> mesh over ``devices`` -> the attention implementation on that backend
+    -> the batch split over hosts and batch axes
     -> abstract parameters -> optimizer (registry, schedule, trainer-owned args)
     -> abstract state and its shardings (``mesh.factor_sharding``)
     -> model, jitted train and eval steps
@@ -29,6 +30,7 @@ import ml_collections
 import numpy as np
 
 from optbench_jax import models
+from optbench_jax.models import attention_kernels
 from optbench_jax.models import sharding as sharding_lib
 from optbench_jax.train import config_checks
 from optbench_jax.train import mesh as mesh_lib
@@ -48,6 +50,7 @@ class Run:
   optimizer: optimizer_lib.Optimizer
   abstract_state: state_lib.TrainState
   state_shardings: state_lib.TrainState
+  attention_impl: str = "xla"                 # model.attention_impl resolved on this backend
 
   @property
   def is_abstract(self) -> bool:
@@ -107,6 +110,7 @@ def build(config: Any, devices: Sequence | None = None, *, abstract: bool = Fals
   config_checks.validate(config)
   model_spec = models.ModelSpec.from_config(config.model)
   mesh = _mesh(config, devices, abstract)
+  attention_impl = resolve_attention(config, model_spec, attention_kernels.platform_of(mesh))
   batch_sharding = sharding_lib.batch_sharding(mesh)
   batch_axes = {a: mesh.shape[a] for a in jax.tree.leaves(tuple(batch_sharding.spec))
                 if a is not None}
@@ -119,7 +123,21 @@ def build(config: Any, devices: Sequence | None = None, *, abstract: bool = Fals
   shardings = state_lib.state_shardings(config.model, abstract_state, mesh,
                                          config.mesh.factor_sharding)
   return Run(config=config, model_spec=model_spec, mesh=mesh, batch_sharding=batch_sharding,
-             optimizer=optimizer, abstract_state=abstract_state, state_shardings=shardings)
+             optimizer=optimizer, abstract_state=abstract_state, state_shardings=shardings,
+             attention_impl=attention_impl)
+
+
+def resolve_attention(config: ml_collections.ConfigDict, model_spec: models.ModelSpec,
+                      platform: str) -> str:
+  """``model.attention_impl`` on ``platform`` ('xla' | 'cudnn' | 'splash'); ConfigError if it
+  cannot run there (``models/attention_kernels.py``)."""
+  try:
+    impl = attention_kernels.resolve(model_spec.attention_impl, platform,
+                                     model_spec.compute_dtype, model_spec.head_dim)
+    attention_kernels.check_seq_len(impl, config.data.seq_len)
+  except ValueError as e:
+    raise ConfigError(f"config.{e}") from None
+  return impl
 
 
 def check(config: Any, devices: Sequence | None = None) -> Run:

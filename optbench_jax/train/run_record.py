@@ -9,7 +9,8 @@ given with the record; a difference is refused with a one-line diff
 with the step it applies from, to the record's ``changes``.
 
 Operational keys do not change what is computed and are not compared: the mesh
-(a checkpoint restores onto any mesh), the data prefetch threads, and how often
+(a checkpoint restores onto any mesh), the attention kernel (exact attention
+either way: a run may resume on another backend), the data prefetch threads, and how often
 the run logs and checkpoints and how many checkpoints it keeps.
 
 Also here: what a rerun of a finished run does (a completed run is reported as
@@ -30,7 +31,7 @@ from optbench_jax.train.config_checks import ConfigError
 
 RECORD_NAME = "run_record.json"
 SUMMARY_NAME = "summary.json"
-OPERATIONAL_KEYS = ("mesh", "data.prefetch_threads", "train.log_every",
+OPERATIONAL_KEYS = ("mesh", "model.attention_impl", "data.prefetch_threads", "train.log_every",
                     "train.checkpoint_every", "train.keep_checkpoints")
 # Measured by the process that trained; a rerun that only reports keeps them.
 CARRIED_OVER = ("tokens_per_s", "mfu", "compile_time_s", "peak_flops", "peak_flops_source")

@@ -47,6 +47,7 @@ USER_ERROR_NAMES = frozenset({
     "CheckpointError",      # optbench_jax.train.checkpoint
     "ReportError",          # optbench_jax.bench.report
     "WorkdirLockedError",   # optbench_jax.workdir_lock
+    "StorageError",         # optbench_jax.storage (gs:// extra, endpoint, bucket)
 })
 
 

@@ -43,7 +43,6 @@ import json
 import os
 import shutil
 import tempfile
-import time
 from typing import Any, Iterator
 
 from optbench_jax import atomic_files
@@ -261,6 +260,12 @@ def write_json(path: str, obj: Any, **dump_kwargs: Any) -> None:
   write_text(path, json.dumps(obj, **dump_kwargs) + "\n")
 
 
+def remove_empty_dir(path: str) -> None:
+  """Removes a local directory if it is empty (GCS has no empty directories: nothing to do)."""
+  if not is_remote(path) and os.path.isdir(path) and not os.listdir(path):
+    os.rmdir(path)
+
+
 def remove(path: str) -> None:
   if not is_remote(path):
     os.remove(path)
@@ -383,12 +388,3 @@ def local_cache_dir(url: str, kind: str) -> str:
   digest = hashlib.sha256(f"{_endpoint()} {resolve(url)}".encode()).hexdigest()[:10]
   name = (key.replace("/", "_") or "_root") + f"-{digest}"
   return os.path.join(cache_root(), kind, bucket, name)
-
-
-def wait_until_exists(path: str, timeout_s: float, poll_s: float = 0.5) -> bool:
-  deadline = time.time() + timeout_s
-  while not exists(path):
-    if time.time() > deadline:
-      return False
-    time.sleep(poll_s)
-  return True

@@ -5,11 +5,19 @@ r"""A local Cloud Storage emulator for the gs:// tests: ``gcp-storage-emulator``
 
 The tests start it as a subprocess (``Emulator``, used by the ``gcs`` fixture in
 tests/conftest.py) on a free port, in memory, and always stop it. What the
-emulator lacks and this wrapper adds: the ``ifGenerationMatch`` precondition on
-object uploads and deletes (real GCS answers 412 Precondition Failed; the
-emulator ignores it), which the workdir lock on gs:// relies on. Everything else
-(JSON API, multipart and resumable uploads, ranged reads, prefix listings) the
-emulator serves as is.
+emulator (2026.7.19) lacks and this wrapper adds, as real GCS behaves:
+
+* the ``ifGenerationMatch`` precondition on object uploads and deletes (412
+  Precondition Failed; the emulator ignores it): the gs:// workdir lock relies
+  on it, and tensorstore's OCDBT manifest writes use it;
+* on reads, the ``x-goog-generation`` response header and the
+  ``ifGenerationMatch`` / ``ifGenerationNotMatch`` conditions (412 / 304):
+  tensorstore tracks each object's generation from that header and revalidates
+  cached reads with ``ifGenerationNotMatch``; without them orbax's second save
+  of a run fails with "Malformed StorageGeneration".
+
+Everything else (JSON API, multipart and resumable uploads, ranged reads,
+prefix listings) the emulator serves as is.
 """
 
 from __future__ import annotations
@@ -69,17 +77,45 @@ def _add_preconditions() -> None:
     data = request.data
     return data.get("meta", {}).get("name") if isinstance(data, dict) else None
 
+  original_download = objects.download
+
+  def download(request, response, storage, *args, **kwargs):
+    """Reads carry the generation (``x-goog-generation``, which tensorstore tracks) and honour
+    ``ifGenerationMatch`` (412) / ``ifGenerationNotMatch`` (304 Not Modified)."""
+    generation = current_generation(storage, request.params["bucket_name"],
+                                    request.params["object_id"])
+    if generation:
+      response["x-goog-generation"] = str(generation)
+      response["x-goog-metageneration"] = "1"
+      match = request.query.get("ifGenerationMatch")
+      not_match = request.query.get("ifGenerationNotMatch")
+      if match and int(match[0]) != generation:
+        response.status = HTTPStatus.PRECONDITION_FAILED
+        return None
+      if not_match and int(not_match[0]) == generation:
+        response.status = HTTPStatus.NOT_MODIFIED
+        return None
+    return original_download(request, response, storage, *args, **kwargs)
+
+  objects.download = download   # objects.get(alt=media) calls it by this name
   for _, methods in server.HANDLERS:
     for method, handler in list(methods.items()):
       if handler is objects.insert:
         methods[method] = guarded(handler, insert_name)
       elif handler is objects.delete:
         methods[method] = guarded(handler, lambda r: r.params["object_id"])
+      elif handler is original_download:
+        methods[method] = download
 
 
 def serve(port: int, buckets: list[str]) -> None:
   import logging  # pylint: disable=import-outside-toplevel
-  logging.disable(logging.CRITICAL)   # it logs every 404 as an error
+  if os.environ.get("GCS_EMULATOR_LOG"):   # debugging: every request, to stderr
+    from gcp_storage_emulator import server  # pylint: disable=import-outside-toplevel
+    server.RequestHandler.log_message = (
+        lambda self, fmt, *a: sys.stderr.write(f"{self.command} {self.path} -> {a[1:2]}\n"))
+  else:
+    logging.disable(logging.CRITICAL)   # it logs every 404 as an error
   from gcp_storage_emulator.handlers.buckets import create_bucket  # pylint: disable=import-outside-toplevel
   from gcp_storage_emulator.server import create_server  # pylint: disable=import-outside-toplevel
   _add_preconditions()
@@ -105,7 +141,9 @@ class Emulator:
     self.process = subprocess.Popen(
         [sys.executable, "-m", "tests.gcs_emulator", "--port", str(self.port),
          *(f"--bucket={b}" for b in self.buckets)],
-        cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cwd=root, stdout=subprocess.DEVNULL,
+        stderr=open(os.environ["GCS_EMULATOR_LOG"], "w") if os.environ.get("GCS_EMULATOR_LOG")
+        else subprocess.DEVNULL)
     deadline = time.time() + self.startup_timeout_s
     while True:
       try:

@@ -19,13 +19,13 @@ changed on purpose) than the files.
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from typing import Any, Callable
 
 import grain.checkpoint as grain_checkpoint
 import orbax.checkpoint as ocp
+
+from optbench_jax import storage
 
 
 DAMAGED_DIR = "checkpoints_damaged"
@@ -41,10 +41,15 @@ def _first_line(error: BaseException) -> str:
 
 
 class Checkpointer:
-  """``<workdir>/checkpoints``: save every N steps and at the end, restore the latest."""
+  """``<workdir>/checkpoints``: save every N steps and at the end, restore the latest.
+
+  A ``gs://`` workdir goes to orbax unchanged: orbax writes there through
+  tensorstore's ``gcs`` driver and, having no atomic rename on GCS, marks a
+  finished step with ``commit_success.txt`` instead of renaming a temp dir.
+  """
 
   def __init__(self, workdir: str, keep: int, async_save: bool = True):
-    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self.directory = storage.join(storage.resolve(workdir), "checkpoints")
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
@@ -97,11 +102,11 @@ class Checkpointer:
     return None, None
 
   def _set_aside(self, step: int) -> str:
-    source = os.path.join(self.directory, str(step))
-    target_dir = os.path.join(os.path.dirname(self.directory), DAMAGED_DIR)
-    os.makedirs(target_dir, exist_ok=True)
-    target = os.path.join(target_dir, f"{step}.{time.strftime('%Y%m%d-%H%M%S')}")
-    shutil.move(source, target)
+    source = storage.join(self.directory, str(step))
+    target_dir = storage.join(storage.parent(self.directory), DAMAGED_DIR)
+    storage.makedirs(target_dir)
+    target = storage.join(target_dir, f"{step}.{time.strftime('%Y%m%d-%H%M%S')}")
+    storage.move(source, target)
     return target
 
   def reached_preemption(self, step: int) -> bool:

@@ -1,6 +1,5 @@
 """optbench_jax.storage against the local GCS emulator (and the same calls on local paths)."""
 
-import json
 
 import pytest
 

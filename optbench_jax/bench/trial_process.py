@@ -3,6 +3,11 @@
 A trial is a ``trainers.lm`` process in its own session (stopping it stops
 anything it started), its output appended to ``<trial>/trial.log``, its
 ``metrics.jsonl`` read incrementally so a divergence rule can stop it early.
+For a ``gs://`` sweep the trial's workdir is in the bucket while its
+``trial.log`` is written on the driver's host (``log_dir``, the sweep's local
+cache: a process's output cannot stream into an object) and uploaded next to
+the trial's other files when the process ends; its ``metrics.jsonl`` is polled
+with ranged reads at most every ``REMOTE_POLL_S``.
 
 Tie to the driver (issue 14). A trial must neither outlive a dead driver nor
 run twice. Design:
@@ -32,6 +37,7 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
+from optbench_jax import storage
 from optbench_jax import workdir_lock
 from optbench_jax.bench import sweep_config
 
@@ -39,9 +45,11 @@ LOG_TAIL_LINES = 15
 STOP_GRACE_S = 30.0        # SIGTERM lets a trainer checkpoint; SIGKILL after this long
 LIVE_TRIAL_WAIT_S = STOP_GRACE_S + 30.0   # for a trial of a dead driver to checkpoint and exit
 _PR_SET_PDEATHSIG = 1      # <linux/prctl.h>
+REMOTE_POLL_S = 5.0        # a gs:// trial's metrics.jsonl is read at most this often
 
 
 def log_tail(path: str) -> str:
+  """The last lines of a trial.log (always a local file, see the module docstring)."""
   if not os.path.exists(path):
     return ""
   with open(path, errors="replace") as f:
@@ -96,14 +104,17 @@ class TrialProcess:
   """
 
   def __init__(self, trial: Any, trial_dir: str, argv: Sequence[str],
-               divergence: Callable[[list[dict[str, Any]]], str | None]):
+               divergence: Callable[[list[dict[str, Any]]], str | None],
+               log_dir: str | None = None):
     self.trial = trial
     self.trial_dir = trial_dir
     self.divergence = divergence
     self.started = time.time()
     self.diverged: str | None = None
     self.timed_out: str | None = None
-    self._log = open(os.path.join(trial_dir, "trial.log"), "a")
+    self.log_path = os.path.join(log_dir or trial_dir, "trial.log")
+    self._polled_at = 0.0
+    self._log = open(self.log_path, "a")
     self._log.write(f"\n=== attempt at {time.ctime()}: {' '.join(argv)}\n")
     self._log.flush()
     env = dict(os.environ)
@@ -117,14 +128,20 @@ class TrialProcess:
     self._metrics_offset = 0
 
   def check_divergence(self) -> None:
-    path = os.path.join(self.trial_dir, "metrics.jsonl")
-    if self.diverged or not os.path.exists(path):
+    path = storage.join(self.trial_dir, "metrics.jsonl")
+    if storage.is_remote(path):
+      if time.monotonic() - self._polled_at < REMOTE_POLL_S:
+        return
+      self._polled_at = time.monotonic()
+    if self.diverged or not storage.exists(path):
       return
-    with open(path) as f:
-      f.seek(self._metrics_offset)
-      chunk = f.read()
-    complete = chunk[:chunk.rfind("\n") + 1]        # only whole lines
-    self._metrics_offset += len(complete.encode())
+    try:
+      raw = storage.read_bytes(path, start=self._metrics_offset)
+    except (FileNotFoundError, ValueError):   # rewritten shorter meanwhile (a resume)
+      return
+    complete = raw[:raw.rfind(b"\n") + 1]        # only whole lines
+    self._metrics_offset += len(complete)
+    complete = complete.decode("utf-8", errors="replace")
     records = []
     for line in complete.splitlines():
       try:
@@ -149,3 +166,5 @@ class TrialProcess:
 
   def close(self) -> None:
     self._log.close()
+    if storage.is_remote(self.trial_dir):
+      storage.upload(self.log_path, storage.join(self.trial_dir, "trial.log"))

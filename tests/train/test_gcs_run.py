@@ -152,6 +152,8 @@ def test_sigterm_in_gs_then_resume_continues_identically(tmp_path, gcs, corpus):
              if "loss" in r]
   reference = {r["step"]: r["loss"] for r in metrics_lib.read_records(
       str(tmp_path / "full" / "metrics.jsonl")) if "loss" in r}
-  assert [r["step"] for r in records] == sorted(reference)
+  # The stopped process also logged at its stop step (not a multiple of log_every).
+  steps = {r["step"] for r in records}
+  assert set(reference) <= steps and steps - set(reference) <= {stopped["steps"]}
   after = [r for r in records if r["step"] > stopped["steps"]][1:]
   assert after and all(r["loss"] == pytest.approx(reference[r["step"]], rel=1e-6) for r in after)

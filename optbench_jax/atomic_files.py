@@ -5,7 +5,8 @@ A sweep stops trials with a signal at any moment (divergence, timeouts); a
 file in the same directory and ``os.replace``-ing it over the target is atomic on
 POSIX file systems. The file gets the mode ``open()`` would give it (0666 less
 the umask, usually 0644), not ``mkstemp``'s private 0600: a dataset manifest or a
-run summary is read by other users and workers.
+run summary is read by other users and workers. Local files only: ``gs://`` paths go
+through ``optbench_jax.storage`` (an object upload is atomic by itself).
 """
 
 from __future__ import annotations
@@ -28,15 +29,15 @@ def _umask() -> int:
   return mask
 
 
-def write_text(path: str | os.PathLike, text: str) -> None:
-  """Writes ``text`` to ``path`` atomically (temp file + fsync + ``os.replace``)."""
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+  """Writes ``data`` to ``path`` atomically (temp file + fsync + ``os.replace``)."""
   path = os.fspath(path)
   directory = os.path.dirname(path) or "."
   fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
   try:
     os.fchmod(fd, 0o666 & ~_umask())
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -44,6 +45,11 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+  """Writes ``text`` (UTF-8) to ``path`` atomically (temp file + fsync + ``os.replace``)."""
+  write_bytes(path, text.encode("utf-8"))
 
 
 def write_json(path: str | os.PathLike, obj: Any, **dump_kwargs: Any) -> None:

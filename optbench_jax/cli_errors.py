@@ -54,6 +54,7 @@ USER_ERROR_NAMES = frozenset({
     "ReportError",          # optbench_jax.bench.report
     "WorkdirLockedError",   # optbench_jax.workdir_lock
     "StatusError",          # optbench_jax.bench.sweep_status
+    "StorageError",         # optbench_jax.storage (gs:// extra, endpoint, bucket)
 })
 
 

@@ -23,8 +23,19 @@ dead holder. What this guarantees, per file system:
   written by another host and refreshed within ``stale_after_s`` (5 min) is
   refused even though the flock was granted; an older one is taken over. Two
   hosts that start within the same instant can still both win there.
-  (The trainer itself needs a POSIX path: a ``gs://`` workdir is used through a
-  gcsfuse mount.)
+* ``gs://`` work directories (``GcsWorkdirLock``, chosen by ``for_directory``):
+  no flock exists there, so the lock is the object ``<workdir>/.lock`` created
+  with the precondition ``ifGenerationMatch=0`` (create only if absent: of two
+  starters exactly one wins, whatever their hosts). The holder rewrites it with
+  its heartbeat under ``ifGenerationMatch=<its generation>`` and deletes it the
+  same way on release. Staleness: a lock object whose heartbeat is older than
+  ``stale_after_s`` (5 min; it compares the holder's clock with ours, so hosts
+  need NTP, as TPU VMs have) or whose holder is a dead pid on this host is taken
+  over, again under a generation precondition, so two takers cannot both win.
+  A holder whose heartbeat finds its generation replaced (it was partitioned
+  for longer than ``stale_after_s`` and someone took over) logs it loudly; it
+  cannot be stopped from the heartbeat thread. After a SIGKILL on another
+  host, a rerun waits out the 5 minutes (or the user deletes the object).
 
 A process that releases the lock removes the file, so a leftover ``.lock``
 always means a process that did not exit cleanly.
@@ -41,6 +52,8 @@ import sys
 import threading
 import time
 from typing import Any
+
+from optbench_jax import storage
 
 LOCK_NAME = ".lock"
 HEARTBEAT_S = 30.0
@@ -74,6 +87,8 @@ def _read_info(fd: int) -> dict[str, Any] | None:
 
 def read_holder(directory: str) -> dict[str, Any] | None:
   """The identity of the live process holding ``directory``'s lock, or None (free or stale)."""
+  if storage.is_remote(directory):
+    return GcsWorkdirLock(directory, "reader").live_holder()
   path = os.path.join(directory, LOCK_NAME)
   try:
     fd = os.open(path, os.O_RDONLY)
@@ -199,3 +214,131 @@ class WorkdirLock:
 
   def __exit__(self, *exc) -> None:
     self.release()
+
+
+def _pid_alive(pid: Any) -> bool:
+  try:
+    os.kill(int(pid), 0)
+  except (ProcessLookupError, ValueError, TypeError):
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+class GcsWorkdirLock:
+  """The ``gs://`` form of :class:`WorkdirLock` (see the module docstring); same interface."""
+
+  def __init__(self, directory: str, role: str, log=None, heartbeat_s: float = HEARTBEAT_S,
+               stale_after_s: float = STALE_AFTER_S):
+    self.directory = storage.resolve(directory)
+    self.path = storage.join(self.directory, LOCK_NAME)
+    self.role = role
+    self.heartbeat_s = heartbeat_s
+    self.stale_after_s = stale_after_s
+    self.took_over: dict[str, Any] | None = None
+    self._log = log or (lambda msg: print(msg, file=sys.stderr))
+    self._generation: int | None = None
+    self._info: dict[str, Any] = {}
+    self._stop = threading.Event()
+    self._thread: threading.Thread | None = None
+    self._mutex = threading.Lock()
+
+  def _is_stale(self, info: dict[str, Any]) -> bool:
+    if info.get("host") == socket.gethostname() and not _pid_alive(info.get("pid")):
+      return True   # a dead process of this host: no need to wait for its heartbeat to age
+    age = time.time() - float(info.get("heartbeat", 0) or 0)
+    return age >= self.stale_after_s
+
+  def _current(self) -> tuple[int, dict[str, Any]] | None:
+    found = storage.stat_generation(self.path)
+    if found is None:
+      return None
+    generation, raw = found
+    try:
+      info = json.loads(raw)
+    except ValueError:
+      info = {}
+    return generation, info if isinstance(info, dict) else {}
+
+  def live_holder(self) -> dict[str, Any] | None:
+    current = self._current()
+    if current is None or self._is_stale(current[1]):
+      return None
+    return current[1]
+
+  def acquire(self) -> "GcsWorkdirLock":
+    self._info = dict(pid=os.getpid(), host=socket.gethostname(), role=self.role,
+                      started=time.time(), heartbeat=time.time(), argv=sys.argv[:8])
+    for _ in range(10):   # retried only when the object vanishes between create and read
+      generation = storage.create_exclusive(self.path, json.dumps(self._info).encode())
+      if generation is not None:
+        break
+      current = self._current()
+      if current is None:
+        continue   # released meanwhile: try to create it again
+      old_generation, previous = current
+      if not self._is_stale(previous):
+        age = time.time() - float(previous.get("heartbeat", 0) or 0)
+        raise WorkdirLockedError(
+            f"work directory {self.directory} is in use by {_describe(previous)} (heartbeat "
+            f"{age:.0f} s ago); stop that process first, or if it is dead wait "
+            f"{max(0.0, self.stale_after_s - age):.0f} s or delete {self.path}")
+      generation = storage.replace_if_generation(self.path, json.dumps(self._info).encode(),
+                                                 old_generation)
+      if generation is None:
+        raise WorkdirLockedError(f"work directory {self.directory}: another process took over "
+                                 "its stale lock at the same moment; retry")
+      self.took_over = previous
+      self._log(f"warning: taking over the stale lock of {self.directory}: "
+                f"{_describe(previous)} did not release it (it was killed or crashed)")
+      break
+    else:
+      raise WorkdirLockedError(f"could not lock {self.path}: it keeps being replaced")
+    self._generation = generation
+    self._stop.clear()
+    self._thread = threading.Thread(target=self._beat, name="workdir-lock-heartbeat",
+                                    daemon=True)
+    self._thread.start()
+    return self
+
+  def _beat(self) -> None:
+    while not self._stop.wait(self.heartbeat_s):
+      with self._mutex:
+        if self._generation is None:
+          return
+        self._info["heartbeat"] = time.time()
+        try:
+          generation = storage.replace_if_generation(
+              self.path, json.dumps(self._info).encode(), self._generation)
+        except Exception:  # pylint: disable=broad-except  (a transient network error: retry)
+          continue
+        if generation is None:
+          self._log(f"error: the lock of {self.directory} was taken over by another process "
+                    "(this one's heartbeat was older than "
+                    f"{self.stale_after_s:.0f} s); two processes may now write this directory")
+          self._generation = None
+          return
+        self._generation = generation
+
+  def release(self) -> None:
+    self._stop.set()
+    if self._thread is not None:
+      self._thread.join()
+      self._thread = None
+    with self._mutex:
+      generation, self._generation = self._generation, None
+    if generation is not None:
+      storage.delete_if_generation(self.path, generation)
+
+  def __enter__(self) -> "GcsWorkdirLock":
+    return self.acquire()
+
+  def __exit__(self, *exc) -> None:
+    self.release()
+
+
+def for_directory(directory: str, role: str, log=None, **kwargs):
+  """The lock for ``directory``: :class:`WorkdirLock` locally, :class:`GcsWorkdirLock` on gs://."""
+  cls = GcsWorkdirLock if storage.is_remote(directory) else WorkdirLock
+  return cls(directory, role, log=log, **kwargs)

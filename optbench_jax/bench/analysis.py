@@ -24,6 +24,7 @@ from typing import Any, Mapping, Sequence
 import jax
 import numpy as np
 
+from optbench_jax import storage
 from optbench_jax.bench import results_store, speedup, tuning
 from optbench_jax.bench.sweep import SWEEP_SNAPSHOT
 
@@ -159,18 +160,29 @@ def optimizer_state_bytes_per_param(config: Mapping[str, Any]) -> float:
   return state_bytes / n_params
 
 
+def store_path(run_dir: str) -> str:
+  """A local path to ``run_dir``'s results store: the file itself, or for a ``gs://`` sweep a
+  fresh download of the bucket's copy into the host-local cache (SQLite reads local files)."""
+  path = storage.join(run_dir, results_store.STORE_FILENAME)
+  if not storage.is_remote(run_dir):
+    return path
+  if not storage.exists(path):
+    raise FileNotFoundError(f"no results store at {path}")
+  local = os.path.join(storage.local_cache_dir(run_dir, "reports"), results_store.STORE_FILENAME)
+  storage.download(path, local)
+  return local
+
+
 def analyse(run_dir: str, num_bootstrap: int | None = None,
             memory: bool = True) -> SweepAnalysis:
   """Reads ``run_dir`` (a sweep workdir) and computes everything the report shows."""
-  snapshot_path = os.path.join(run_dir, SWEEP_SNAPSHOT)
-  if not os.path.exists(snapshot_path):
+  snapshot_path = storage.join(run_dir, SWEEP_SNAPSHOT)
+  if not storage.exists(snapshot_path):
     raise FileNotFoundError(f"{run_dir} is not a sweep workdir (no {SWEEP_SNAPSHOT})")
-  with open(snapshot_path) as f:
-    sweep = json.load(f)["sweep"]
+  sweep = storage.read_json(snapshot_path)["sweep"]
   if num_bootstrap is not None:
     sweep["speedup"]["num_bootstrap"] = num_bootstrap
-  with results_store.ResultsStore.open_existing(
-      os.path.join(run_dir, results_store.STORE_FILENAME)) as store:
+  with results_store.ResultsStore.open_existing(store_path(run_dir)) as store:
     results = store.latest()
   best = best_configs(results, list(sweep["optimizers"]), sorted(sweep["budgets"]),
                       sweep["seeds"][0])

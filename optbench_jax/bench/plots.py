@@ -16,6 +16,8 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-imp
 
 from optbench_jax.bench import sensitivity  # pylint: disable=wrong-import-position
 
+from optbench_jax import storage
+
 
 def _axes():
   # 20 distinct colours: a sweep can hold every registered optimizer (18).
@@ -29,7 +31,8 @@ def _save(fig, path: str) -> str:
     if ax.get_legend_handles_labels()[0]:
       ax.legend(fontsize=7, ncol=2)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  with storage.local_file_for_writing(path) as local:   # path may be gs://
+    fig.savefig(local, dpi=110, format="png")
   plt.close(fig)
   return path
 

@@ -20,9 +20,7 @@ The document is built once as a list of blocks and rendered to both formats.
 from __future__ import annotations
 
 import html
-import json
 import math
-import os
 import sqlite3
 import sys
 from typing import Any, Sequence
@@ -30,6 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from optbench_jax.bench import analysis as analysis_lib
+from optbench_jax import storage
 from optbench_jax.bench import plots, results_store, sensitivity, speedup
 
 PLOTS_DIR = "plots"
@@ -41,20 +40,24 @@ class ReportError(Exception):
 
 def check_run_dir(run_dir: str) -> None:
   """Raises ReportError unless ``run_dir`` holds a readable sweep snapshot and results store."""
-  if not os.path.isdir(run_dir):
+  if storage.is_remote(run_dir):
+    try:
+      storage.check_reachable(run_dir)
+    except storage.StorageError as e:
+      raise ReportError(f"{run_dir}: {e}") from None
+  if not storage.isdir(run_dir):
     raise ReportError(f"{run_dir} is not a directory")
-  snapshot = os.path.join(run_dir, analysis_lib.SWEEP_SNAPSHOT)
-  if not os.path.exists(snapshot):
+  snapshot = storage.join(run_dir, analysis_lib.SWEEP_SNAPSHOT)
+  if not storage.exists(snapshot):
     raise ReportError(f"{run_dir} is not a sweep workdir (no {analysis_lib.SWEEP_SNAPSHOT}; "
                       "run trainers.sweep there first)")
   try:
-    with open(snapshot) as f:
-      json.load(f)["sweep"]
+    storage.read_json(snapshot)["sweep"]
   except (ValueError, KeyError, TypeError) as e:
     raise ReportError(f"{snapshot} is damaged ({type(e).__name__}: {e})") from None
-  store = os.path.join(run_dir, results_store.STORE_FILENAME)
+  store = storage.join(run_dir, results_store.STORE_FILENAME)
   try:
-    results_store.ResultsStore.open_existing(store).close()
+    results_store.ResultsStore.open_existing(analysis_lib.store_path(run_dir)).close()
   except FileNotFoundError:
     raise ReportError(f"{run_dir} has no results store ({results_store.STORE_FILENAME})") from None
   except (sqlite3.DatabaseError, results_store.StoreMismatchError, KeyError) as e:
@@ -172,8 +175,8 @@ def build(run_dir: str, num_bootstrap: int | None = None) -> list[tuple]:
       "A '*' marks a best value at the edge of the values tried (grid plus any edge "
       "extension): the optimum may lie beyond it. "
       "'not run': no trial yet, or (untuned budgets) no tuned config to transfer.")))
-  plot_dir = os.path.join(run_dir, PLOTS_DIR)
-  os.makedirs(plot_dir, exist_ok=True)
+  plot_dir = storage.join(run_dir, PLOTS_DIR)
+  storage.makedirs(plot_dir)
   for budget in a.budgets:
     per_step = next((r.budget_tokens / r.budget_steps for r in a.results if r.budget_steps), 0)
     tokens = int(budget * per_step)
@@ -201,13 +204,13 @@ def build(run_dir: str, num_bootstrap: int | None = None) -> list[tuple]:
                     for r in sorted(bad, key=lambda r: r.trial_id)]))
   blocks.append(("h", 2, "Figures"))
   for budget in a.budgets:
-    path = plots.loss_curves(a, budget, os.path.join(plot_dir, f"loss_curves_{budget}.png"))
-    blocks.append(("img", os.path.relpath(path, run_dir),
+    path = plots.loss_curves(a, budget, storage.join(plot_dir, f"loss_curves_{budget}.png"))
+    blocks.append(("img", f"{PLOTS_DIR}/{storage.basename(path)}",
                    f"Validation loss of the best runs, {budget} steps"))
-    path = plots.lr_sensitivity(a, budget, os.path.join(plot_dir, f"lr_sensitivity_{budget}.png"))
-    blocks.append(("img", os.path.relpath(path, run_dir), f"Learning-rate sensitivity, {budget} steps"))
-  path = plots.speedup_vs_budget(a, os.path.join(plot_dir, "speedup_vs_budget.png"))
-  blocks.append(("img", os.path.relpath(path, run_dir), f"Speedup over {a.reference} vs budget"))
+    path = plots.lr_sensitivity(a, budget, storage.join(plot_dir, f"lr_sensitivity_{budget}.png"))
+    blocks.append(("img", f"{PLOTS_DIR}/{storage.basename(path)}", f"Learning-rate sensitivity, {budget} steps"))
+  path = plots.speedup_vs_budget(a, storage.join(plot_dir, "speedup_vs_budget.png"))
+  blocks.append(("img", f"{PLOTS_DIR}/{storage.basename(path)}", f"Speedup over {a.reference} vs budget"))
   return blocks
 
 
@@ -262,12 +265,10 @@ def to_html(blocks: Sequence[tuple], title: str) -> str:
 def write_report(run_dir: str, num_bootstrap: int | None = None) -> tuple[str, str]:
   """Writes report.md, report.html and the PNGs into ``run_dir``; returns the two paths."""
   blocks = build(run_dir, num_bootstrap)
-  md_path = os.path.join(run_dir, "report.md")
-  html_path = os.path.join(run_dir, "report.html")
-  with open(md_path, "w") as f:
-    f.write(to_markdown(blocks))
-  with open(html_path, "w") as f:
-    f.write(to_html(blocks, blocks[0][2]))
+  md_path = storage.join(run_dir, "report.md")
+  html_path = storage.join(run_dir, "report.html")
+  storage.write_text(md_path, to_markdown(blocks))
+  storage.write_text(html_path, to_html(blocks, blocks[0][2]))
   return md_path, html_path
 
 
@@ -278,7 +279,7 @@ def main(argv: Sequence[str]) -> int:
     return 2
   check_run_dir(argv[1])
   md_path, html_path = write_report(argv[1])
-  print(f"wrote {md_path}, {html_path} and {os.path.join(argv[1], PLOTS_DIR)}/*.png")
+  print(f"wrote {md_path}, {html_path} and {storage.join(argv[1], PLOTS_DIR)}/*.png")
   return 0
 
 

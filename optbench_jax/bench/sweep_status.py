@@ -1,7 +1,8 @@
 """``trainers.sweep --workdir=DIR --status``: what a sweep has done, is running, failed and has left.
 
 Reads only: the sweep's snapshot (``sweep.json``), its results store and its
-trial directories; nothing is launched, locked or written, so it is safe while
+trial directories, locally or in a ``gs://`` bucket (the store through a fresh
+local copy, as the report reads it); nothing is launched, locked or written, so it is safe while
 the sweep's driver runs. The trials left are replayed from the store through
 the sweep's own :class:`~optbench_jax.bench.trial_plan.TrialPlan`, so they are
 exactly the trials the next invocation would start now. A tuner proposes more
@@ -19,15 +20,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from typing import Any
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from optbench_jax import storage
 from optbench_jax import workdir_lock
-from optbench_jax.bench import results_store, trial_plan
+from optbench_jax.bench import analysis, results_store, trial_plan
 
 RUNNING, INTERRUPTED, PENDING = "running", "interrupted", "pending"
 STATES = (results_store.COMPLETED, results_store.DIVERGED, RUNNING, INTERRUPTED,
@@ -52,31 +53,29 @@ class TrialRow:
 
 
 def _last_step(trial_dir: str) -> int:
-  path = os.path.join(trial_dir, "metrics.jsonl")
-  if not os.path.exists(path):
+  path = storage.join(trial_dir, "metrics.jsonl")
+  if not storage.exists(path):
     return 0
   last = 0
-  with open(path) as f:
-    for line in f:
-      try:
-        last = max(last, int(json.loads(line).get("step", 0)))
-      except (ValueError, AttributeError):
-        continue   # a line being written
+  for line in storage.read_text(path).splitlines():
+    try:
+      last = max(last, int(json.loads(line).get("step", 0)))
+    except (ValueError, AttributeError):
+      continue   # a line being written
   return last
 
 
 def collect(workdir: str) -> tuple[str, list[TrialRow]]:
   """(sweep name, one row per known trial: recorded ones, then the ones left)."""
   from optbench_jax.bench import sweep   # pylint: disable=import-outside-toplevel  (cycle)
-  snapshot_path = os.path.join(workdir, sweep.SWEEP_SNAPSHOT)
-  if not os.path.exists(snapshot_path):
+  workdir = storage.resolve(workdir)
+  snapshot_path = storage.join(workdir, sweep.SWEEP_SNAPSHOT)
+  if not storage.exists(snapshot_path):
     raise StatusError(f"{workdir} holds no sweep (no {sweep.SWEEP_SNAPSHOT}); "
                       "start one with --config")
-  with open(snapshot_path) as f:
-    plain = json.load(f)["sweep"]
-  store_path = os.path.join(workdir, results_store.STORE_FILENAME)
-  store = results_store.ResultsStore.open_existing(store_path) if os.path.exists(
-      store_path) else None
+  plain = storage.read_json(snapshot_path)["sweep"]
+  store = (results_store.ResultsStore.open_existing(analysis.store_path(workdir))
+           if storage.exists(storage.join(workdir, results_store.STORE_FILENAME)) else None)
   try:
     final = {}
     failures: dict[str, results_store.TrialResult] = {}
@@ -104,7 +103,7 @@ def collect(workdir: str) -> tuple[str, list[TrialRow]]:
   left = plan.propose(known)
   rows = []
   for trial in recorded + left:
-    trial_dir = os.path.join(workdir, sweep.TRIALS_DIR, trial.trial_id)
+    trial_dir = storage.join(workdir, sweep.TRIALS_DIR, trial.trial_id)
     result = final.get(trial.trial_id)
     if result is not None:
       rows.append(TrialRow(trial.trial_id, trial.optimizer, trial.budget_steps, trial.seed,
@@ -113,13 +112,13 @@ def collect(workdir: str) -> tuple[str, list[TrialRow]]:
                            if result.reason else ""))
       continue
     steps = _last_step(trial_dir)
-    holder = workdir_lock.read_holder(trial_dir) if os.path.isdir(trial_dir) else None
+    holder = workdir_lock.read_holder(trial_dir) if storage.isdir(trial_dir) else None
     if holder is not None:
       state, note = RUNNING, f"pid {holder.get('pid')} on {holder.get('host', '?')}"
     elif trial.trial_id in failures:
       state = results_store.FAILED
       note = failures[trial.trial_id].reason.splitlines()[0][:80] + " (a rerun retries it)"
-    elif os.path.isdir(os.path.join(trial_dir, "checkpoints")) or steps:
+    elif storage.isdir(storage.join(trial_dir, "checkpoints")) or steps:
       state, note = INTERRUPTED, "resumes from its checkpoint on rerun"
     else:
       state, note = PENDING, ""

@@ -3,6 +3,11 @@
 A trial is a ``trainers.lm`` process in its own session (stopping it stops
 anything it started), its output appended to ``<trial>/trial.log``, its
 ``metrics.jsonl`` read incrementally so a divergence rule can stop it early.
+For a ``gs://`` sweep the trial's workdir is in the bucket while its
+``trial.log`` is written on the driver's host (``log_dir``, the sweep's local
+cache: a process's output cannot stream into an object) and uploaded next to
+the trial's other files when the process ends; its ``metrics.jsonl`` is polled
+with ranged reads at most every ``REMOTE_POLL_S``.
 
 Tie to the driver (issue 14). A trial must neither outlive a dead driver nor
 run twice. Design:
@@ -32,6 +37,7 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 from optbench_jax import process_group
+from optbench_jax import storage
 from optbench_jax import workdir_lock
 from optbench_jax.bench import sweep_config
 
@@ -40,9 +46,11 @@ STOP_GRACE_S = 30.0        # SIGTERM lets a trainer checkpoint; SIGKILL after th
 LIVE_TRIAL_WAIT_S = STOP_GRACE_S + 30.0   # for a trial of a dead driver to checkpoint and exit
 BROKEN_GRACE_S = 120.0     # a multi-host trial with a dead process: stop the rest after this
 _PR_SET_PDEATHSIG = 1      # <linux/prctl.h>
+REMOTE_POLL_S = 5.0        # a gs:// trial's metrics.jsonl is read at most this often
 
 
 def log_tail(path: str) -> str:
+  """The last lines of a trial.log (always a local file, see the module docstring)."""
   if not os.path.exists(path):
     return ""
   with open(path, errors="replace") as f:
@@ -139,14 +147,19 @@ class TrialProcess:
 
   def __init__(self, trial: Any, trial_dir: str, argv: Sequence[str],
                divergence: Callable[[list[dict[str, Any]]], str | None], hosts: int = 1,
-               local_devices: int | None = None):
+               local_devices: int | None = None, log_dir: str | None = None):
     self.trial = trial
     self.trial_dir = trial_dir
     self.divergence = divergence
     self.started = time.time()
     self.diverged: str | None = None
     self.timed_out: str | None = None
-    self._logs = [open(os.path.join(trial_dir, host_log_name(i)), "a") for i in range(hosts)]
+    # Logs are local files (GCS has no append): ``log_dir`` is a local directory when
+    # ``trial_dir`` is a gs:// URL, and ``close`` uploads them into the trial's directory.
+    self.log_dir = log_dir or trial_dir
+    self.log_path = os.path.join(self.log_dir, host_log_name(0))
+    self._polled_at = 0.0
+    self._logs = [open(os.path.join(self.log_dir, host_log_name(i)), "a") for i in range(hosts)]
     for log in self._logs:
       log.write(f"\n=== attempt at {time.ctime()}: {' '.join(argv)}\n")
       log.flush()
@@ -161,14 +174,20 @@ class TrialProcess:
     return self.group.poll()
 
   def check_divergence(self) -> None:
-    path = os.path.join(self.trial_dir, "metrics.jsonl")
-    if self.diverged or not os.path.exists(path):
+    path = storage.join(self.trial_dir, "metrics.jsonl")
+    if storage.is_remote(path):
+      if time.monotonic() - self._polled_at < REMOTE_POLL_S:
+        return
+      self._polled_at = time.monotonic()
+    if self.diverged or not storage.exists(path):
       return
-    with open(path) as f:
-      f.seek(self._metrics_offset)
-      chunk = f.read()
-    complete = chunk[:chunk.rfind("\n") + 1]        # only whole lines
-    self._metrics_offset += len(complete.encode())
+    try:
+      raw = storage.read_bytes(path, start=self._metrics_offset)
+    except (FileNotFoundError, ValueError):   # rewritten shorter meanwhile (a resume)
+      return
+    complete = raw[:raw.rfind(b"\n") + 1]        # only whole lines
+    self._metrics_offset += len(complete)
+    complete = complete.decode("utf-8", errors="replace")
     records = []
     for line in complete.splitlines():
       try:
@@ -185,16 +204,21 @@ class TrialProcess:
     self.group.stop(grace_s=STOP_GRACE_S)
 
   def close(self) -> None:
-    for log in self._logs:
+    for index, log in enumerate(self._logs):
       log.close()
+      if storage.is_remote(self.trial_dir):
+        storage.upload(os.path.join(self.log_dir, host_log_name(index)),
+                       storage.join(self.trial_dir, host_log_name(index)))
 
 
 class LocalExecutor:
   """Runs trials as processes of this machine: ``launch`` returns a :class:`TrialProcess`.
 
-  The seam a cluster executor replaces: ``launch(trial, trial_dir, argv, divergence)``
-  returns a handle with ``trial``, ``trial_dir``, ``started``, ``diverged``,
-  ``timed_out``, ``check_divergence()``, ``poll()``, ``stop()`` and ``close()``.
+  The seam a cluster executor replaces: ``launch(trial, trial_dir, argv, divergence,
+  log_dir=None)`` returns a handle with ``trial``, ``trial_dir``, ``started``,
+  ``diverged``, ``timed_out``, ``check_divergence()``, ``poll()``, ``stop()`` and
+  ``close()``; ``log_dir`` is where the trial's logs are written (local) when
+  ``trial_dir`` is a gs:// URL.
   """
 
   def __init__(self, hosts_per_trial: int = 1):
@@ -202,9 +226,10 @@ class LocalExecutor:
     self.local_devices = local_devices_per_host(hosts_per_trial)
 
   def launch(self, trial: Any, trial_dir: str, argv: Sequence[str],
-             divergence: Callable[[list[dict[str, Any]]], str | None]) -> TrialProcess:
+             divergence: Callable[[list[dict[str, Any]]], str | None],
+             log_dir: str | None = None) -> TrialProcess:
     return TrialProcess(trial, trial_dir, argv, divergence, hosts=self.hosts_per_trial,
-                        local_devices=self.local_devices)
+                        local_devices=self.local_devices, log_dir=log_dir)
 
   def close(self) -> None:
     pass

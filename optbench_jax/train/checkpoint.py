@@ -21,15 +21,14 @@ changed on purpose) than the files.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from typing import Any, Callable
 
-from etils import epath
 import grain.checkpoint as grain_checkpoint
 import jax
 import orbax.checkpoint as ocp
+
+from optbench_jax import storage
 
 
 DAMAGED_DIR = "checkpoints_damaged"
@@ -45,10 +44,15 @@ def _first_line(error: BaseException) -> str:
 
 
 class Checkpointer:
-  """``<workdir>/checkpoints``: save every N steps and at the end, restore the latest."""
+  """``<workdir>/checkpoints``: save every N steps and at the end, restore the latest.
+
+  A ``gs://`` workdir goes to orbax unchanged: orbax writes there through
+  tensorstore's ``gcs`` driver and, having no atomic rename on GCS, marks a
+  finished step with ``commit_success.txt`` instead of renaming a temp dir.
+  """
 
   def __init__(self, workdir: str, keep: int, async_save: bool = True):
-    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self.directory = storage.join(storage.resolve(workdir), "checkpoints")
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
@@ -74,16 +78,17 @@ class Checkpointer:
     processes, every file holds the same state and it is read from them directly
     (after checking that they agree).
     """
-    data_dir = epath.Path(self.directory) / str(step) / "data"
-    own_file = data_dir / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
-    if own_file.exists() or not data_dir.exists():
+    data_dir = storage.join(self.directory, str(step), "data")
+    own_file = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    files = sorted(n for n in storage.listdir(data_dir)
+                   if n.startswith("process_") and n.endswith(".json")) if storage.isdir(
+                       data_dir) else []
+    if own_file in files or not files:
       restored = self.manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract_state),
           data=grain_checkpoint.CheckpointRestore(data_iterator)))
       return restored["state"]
-    states = {f.name: json.loads(f.read_text()) for f in sorted(data_dir.glob("process_*.json"))}
-    if not states:
-      raise FileNotFoundError(f"no data iterator file in {data_dir}")
+    states = {name: json.loads(storage.read_text(storage.join(data_dir, name))) for name in files}
     if any(state != next(iter(states.values())) for state in states.values()):
       raise ValueError(f"the per-process iterator files in {data_dir} disagree "
                        f"({sorted(states)}); cannot restore onto {jax.process_count()} process(es)")
@@ -121,11 +126,11 @@ class Checkpointer:
     return None, None
 
   def _set_aside(self, step: int) -> str:
-    source = os.path.join(self.directory, str(step))
-    target_dir = os.path.join(os.path.dirname(self.directory), DAMAGED_DIR)
-    os.makedirs(target_dir, exist_ok=True)
-    target = os.path.join(target_dir, f"{step}.{time.strftime('%Y%m%d-%H%M%S')}")
-    shutil.move(source, target)
+    source = storage.join(self.directory, str(step))
+    target_dir = storage.join(storage.parent(self.directory), DAMAGED_DIR)
+    storage.makedirs(target_dir)
+    target = storage.join(target_dir, f"{step}.{time.strftime('%Y%m%d-%H%M%S')}")
+    storage.move(source, target)
     return target
 
   def reached_preemption(self, step: int) -> bool:

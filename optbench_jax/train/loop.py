@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging as pylogging
-import os
 import signal
 import threading
 import time
@@ -44,10 +43,11 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from optbench_jax import atomic_files
 from optbench_jax import data as data_lib
 from optbench_jax import models
+from optbench_jax import storage
 from optbench_jax import workdir_lock
+from optbench_jax.data import remote as remote_data
 from optbench_jax.models import flops as flops_lib
 from optbench_jax.train import assembly
 from optbench_jax.train import checkpoint as checkpoint_lib
@@ -94,10 +94,17 @@ class _StopSignal:
 
 
 def _prepare_data(config: ml_collections.ConfigDict, workdir: str):
-  """The corpus manifest: the synthetic corpus is generated (once) into data.path or workdir/data."""
+  """The corpus manifest: the synthetic corpus is generated (once) into data.path or workdir/data.
+
+  A ``gs://`` corpus is read from a verified host-local copy (``data.remote``); a
+  synthetic corpus whose place is ``gs://`` (a gs:// workdir) is generated into
+  the host-local cache instead, since it is a deterministic function of its seed.
+  """
   d = config.data
   if d.source == "synthetic":
-    path = d.path or os.path.join(workdir, "data")
+    path = d.path or storage.join(workdir, "data")
+    if storage.is_remote(path):
+      path = storage.local_cache_dir(path, "synthetic")
     make = lambda: data_lib.write_synthetic_corpus(  # pylint: disable=g-long-lambda
         path, vocab_size=d.synthetic_vocab_size, branching=d.synthetic_branching,
         seed=d.synthetic_seed, train_tokens=d.synthetic_train_tokens,
@@ -111,10 +118,16 @@ def _prepare_data(config: ml_collections.ConfigDict, workdir: str):
     except (data_lib.DataError, ValueError) as e:
       raise ConfigError(f"config.data (synthetic corpus at {path}): {e}") from None
   else:
-    if not d.path or not os.path.isdir(d.path):
-      raise ConfigError(f"config.data.path {d.path!r} is not a directory (data.source='shards')")
     try:
-      manifest = data_lib.read_manifest(d.path)
+      if storage.is_remote(d.path):
+        storage.check_reachable(d.path)
+      if not d.path or not storage.isdir(d.path):
+        raise ConfigError(f"config.data.path {d.path!r} is not a directory (data.source='shards')")
+      local = remote_data.fetch_corpus(d.path, log=logging.info) if storage.is_remote(
+          d.path) else d.path
+      manifest = data_lib.read_manifest(local)
+    except storage.StorageError as e:
+      raise ConfigError(f"config.data.path: {e}") from None
     except data_lib.DataError as e:
       raise ConfigError(f"config.data.path: {e}") from None
   if manifest.vocab_size > config.model.vocab_size:
@@ -238,10 +251,10 @@ def run(config: Any, workdir: str, devices: list | None = None,
   config = config_checks.resolve(config)
   config_checks.validate(config)
   workdir = preflight.workdir_path(workdir)
-  created, lock, setup_failed = not os.path.exists(workdir), None, False
+  created, lock, setup_failed = not storage.exists(workdir), None, False
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    lock = workdir_lock.WorkdirLock(workdir, "trainer", log=logging.warning).acquire()
+    storage.makedirs(workdir)
+    lock = workdir_lock.for_directory(workdir, "trainer", log=logging.warning).acquire()
   try:
     return _run(config, workdir, devices, allow_config_change)
   except ConfigError:
@@ -251,9 +264,8 @@ def run(config: Any, workdir: str, devices: list | None = None,
     if lock is not None:
       lock.release()
     if setup_failed and created:
-      for leftover in (os.path.join(workdir, "checkpoints"), workdir):
-        if os.path.isdir(leftover) and not os.listdir(leftover):
-          os.rmdir(leftover)
+      for leftover in (storage.join(workdir, "checkpoints"), workdir):
+        storage.remove_empty_dir(leftover)
 
 
 def _run(config, workdir: str, devices, allow_config_change: bool) -> dict:
@@ -272,7 +284,7 @@ def _run(config, workdir: str, devices, allow_config_change: bool) -> dict:
       seed=d.shuffle_seed, process_index=jax.process_index(),
       process_count=jax.process_count(), prefetch_threads=d.prefetch_threads)
   if is_writer:
-    preflight.check_writable(os.path.join(workdir, "checkpoints"))
+    preflight.check_writable(storage.join(workdir, "checkpoints"))
   checkpointer = checkpoint_lib.Checkpointer(workdir, keep=t.keep_checkpoints)
   latest = checkpointer.latest_step()
   run_record.check(workdir, config.to_dict(), latest, allow_config_change, logging.warning,
@@ -380,6 +392,7 @@ def _run(config, workdir: str, devices, allow_config_change: bool) -> dict:
             break
           log(step)
           checkpointer.save(step, state, train_iter)
+          writer.flush()
           status, message = PREEMPTED, f"stopped by signal at step {step}; checkpoint saved"
           break
         batch = _to_global(next(train_iter), batch_sharding)
@@ -418,11 +431,13 @@ def _run(config, workdir: str, devices, allow_config_change: bool) -> dict:
           logging.info("step %d | eval loss %.4f", step, last_eval)
         if save_now:
           checkpointer.save(step, state, train_iter)
+          writer.flush()
         interval_start = time.perf_counter()
 
       final_eval = None
       if status == COMPLETED:
         checkpointer.save(step, state, train_iter)   # on disk (async) before the long final eval
+        writer.flush()
         final_eval = evaluate(None if t.full_eval_at_end else t.eval_batches, stop)
         if final_eval is None:
           status, message = PREEMPTED, (f"stopped by signal during the final eval at step {step}; "
@@ -461,10 +476,11 @@ def _run(config, workdir: str, devices, allow_config_change: bool) -> dict:
   if resumed_from is not None and resumed_from == step:   # trained no step here
     run_record.carry_over(summary, previous_summary)
   if is_writer:
-    records = metrics_lib.read_records(writer.path) if os.path.exists(writer.path) else []
-    metrics_lib.plot_loss_curve(records, os.path.join(workdir, "loss_curve.png"),
+    writer.flush()
+    records = metrics_lib.read_records(writer.path) if storage.exists(writer.path) else []
+    metrics_lib.plot_loss_curve(records, storage.join(workdir, "loss_curve.png"),
                                 manifest.loss_floor_nats,
                                 title=f"{config.model.kind} / {config.optimizer.name}")
-    atomic_files.write_json(os.path.join(workdir, "summary.json"), summary, indent=2, default=str)
+    storage.write_json(storage.join(workdir, "summary.json"), summary, indent=2, default=str)
   writer.close()
   return summary

@@ -5,7 +5,17 @@ them over a log interval and writes one JSON object per record to
 ``<workdir>/metrics.jsonl`` (``{"step", "loss", ...}`` for training,
 ``{"step", "eval_loss", ...}`` for evaluation). ``clu.metric_writers`` imports
 TensorFlow, so the JSONL writer is our own; TensorBoard event files are added
-when ``tensorboardX`` is installed. Only process 0 writes.
+when ``tensorboardX`` is installed (local workdirs only). Only process 0 writes.
+
+On a ``gs://`` workdir, where objects cannot be appended to, the writer keeps
+the run's records in memory and rewrites the whole ``metrics.jsonl`` object
+(one atomic upload) at its flush points: every checkpoint save (the loop calls
+``flush``), at most ``flush_interval_s`` after a record, and on close. So the
+object always holds every record up to the newest checkpoint, which is what a
+resume keeps (``truncate_after``); a killed process loses only records past its
+last checkpoint, which the resumed run rewrites. The total upload grows
+quadratically with the run's records, but at one rewrite per 30 s or
+checkpoint that is a few MB per rewrite even for 10^4 records.
 
 MFU = model FLOPs per token x tokens/s / peak FLOP/s. Model FLOPs per token
 are counted as MaxText does (``models.flops.flops_per_token``: 6 N_matmul plus
@@ -30,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from clu import metrics as clu_metrics
 
-from optbench_jax import atomic_files
+from optbench_jax import storage
 
 
 @flax.struct.dataclass
@@ -154,16 +164,25 @@ def device_memory() -> dict:
 class MetricsWriter:
   """Appends records to ``metrics.jsonl`` (and TensorBoard when available); process 0 only."""
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  def __init__(self, workdir: str, enabled: bool = True, flush_interval_s: float = 30.0):
     self.enabled = enabled
-    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.path = storage.join(workdir, "metrics.jsonl")
+    self.remote = storage.is_remote(workdir)
+    self.flush_interval_s = flush_interval_s
+    self._records: list[dict] | None = None   # gs:// only: the whole file, in memory
+    self._dirty, self._flushed_at = False, time.monotonic()
     self._tb = None
-    if enabled:
+    if enabled and not self.remote:
       try:
         import tensorboardX  # pylint: disable=import-outside-toplevel
         self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
       except ImportError:
         pass
+
+  def _remote_records(self) -> list[dict]:
+    if self._records is None:
+      self._records = read_records(self.path) if storage.exists(self.path) else []
+    return self._records
 
   def truncate_after(self, step: int) -> None:
     """Drops records an interrupted or finished earlier process wrote past ``step``.
@@ -173,24 +192,39 @@ class MetricsWriter:
     process was killed or the disk filled mid-write) is dropped too. The file is
     replaced atomically, so a kill during this rewrite loses nothing.
     """
-    if not self.enabled or not os.path.exists(self.path):
+    if not self.enabled or not storage.exists(self.path):
       return
     kept = [r for r in read_records(self.path)
             if r["step"] < step or (r["step"] == step and "full_eval" not in r)]
-    atomic_files.write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+    if self.remote:
+      self._records = kept
+    storage.write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
   def write(self, step: int, values: dict) -> None:
     if not self.enabled:
       return
     record = {"step": int(step), **values}
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+    if self.remote:
+      self._remote_records().append(record)
+      self._dirty = True
+      if time.monotonic() - self._flushed_at >= self.flush_interval_s:
+        self.flush()
+    else:
+      with open(self.path, "a") as f:
+        f.write(json.dumps(record) + "\n")
     if self._tb is not None:
       for key, value in values.items():
         if isinstance(value, (int, float)):
           self._tb.add_scalar(key, value, step)
 
+  def flush(self) -> None:
+    """Uploads the records (gs://: one whole-object rewrite); local appends need nothing."""
+    if self.enabled and self.remote and self._dirty:
+      storage.write_text(self.path, "".join(json.dumps(r) + "\n" for r in self._records))
+      self._dirty, self._flushed_at = False, time.monotonic()
+
   def close(self) -> None:
+    self.flush()
     if self._tb is not None:
       self._tb.close()
 
@@ -198,14 +232,13 @@ class MetricsWriter:
 def read_records(path: str) -> list[dict]:
   """The records of a metrics.jsonl; lines that do not parse (a torn write) are skipped."""
   records = []
-  with open(path, errors="replace") as f:
-    for line in f:
-      try:
-        record = json.loads(line)
-      except ValueError:
-        continue
-      if isinstance(record, dict) and "step" in record:
-        records.append(record)
+  for line in storage.read_text(path).splitlines():
+    try:
+      record = json.loads(line)
+    except ValueError:
+      continue
+    if isinstance(record, dict) and "step" in record:
+      records.append(record)
   return records
 
 
@@ -231,5 +264,6 @@ def plot_loss_curve(records: Iterable[dict], out_path: str, loss_floor: float | 
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()
-  fig.savefig(out_path, dpi=120)
+  with storage.local_file_for_writing(out_path) as local:
+    fig.savefig(local, dpi=120, format="png")
   plt.close(fig)

@@ -13,21 +13,36 @@ import os
 import uuid
 
 from optbench_jax import data as data_lib
+from optbench_jax import storage
 from optbench_jax.train.config_checks import ConfigError
 
 
 def workdir_path(workdir: str | os.PathLike | None) -> str:
-  """The absolute work directory; refuses an empty name and an existing non-directory."""
+  """The absolute work directory (or ``gs://`` URL); refuses an empty name and an existing
+  non-directory; for a ``gs://`` URL, checks that gcsfs is installed and the bucket answers."""
   if workdir is None or not str(workdir).strip():
     raise ConfigError("--workdir is empty (an unset shell variable?); name a directory")
-  path = os.path.abspath(os.fspath(workdir))
-  if os.path.exists(path) and not os.path.isdir(path):
+  path = storage.resolve(workdir)
+  if storage.is_remote(path):
+    try:
+      storage.check_reachable(path)
+    except storage.StorageError as e:
+      raise ConfigError(f"--workdir {path}: {e}") from None
+  if storage.isfile(path):
     raise ConfigError(f"--workdir {path} exists and is not a directory")
   return path
 
 
 def check_writable(directory: str) -> None:
-  """Creates ``directory`` and writes, syncs and removes a probe file in it."""
+  """Creates ``directory`` and writes, syncs and removes a probe file (object) in it."""
+  if storage.is_remote(directory):
+    probe = storage.join(directory, f".write_probe_{uuid.uuid4().hex[:8]}")
+    try:
+      storage.write_bytes(probe, b"probe")
+      storage.remove(probe)
+    except OSError as e:
+      raise ConfigError(f"cannot write checkpoints to {directory}: {e}") from None
+    return
   probe = os.path.join(directory, f".write_probe_{uuid.uuid4().hex[:8]}")
   try:
     os.makedirs(directory, exist_ok=True)

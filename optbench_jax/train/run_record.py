@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from typing import Any, Callable, Mapping
 
-from optbench_jax import atomic_files
+from optbench_jax import storage
 from optbench_jax.train.config_checks import ConfigError
 
 RECORD_NAME = "run_record.json"
@@ -72,8 +71,7 @@ def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
 
 def _read_json(path: str) -> dict[str, Any] | None:
   try:
-    with open(path) as f:
-      value = json.load(f)
+    value = storage.read_json(path)
   except FileNotFoundError:
     return None
   except ValueError:
@@ -87,7 +85,7 @@ def check(workdir: str, config: Mapping[str, Any], resumed_step: int | None,
 
   Raises ConfigError (one line) on an unaccepted change.
   """
-  path = os.path.join(workdir, RECORD_NAME)
+  path = storage.join(workdir, RECORD_NAME)
   config = _canonical(config)
   record = _read_json(path) if resumed_step is not None else None
   if record is None:
@@ -95,7 +93,7 @@ def check(workdir: str, config: Mapping[str, Any], resumed_step: int | None,
       log(f"warning: {path} is missing; recording the current config for the resume at step "
           f"{resumed_step} (the checkpoints predate run records, nothing to compare)")
     if write:
-      atomic_files.write_json(path, dict(fingerprint=fingerprint(config), config=config,
+      storage.write_json(path, dict(fingerprint=fingerprint(config), config=config,
                                          created=time.time(), changes=[]), indent=1,
                               sort_keys=True)
     return
@@ -115,11 +113,11 @@ def check(workdir: str, config: Mapping[str, Any], resumed_step: int | None,
       dict(from_step=resumed_step, time=time.time(), diff=changes))
   record.update(fingerprint=fingerprint(config), config=config)
   if write:
-    atomic_files.write_json(path, record, indent=1, sort_keys=True)
+    storage.write_json(path, record, indent=1, sort_keys=True)
 
 
 def previous_summary(workdir: str) -> dict[str, Any] | None:
-  return _read_json(os.path.join(workdir, SUMMARY_NAME))
+  return _read_json(storage.join(workdir, SUMMARY_NAME))
 
 
 def already_completed(previous: Mapping[str, Any] | None, resumed_step: int | None,

@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 
 from optbench_jax import storage
-from optbench_jax.bench import report, results_store, sweep
+from optbench_jax.bench import report, results_store, sweep, sweep_status
 from tests.bench import test_integration
 
 
@@ -33,6 +33,9 @@ def test_a_two_trial_sweep_in_gs_with_its_store_and_report(gcs, tmp_path):
   shutil.rmtree(storage.local_cache_dir(workdir, "sweeps"))
   again = sweep.run_sweep(test_integration.SPEC, workdir, log=lambda _: None)
   assert again.launched == 0 and again.skipped == 2
+  # --status reads the bucket too.
+  _, rows = sweep_status.collect(workdir)
+  assert [r.state for r in rows] == ["completed", "completed"]
   # The report reads the bucket and writes into it.
   assert report.main(["report", workdir]) == 0
   assert "| adamw |" in storage.read_text(storage.join(workdir, "report.md"))

@@ -78,6 +78,20 @@ class SweepOutcome:
   interrupted: list[str] = dataclasses.field(default_factory=list)
 
 
+def make_executor(executor: Any, plain: Mapping[str, Any], workdir: str,
+                  log: Callable[[str], None], options: Mapping[str, Any]) -> Any:
+  """The trial executor: "local" (default: processes of this machine), "ray" (a Ray
+  cluster, ``bench.ray_executor``; ``options`` go to it), or an executor object."""
+  if executor is None or executor == "local":
+    return trial_process.LocalExecutor(plain["hosts_per_trial"])
+  if executor == "ray":
+    from optbench_jax.bench import ray_executor  # pylint: disable=import-outside-toplevel
+    return ray_executor.RayExecutor.for_sweep(plain, workdir, log=log, **options)
+  if isinstance(executor, str):
+    raise sweep_config.SweepConfigError(f"--executor must be 'local' or 'ray', got {executor!r}")
+  return executor
+
+
 def read_metrics(path: str) -> list[dict[str, Any]]:
   """Records of a metrics.jsonl; a torn last line (process killed mid-write) is ignored."""
   if not os.path.exists(path):
@@ -137,9 +151,11 @@ class SweepRunner:
   def __init__(self, sweep: Any, workdir: str, parallel: int = 1,
                launcher: Launcher = default_launcher, retry_failed: bool = True,
                poll_interval_s: float = 0.5, log: Callable[[str], None] = print,
-               trial_timeout_s: float = 0.0, executor: Any = None):
-    if parallel < 1:
-      raise sweep_config.SweepConfigError(f"--parallel must be >= 1, got {parallel}")
+               trial_timeout_s: float = 0.0, executor: Any = None,
+               executor_options: Mapping[str, Any] | None = None):
+    if parallel is None or parallel < 0 or (parallel == 0 and executor != "ray"):
+      raise sweep_config.SweepConfigError(
+          f"--parallel must be >= 1 (0: as many as the Ray cluster fits), got {parallel}")
     if workdir is None or not str(workdir).strip():
       raise sweep_config.SweepConfigError("--workdir is empty (an unset shell variable?)")
     self.plain, self.base, self.fingerprint = sweep_config.load(sweep)
@@ -147,9 +163,8 @@ class SweepRunner:
     if os.path.exists(self.workdir) and not os.path.isdir(self.workdir):
       raise sweep_config.SweepConfigError(f"--workdir {self.workdir} is not a directory")
     self._check_data()
-    self.executor = (executor if executor is not None else
-                     trial_process.LocalExecutor(self.plain["hosts_per_trial"]))
-    self.parallel = parallel
+    self.executor = make_executor(executor, self.plain, self.workdir, log, executor_options or {})
+    self.parallel = parallel or self.executor.capacity
     self.launcher = launcher
     self.retry_failed = retry_failed
     self.poll_interval_s = poll_interval_s
@@ -157,8 +172,12 @@ class SweepRunner:
     # stopped after this many seconds and recorded as failed (retried on rerun).
     self.trial_timeout_s = trial_timeout_s
     self.log = log
-    os.makedirs(self.workdir, exist_ok=True)
-    self.lock = workdir_lock.WorkdirLock(self.workdir, "sweep driver", log=log).acquire()
+    try:
+      os.makedirs(self.workdir, exist_ok=True)
+      self.lock = workdir_lock.WorkdirLock(self.workdir, "sweep driver", log=log).acquire()
+    except BaseException:
+      self.executor.close()
+      raise
     try:
       self.store = results_store.ResultsStore(
           os.path.join(self.workdir, results_store.STORE_FILENAME), self.fingerprint,
@@ -169,6 +188,7 @@ class SweepRunner:
            "base_config": sweep_config._plain(self.base)}, indent=1, sort_keys=True)
     except BaseException:
       self.lock.release()
+      self.executor.close()
       raise
 
   def _check_data(self) -> None:
@@ -419,7 +439,7 @@ class SweepRunner:
       return self._result(trial, results_store.FAILED, str(e), {}, [])
     return None
 
-  def _launch(self, trial: Trial) -> trial_process.TrialProcess:
+  def _launch(self, trial: Trial) -> Any:
     trial_dir = self._trial_dir(trial)
     os.makedirs(trial_dir, exist_ok=True)
     config_path = os.path.join(trial_dir, "config.json")

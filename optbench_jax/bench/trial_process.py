@@ -135,24 +135,31 @@ class TrialProcess:
   ``host_log_name(i)``); it is one trial: one exit status (the first non-zero),
   one divergence watch on process 0's metrics, one stop for all processes, and a
   member that dies takes the others down after ``BROKEN_GRACE_S``.
+
+  ``process_ids``/``coordinator``: only these processes of the ``hosts``-process
+  job run here, joining the job at ``coordinator`` (a cluster executor runs one
+  TrialProcess per node, ``bench.ray_executor``); default: all of them, here.
   """
 
   def __init__(self, trial: Any, trial_dir: str, argv: Sequence[str],
                divergence: Callable[[list[dict[str, Any]]], str | None], hosts: int = 1,
-               local_devices: int | None = None):
+               local_devices: int | None = None, process_ids: Sequence[int] | None = None,
+               coordinator: str | None = None):
     self.trial = trial
     self.trial_dir = trial_dir
     self.divergence = divergence
     self.started = time.time()
     self.diverged: str | None = None
     self.timed_out: str | None = None
-    self._logs = [open(os.path.join(trial_dir, host_log_name(i)), "a") for i in range(hosts)]
+    ids = list(range(hosts)) if process_ids is None else list(process_ids)
+    self._logs = [open(os.path.join(trial_dir, host_log_name(i)), "a") for i in ids]
     for log in self._logs:
       log.write(f"\n=== attempt at {time.ctime()}: {' '.join(argv)}\n")
       log.flush()
     self.group = process_group.ProcessGroup(
         list(argv), hosts, local_device_count=local_devices, env=trial_env(),
-        cwd=sweep_config.REPO_ROOT, outputs=self._logs, preexec_fn=die_with_parent())
+        cwd=sweep_config.REPO_ROOT, outputs=self._logs, preexec_fn=die_with_parent(),
+        coordinator=coordinator, process_ids=ids)
     self._metrics_offset = 0
 
   def poll(self) -> int | None:

@@ -46,11 +46,15 @@ class LocalRayCluster:
     self.env["PYTHONPATH"] = os.pathsep.join(
         p for p in (REPO_ROOT, self.env.get("PYTHONPATH", "")) if p)
     self.env.update(DRIVER_ENV)
+    # A killed raylet is noticed within ~2 s, not Ray's default ~30 s.
+    self.env.update(RAY_health_check_period_ms="500", RAY_health_check_timeout_ms="1000",
+                    RAY_health_check_failure_threshold="3")
     self.port = free_port()
     self.address = f"127.0.0.2:{self.port}"
     self.nodes: dict[str, subprocess.Popen] = {}      # name -> its `ray start --block`
     self.ips: dict[str, str] = {}
     self._logs: dict[str, object] = {}
+    self._seen: dict[str, set[psutil.Process]] = {}   # every process seen under each node
 
   def _start(self, name: str, head: bool, resources: Mapping[str, float]) -> None:
     ports = ["--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
@@ -78,6 +82,8 @@ class LocalRayCluster:
     for name, resources in workers.items():
       self._start(name, False, resources)
     self._wait_for_nodes(1 + len(workers))
+    for name in self.nodes:
+      self.processes(name)
     return self
 
   def restart(self, name: str, resources: Mapping[str, float]) -> None:
@@ -108,9 +114,11 @@ class LocalRayCluster:
     """Node ``name``'s ``ray start`` process and every process below it."""
     try:
       root = psutil.Process(self.nodes[name].pid)
-      return [root] + root.children(recursive=True)
+      procs = [root] + root.children(recursive=True)
     except psutil.NoSuchProcess:
-      return []
+      procs = []
+    self._seen.setdefault(name, set()).update(procs)
+    return procs
 
   def raylet_pid(self, name: str) -> int:
     for p in self.processes(name):
@@ -123,11 +131,12 @@ class LocalRayCluster:
 
   def kill_raylet(self, name: str) -> None:
     """Node ``name`` lost: SIGKILL to its raylet (its ``ray start`` then stops the rest)."""
-    os.kill(self.raylet_pid(name), signal.SIGKILL)
+    os.kill(self.raylet_pid(name), signal.SIGKILL)   # raylet_pid also records the others
 
   def stop_node(self, name: str, grace_s: float = 15.0) -> None:
     """SIGTERM to node ``name``'s processes (by pid), SIGKILL to those left after ``grace_s``."""
-    procs = self.processes(name)
+    self.processes(name)
+    procs = [p for p in self._seen.get(name, ()) if p.is_running()]   # pid + start time
     for p in procs:
       try:
         p.send_signal(signal.SIGTERM)
@@ -141,6 +150,7 @@ class LocalRayCluster:
         pass
     psutil.wait_procs(alive, timeout=10)
     self.nodes[name].wait(timeout=10)
+    self._seen.pop(name, None)
     self._logs.pop(name).close()
 
   def shutdown(self) -> None:

@@ -186,7 +186,7 @@ class TrialSupervisor:
       self._watch = threading.Thread(target=self._watch_loop, daemon=True)
       self._watch.start()
     return {"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
-            "pids": self.proc.group.pids}
+            "ip": ray.util.get_node_ip_address(), "pids": self.proc.group.pids}
 
   def _watch_loop(self) -> None:
     while not self._done.wait(WATCH_INTERVAL_S):
@@ -459,13 +459,17 @@ class RayTrial:
          len(self._start_refs):
         return
       try:
-        self.nodes = [info["node_id"] for info in ray.get(self._start_refs)]
+        infos = ray.get(self._start_refs)
       except ray.exceptions.RayActorError as e:
         return self._lost(_first_line(e))
       except ray.exceptions.RayError as e:    # the supervisor's own error, e.g. a bad trial dir
         self._note(f"error: the trial's supervisor failed to start it: {_first_line(e)}")
         self._code, self._state = 1, "done"
         return
+      self.nodes = [info["node_id"] for info in infos]
+      self._note("running on " + ", ".join(
+          f"{info['ip']} ({info['host']}, node {info['node_id'][:8]}, pid {info['pids'][0]})"
+          for info in infos))
       self.started = time.time()
       self._state = "running"
     if self._state == "running":

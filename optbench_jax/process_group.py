@@ -76,17 +76,22 @@ class ProcessGroup:
   ``outputs[i]``: where process i writes stdout and stderr (a file object), or
   None to inherit. ``preexec_fn`` is run in every child (e.g. a parent-death
   signal). ``coordinator`` defaults to 127.0.0.1 at a free port.
+  ``process_ids``: which of the job's processes start here (default all); a
+  job spread over machines (``bench.ray_executor``) starts one on each, with
+  ``outputs`` in that order.
   """
 
   def __init__(self, argv: Sequence[str], num_processes: int, *,
                local_device_count: int | None = None, env: Mapping[str, str] | None = None,
                cwd: str | None = None, outputs: Sequence[IO | None] | None = None,
                coordinator: str | None = None,
-               preexec_fn: Callable[[], None] | None = None):
+               preexec_fn: Callable[[], None] | None = None,
+               process_ids: Sequence[int] | None = None):
     if num_processes < 1:
       raise ValueError(f"num_processes must be >= 1, got {num_processes}")
-    if outputs is not None and len(outputs) != num_processes:
-      raise ValueError(f"{len(outputs)} outputs for {num_processes} processes")
+    ids = list(range(num_processes)) if process_ids is None else list(process_ids)
+    if outputs is not None and len(outputs) != len(ids):
+      raise ValueError(f"{len(outputs)} outputs for {len(ids)} processes")
     self.argv = list(argv)
     self.num_processes = num_processes
     self.coordinator = coordinator or f"127.0.0.1:{free_port()}"
@@ -94,14 +99,14 @@ class ProcessGroup:
     self.processes: list[subprocess.Popen] = []
     self._broken_since: float | None = None
     try:
-      for i in range(num_processes):
+      for k, i in enumerate(ids):
         child_env = process_env(base, coordinator=self.coordinator,
                                 num_processes=num_processes, process_id=i,
                                 local_device_count=local_device_count)
         if num_processes == 1:   # one process: a plain run, no coordinator
           for name in (COORDINATOR_ENV, NUM_PROCESSES_ENV, PROCESS_ID_ENV):
             child_env.pop(name, None)
-        out = outputs[i] if outputs is not None else None
+        out = outputs[k] if outputs is not None else None
         self.processes.append(subprocess.Popen(
             self.argv, cwd=cwd, env=child_env, stdout=out,
             stderr=subprocess.STDOUT if out is not None else None,

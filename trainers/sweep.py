@@ -1,11 +1,13 @@
 """Runs (or resumes) an optimizer sweep: ``python -m trainers.sweep --config=configs/sweeps/x.py --workdir=DIR``.
 
 Each trial is a ``trainers.lm`` process in ``DIR/trials/<id>``; results go to
-``DIR/results.sqlite``. Rerunning the same command skips finished trials and
-resumes interrupted ones. While it runs, a progress bar (plain log lines when
-stdout is not a terminal) counts trials done, running, diverged and failed;
-``--workdir=DIR --status`` prints a table of every trial's state from another
-shell, starting nothing. Then: ``python -m optbench_jax.bench.report DIR``.
+``DIR/results.sqlite``. ``--executor=ray`` runs the trials on a Ray cluster
+(``--ray_address``; ``DIR`` must be shared by its nodes; see bench/ray_executor.py).
+Rerunning the same command skips finished trials and resumes interrupted ones.
+While it runs, a progress bar (plain log lines when stdout is not a terminal)
+counts trials done, running, diverged and failed; ``--workdir=DIR --status``
+prints a table of every trial's state from another shell, starting nothing.
+Then: ``python -m optbench_jax.bench.report DIR``.
 
 Exit status: 0 when every trial of this invocation finished (completed or
 diverged), 1 when some failed or were interrupted (rerun to retry / resume),
@@ -26,7 +28,20 @@ if __name__ == "__main__":   # config-flag errors happen at import time, below
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep config file (configs/sweeps/*.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory (results store, trials, report).")
-_PARALLEL = flags.DEFINE_integer("parallel", 1, "Trials run at once, as independent processes.")
+_PARALLEL = flags.DEFINE_integer(
+    "parallel", None, "Trials run at once (default: 1 locally; with --executor=ray as many "
+    "as the cluster holds, 0 says the same).")
+_EXECUTOR = flags.DEFINE_enum("executor", "local", ["local", "ray"],
+                              "Where trials run: processes of this machine, or a Ray cluster.")
+_RAY_ADDRESS = flags.DEFINE_string(
+    "ray_address", None, "--executor=ray: the cluster (host:port, ray://host:port or auto; "
+    "default: RAY_ADDRESS, else a cluster started on this machine, else a new local one).")
+_MAX_NODE_RETRIES = flags.DEFINE_integer(
+    "max_node_retries", 3, "--executor=ray: times a trial is rescheduled after losing its "
+    "node (it resumes from its checkpoint) before it is recorded failed.")
+_RAY_AUTOSCALING = flags.DEFINE_bool(
+    "ray_autoscaling", False, "--executor=ray: the cluster adds nodes on demand; do not "
+    "refuse trial_resources that no node alive now can hold (trials wait for nodes).")
 _RETRY_FAILED = flags.DEFINE_bool("retry_failed", True,
                                   "Rerun trials whose earlier attempt crashed (history is kept).")
 _TRIAL_TIMEOUT = flags.DEFINE_float("trial_timeout_s", 0.0,
@@ -55,9 +70,14 @@ def main(argv):
                                         "configs/sweeps/*.py) unless --status is given")
   signal.signal(signal.SIGTERM, _terminate)
   # A bad sweep raises one line naming the culprit before any trial starts (cli_errors).
-  outcome = sweep.run_sweep(_CONFIG.value, _WORKDIR.value, parallel=_PARALLEL.value,
+  ray = _EXECUTOR.value == "ray"
+  parallel = _PARALLEL.value if _PARALLEL.value is not None else (0 if ray else 1)
+  options = dict(address=_RAY_ADDRESS.value, max_node_retries=_MAX_NODE_RETRIES.value,
+                 autoscaling=_RAY_AUTOSCALING.value) if ray else {}
+  outcome = sweep.run_sweep(_CONFIG.value, _WORKDIR.value, parallel=parallel,
                             retry_failed=_RETRY_FAILED.value,
-                            trial_timeout_s=_TRIAL_TIMEOUT.value)
+                            trial_timeout_s=_TRIAL_TIMEOUT.value, executor=_EXECUTOR.value,
+                            executor_options=options)
   print(f"[sweep] launched {outcome.launched}, skipped {outcome.skipped} already finished, "
         f"recorded {outcome.recorded}, interrupted {len(outcome.interrupted)}")
   if outcome.interrupted:

@@ -81,6 +81,20 @@ class SweepOutcome:
   interrupted: list[str] = dataclasses.field(default_factory=list)
 
 
+def make_executor(executor: Any, plain: Mapping[str, Any], workdir: str,
+                  log: Callable[[str], None], options: Mapping[str, Any]) -> Any:
+  """The trial executor: "local" (default: processes of this machine), "ray" (a Ray
+  cluster, ``bench.ray_executor``; ``options`` go to it), or an executor object."""
+  if executor is None or executor == "local":
+    return trial_process.LocalExecutor(plain["hosts_per_trial"])
+  if executor == "ray":
+    from optbench_jax.bench import ray_executor  # pylint: disable=import-outside-toplevel
+    return ray_executor.RayExecutor.for_sweep(plain, workdir, log=log, **options)
+  if isinstance(executor, str):
+    raise sweep_config.SweepConfigError(f"--executor must be 'local' or 'ray', got {executor!r}")
+  return executor
+
+
 def read_metrics(path: str) -> list[dict[str, Any]]:
   """Records of a metrics.jsonl; a torn last line (process killed mid-write) is ignored."""
   if not storage.exists(path):
@@ -140,9 +154,11 @@ class SweepRunner:
                launcher: Launcher = default_launcher, retry_failed: bool = True,
                poll_interval_s: float = 0.5, log: Callable[[str], None] = print,
                trial_timeout_s: float = 0.0, executor: Any = None,
-               progress: sweep_progress.SweepProgress | None = None):
-    if parallel < 1:
-      raise sweep_config.SweepConfigError(f"--parallel must be >= 1, got {parallel}")
+               progress: sweep_progress.SweepProgress | None = None,
+               executor_options: Mapping[str, Any] | None = None):
+    if parallel is None or parallel < 0 or (parallel == 0 and executor != "ray"):
+      raise sweep_config.SweepConfigError(
+          f"--parallel must be >= 1 (0: as many as the Ray cluster fits), got {parallel}")
     if workdir is None or not str(workdir).strip():
       raise sweep_config.SweepConfigError("--workdir is empty (an unset shell variable?)")
     self.plain, self.base, self.fingerprint = sweep_config.load(sweep)
@@ -160,9 +176,8 @@ class SweepRunner:
       raise sweep_config.SweepConfigError(f"--workdir {self.workdir} is not a directory")
     self.log = log
     self._check_data()
-    self.executor = (executor if executor is not None else
-                     trial_process.LocalExecutor(self.plain["hosts_per_trial"]))
-    self.parallel = parallel
+    self.executor = make_executor(executor, self.plain, self.workdir, log, executor_options or {})
+    self.parallel = parallel or self.executor.capacity
     self.progress = progress   # default: a SweepProgress on stdout (live on a terminal)
     self.launcher = launcher
     self.retry_failed = retry_failed
@@ -171,9 +186,13 @@ class SweepRunner:
     # stopped after this many seconds and recorded as failed (retried on rerun).
     self.trial_timeout_s = trial_timeout_s
     self.log = log
-    storage.makedirs(self.workdir)
-    os.makedirs(self.local_dir, exist_ok=True)
-    self.lock = workdir_lock.for_directory(self.workdir, "sweep driver", log=log).acquire()
+    try:
+      storage.makedirs(self.workdir)
+      os.makedirs(self.local_dir, exist_ok=True)
+      self.lock = workdir_lock.for_directory(self.workdir, "sweep driver", log=log).acquire()
+    except BaseException:
+      self.executor.close()
+      raise
     try:
       local_store = os.path.join(self.local_dir, results_store.STORE_FILENAME)
       self.store_url = storage.join(self.workdir, results_store.STORE_FILENAME)
@@ -187,6 +206,7 @@ class SweepRunner:
            "base_config": sweep_config._plain(self.base)}, indent=1, sort_keys=True)
     except BaseException:
       self.lock.release()
+      self.executor.close()
       raise
 
   def _check_data(self) -> None:
@@ -227,6 +247,14 @@ class SweepRunner:
   def _local_trial_dir(self, trial_id: str) -> str:
     """Where the trial's config.json and trial.log are written (== its workdir locally)."""
     return os.path.join(self.local_dir, TRIALS_DIR, trial_id)
+
+  def _log_path(self, trial_id: str, process: int) -> str:
+    """A trial process's log: the driver's local copy, else the one in the trial's directory
+    (written there by a cluster executor's node)."""
+    name = trial_process.host_log_name(process)
+    local = os.path.join(self._local_trial_dir(trial_id), name)
+    return local if os.path.exists(local) else storage.join(self.workdir, TRIALS_DIR, trial_id,
+                                                            name)
 
   def _record(self, result: results_store.TrialResult) -> None:
     self.store.record(result)
@@ -288,13 +316,11 @@ class SweepRunner:
       return self._result(trial, results_store.DIVERGED, str(reason), summary, records)
     if status == "preempted":
       return None
-    tail = trial_process.log_tail(os.path.join(self._local_trial_dir(trial.trial_id),
-                                               "trial.log"))
+    tail = trial_process.log_tail(self._log_path(trial.trial_id, 0))
     reason = f"exit code {returncode}" + (f"; log tail:\n{tail}" if tail else "")
     for index in range(1, self.plain["hosts_per_trial"]):   # a multi-host trial's other hosts
       line = trial_process.error_line(trial_process.log_tail(
-          os.path.join(self._local_trial_dir(trial.trial_id),
-                       trial_process.host_log_name(index))))
+          self._log_path(trial.trial_id, index)))
       if line:
         reason += f"\nhost {index}: {line}"
     if unreadable:
@@ -394,8 +420,7 @@ class SweepRunner:
     """The console form of a failure: the trainer's own error line, not the command line."""
     if result.status == results_store.FAILED:
       line = trial_process.error_line(
-          trial_process.log_tail(os.path.join(self._local_trial_dir(result.trial_id),
-                                              "trial.log")))
+          trial_process.log_tail(self._log_path(result.trial_id, 0)))
       head = result.reason.splitlines()[0] if result.reason else ""
       return f"{head}: {line}"[:300] if line else head[:300]
     return result.reason[:300]
@@ -434,7 +459,7 @@ class SweepRunner:
       return self._result(trial, results_store.FAILED, str(e), {}, [])
     return None
 
-  def _launch(self, trial: Trial) -> trial_process.TrialProcess:
+  def _launch(self, trial: Trial) -> Any:
     trial_dir = self._trial_dir(trial)
     local_dir = self._local_trial_dir(trial.trial_id)
     storage.makedirs(trial_dir)

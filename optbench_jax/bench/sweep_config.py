@@ -40,6 +40,12 @@ has these fields:
                        machine, splitting its forced CPU device count; a cluster
                        executor places one per node. Operational: not part of the
                        fingerprint (results agree to the multi-host tolerance)
+  trial_resources      what each host (process) of a trial needs on its node, in
+                       Ray's resource names: {"GPU": 8}, {"TPU": 4}, {"CPU": 4},
+                       custom resources (default {"CPU": 1}). Used by
+                       ``--executor=ray`` (one placement-group bundle per host);
+                       the local executor ignores it. Operational, like
+                       hosts_per_trial
 
 Every check runs in :func:`validate` and raises one :class:`SweepConfigError`
 naming the culprit, before any trial starts.
@@ -134,6 +140,7 @@ def as_plain(sweep: Any) -> dict[str, Any]:
   divergence.update(plain.get("divergence", {}))
   plain["divergence"] = divergence
   plain.setdefault("hosts_per_trial", 1)
+  plain["trial_resources"] = dict(plain.get("trial_resources", {"CPU": 1}))
   speedup = dict(gamma="fit", num_bootstrap=1000)
   speedup.update(plain.get("speedup", {}))
   plain["speedup"] = speedup
@@ -152,7 +159,7 @@ def as_plain(sweep: Any) -> dict[str, Any]:
 
 # Fields that say how trials run, not what they compute: left out of the fingerprint, so
 # a sweep can move between executors or machines and keep its store.
-OPERATIONAL_FIELDS = ("hosts_per_trial",)
+OPERATIONAL_FIELDS = ("hosts_per_trial", "trial_resources")
 
 
 def fingerprint(plain: Mapping[str, Any], base: Mapping[str, Any]) -> str:
@@ -250,6 +257,13 @@ def validate(plain: Mapping[str, Any], base: ml_collections.ConfigDict) -> None:
   hosts = plain["hosts_per_trial"]
   if not (isinstance(hosts, int) and not isinstance(hosts, bool) and hosts >= 1):
     raise SweepConfigError(f"hosts_per_trial must be an integer >= 1, got {hosts!r}")
+  resources = plain["trial_resources"]
+  bad = {k: v for k, v in resources.items()
+         if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0}
+  if bad or not any(v > 0 for v in resources.values()):
+    raise SweepConfigError(
+        f"trial_resources must map resource names to numbers >= 0, at least one > 0 "
+        f"(e.g. {{'GPU': 8}}), got {resources!r}")
   if not (isinstance(plain["trial_budget"], int) and plain["trial_budget"] >= 0):
     raise SweepConfigError(f"trial_budget must be an integer >= 0, got {plain['trial_budget']!r}")
   gamma = plain["speedup"]["gamma"]

@@ -33,6 +33,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import time
 from typing import Any, Callable, Mapping, Sequence
 
@@ -50,12 +51,11 @@ REMOTE_POLL_S = 5.0        # a gs:// trial's metrics.jsonl is read at most this 
 
 
 def log_tail(path: str) -> str:
-  """The last lines of a trial.log (always a local file, see the module docstring)."""
-  if not os.path.exists(path):
+  """The last ``LOG_TAIL_LINES`` lines of a trial's log (a local file, or its gs:// copy), or ""."""
+  if not storage.exists(path):
     return ""
-  with open(path, errors="replace") as f:
-    lines = f.readlines()
-  return "".join(lines[-LOG_TAIL_LINES:]).strip()
+  lines = storage.read_bytes(path).decode("utf-8", errors="replace").splitlines()
+  return "\n".join(lines[-LOG_TAIL_LINES:]).strip()
 
 
 def error_line(tail: str) -> str:
@@ -143,29 +143,39 @@ class TrialProcess:
   ``host_log_name(i)``); it is one trial: one exit status (the first non-zero),
   one divergence watch on process 0's metrics, one stop for all processes, and a
   member that dies takes the others down after ``BROKEN_GRACE_S``.
+
+  ``process_ids``/``coordinator``: only these processes of the ``hosts``-process
+  job run here, joining the job at ``coordinator`` (a cluster executor runs one
+  TrialProcess per node, ``bench.ray_executor``); default: all of them, here.
   """
 
   def __init__(self, trial: Any, trial_dir: str, argv: Sequence[str],
                divergence: Callable[[list[dict[str, Any]]], str | None], hosts: int = 1,
-               local_devices: int | None = None, log_dir: str | None = None):
+               local_devices: int | None = None, log_dir: str | None = None,
+               process_ids: Sequence[int] | None = None, coordinator: str | None = None):
     self.trial = trial
     self.trial_dir = trial_dir
     self.divergence = divergence
     self.started = time.time()
     self.diverged: str | None = None
     self.timed_out: str | None = None
-    # Logs are local files (GCS has no append): ``log_dir`` is a local directory when
-    # ``trial_dir`` is a gs:// URL, and ``close`` uploads them into the trial's directory.
+    # Logs are local files (GCS has no append): with a gs:// ``trial_dir`` they are written
+    # in ``log_dir`` (default: a fresh local directory) and ``close`` uploads them.
+    if log_dir is None and storage.is_remote(trial_dir):
+      log_dir = tempfile.mkdtemp(prefix="optbench-trial-logs-")
     self.log_dir = log_dir or trial_dir
     self.log_path = os.path.join(self.log_dir, host_log_name(0))
     self._polled_at = 0.0
-    self._logs = [open(os.path.join(self.log_dir, host_log_name(i)), "a") for i in range(hosts)]
+    ids = list(range(hosts)) if process_ids is None else list(process_ids)
+    self._log_ids = ids
+    self._logs = [open(os.path.join(self.log_dir, host_log_name(i)), "a") for i in ids]
     for log in self._logs:
       log.write(f"\n=== attempt at {time.ctime()}: {' '.join(argv)}\n")
       log.flush()
     self.group = process_group.ProcessGroup(
         list(argv), hosts, local_device_count=local_devices, env=trial_env(),
-        cwd=sweep_config.REPO_ROOT, outputs=self._logs, preexec_fn=die_with_parent())
+        cwd=sweep_config.REPO_ROOT, outputs=self._logs, preexec_fn=die_with_parent(),
+        coordinator=coordinator, process_ids=ids)
     self._metrics_offset = 0
 
   def poll(self) -> int | None:
@@ -204,7 +214,7 @@ class TrialProcess:
     self.group.stop(grace_s=STOP_GRACE_S)
 
   def close(self) -> None:
-    for index, log in enumerate(self._logs):
+    for index, log in zip(self._log_ids, self._logs):
       log.close()
       if storage.is_remote(self.trial_dir):
         storage.upload(os.path.join(self.log_dir, host_log_name(index)),

@@ -9,9 +9,11 @@ started. Every wait has a timeout. The test that kills a node runs last.
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -47,7 +49,10 @@ def cluster(tmp_path_factory):
   env = dict(NODE_ENV, JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
              **ray_cluster.DRIVER_ENV)
   os.environ.update(env)      # the driver and the local executor's trials: as on the nodes
-  c = ray_cluster.LocalRayCluster(str(tmp_path_factory.mktemp("ray")), env=dict(os.environ))
+  # Ray's AF_UNIX socket paths must stay under 107 bytes: a short directory of its own, not
+  # pytest's (deeper under pytest-xdist).
+  temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+  c = ray_cluster.LocalRayCluster(temp_dir, env=dict(os.environ))
   try:
     c.start({"worker1": dict(SLOT, node1=1)}, dict(SLOT, node0=1))
     yield c
@@ -55,6 +60,7 @@ def cluster(tmp_path_factory):
     if ray.is_initialized():
       ray.shutdown()
     c.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
     os.environ.clear()
     os.environ.update(saved)
 

@@ -18,10 +18,17 @@ together would pass ~6 GB), and the ratio ours/optax is printed.
 from __future__ import annotations
 
 import argparse
+import pathlib
 import statistics
+import sys
 import time
 
-import jax
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from optbench_jax import host_memory  # pylint: disable=g-import-not-at-top
+
+host_memory.retain_freed_memory()   # as the trainer does, before XLA starts its threads
+
+import jax  # pylint: disable=g-import-not-at-top,g-bad-import-order
 import jax.numpy as jnp
 
 import optax

@@ -7,7 +7,10 @@ and the tied LM head (logits = h E^T), mean token cross-entropy, global-norm
 gradient clipping (our trainer's default ``grad_clip=0.5``) and
 ``torch.optim.AdamW``. No biases, no dropout; init N(0, 0.02^2) (the step time
 does not depend on it). It is what a PyTorch user would write, eagerly, with
-no ``torch.compile`` (which needs a C++ toolchain at run time).
+no ``torch.compile`` (which needs a C++ toolchain at run time). glibc malloc
+gets the same setting as our trainer (``optbench_jax.host_memory``; the
+PyTorch step's largest blocks, the logits, are mmapped per step otherwise);
+``--default_malloc`` leaves it alone.
 
 Needs torch (the ``bench`` extra: ``pip install -e .[bench]``); it never runs
 in the test suite. ``benchmarks/trainer_throughput.py --peer`` runs it in its
@@ -23,7 +26,12 @@ import argparse
 import json
 import math
 import os
+import pathlib
+import sys
 import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from optbench_jax import host_memory  # pylint: disable=wrong-import-position  (no jax import)
 
 import torch
 import torch.nn.functional as F
@@ -112,7 +120,10 @@ def main():
   parser.add_argument("--vocab", type=int, default=8192)
   parser.add_argument("--steps", type=int, default=6, help="timed steps (after 2 warmup)")
   parser.add_argument("--threads", type=int, default=0, help="0 = torch's default")
+  parser.add_argument("--default_malloc", action="store_true",
+                      help="leave glibc malloc as it is (default: the trainer's setting)")
   args = parser.parse_args()
+  retained = False if args.default_malloc else host_memory.retain_freed_memory()
   if args.threads:
     torch.set_num_threads(args.threads)
   torch.manual_seed(0)
@@ -140,7 +151,7 @@ def main():
     times.append(time.perf_counter() - start)
   total = sum(times)
   print(json.dumps(dict(side="torch", torch=torch.__version__, threads=torch.get_num_threads(),
-                        cpus=os.cpu_count(), step_times_s=times,
+                        cpus=os.cpu_count(), retain_host_memory=retained, step_times_s=times,
                         tokens_per_s=args.steps * args.batch * args.seq_len / total)))
 
 

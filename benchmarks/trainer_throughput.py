@@ -39,6 +39,9 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from optbench_jax import host_memory  # pylint: disable=wrong-import-position
+
+host_memory.retain_freed_memory()   # as the trainer does, before XLA starts its threads
 
 # name: (layers, d_model, heads, seq_len, batch, vocab); the two of issue 12 first.
 SHAPES = {

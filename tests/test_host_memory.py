@@ -1,11 +1,14 @@
 """host_memory.retain_freed_memory: a freed large block is reused, not faulted in again."""
 
+import pathlib
 import subprocess
 import sys
 
 import pytest
 
 from optbench_jax import host_memory
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # In a fresh process: allocate, touch and free a 64 MB block from a worker
 # thread (as XLA's runtime threads do) twice; print the minor page faults of
@@ -30,7 +33,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 def _second_round_faults(retain: bool) -> int:
-  out = subprocess.run([sys.executable, "-c", PROBE, "1" if retain else "0"], check=True,
+  out = subprocess.run([sys.executable, "-c", PROBE, "1" if retain else "0"], check=True, cwd=ROOT,
                        capture_output=True, text=True).stdout
   return int(out.split()[-1])
 

@@ -10,7 +10,9 @@
       float32, AdamW) in tokens/s, per shape. Each side runs in its own process,
       alternated ours, peer, ours, peer, ... (``--rounds`` pairs); medians and
       ranges over the rounds. ``--torch_python``: an interpreter with torch (the
-      ``bench`` extra), default this one.
+      ``bench`` extra), default this one. ``--baseline DIR`` adds a third side,
+      the trainer of another checkout (with this file copied into it), for
+      before/after figures in the same run (``--baseline_env K=V``).
 
   python benchmarks/trainer_throughput.py --optimizers all|adamw,muon,... [--opt_shape small]
       each optimizer's step-time overhead over AdamW inside the full train step
@@ -142,9 +144,9 @@ def worker_overhead(shape: tuple, name: str, steps: int, rounds: int) -> dict:
               ratios=[b / a for a, b in zip(times["adamw"], times[name])])
 
 
-def run_json(cmd: list[str]) -> dict:
+def run_json(cmd: list[str], env: dict | None = None) -> dict:
   """Runs ``cmd``; returns the JSON object on its last stdout line."""
-  proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
+  proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False, env=env)
   lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
   if proc.returncode or not lines:
     raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -159,9 +161,12 @@ def med_range(values: list[float], fmt: str = "{:,.0f}") -> str:
 def report_peer(args) -> list[dict]:
   here = [sys.executable, __file__]
   rows = []
-  print("| shape (layers x d, heads, seq x batch, vocab) | torch tokens/s | ours tokens/s "
-        "| ours / torch |")
-  print("| --- | ---: | ---: | ---: |")
+  head = ("| shape (layers x d, heads, seq x batch, vocab) | torch tokens/s | ours tokens/s "
+          "| ours / torch |")
+  if args.baseline:
+    head += " baseline tokens/s | baseline / torch | ours / baseline |"
+  print(head)
+  print("| --- |" + " ---: |" * (head.count("|") - 2))
   for name in args.shapes.split(","):
     shape = parse_shape(name)
     flat = [str(v) for v in shape]
@@ -170,14 +175,24 @@ def report_peer(args) -> list[dict]:
                     ("layers", "d_model", "heads", "seq_len", "batch", "vocab"), flat)), []),
                 "--steps", str(args.steps)]
     ours_cmd = [*here, "--worker", "ours", "--shape", ",".join(flat), "--steps", str(args.steps)]
-    ours, peer = [], []
-    for _ in range(args.rounds):        # A B A B ...
+    base_cmd = [sys.executable, str(pathlib.Path(args.baseline) / "benchmarks" /
+                                    "trainer_throughput.py"), *ours_cmd[2:]]
+    base_env = dict(os.environ, **dict(kv.split("=", 1) for kv in args.baseline_env if kv))
+    ours, peer, base = [], [], []
+    for _ in range(args.rounds):        # A B A B ... (A B C A B C with --baseline)
       ours.append(run_json(ours_cmd)["tokens_per_s"])
       peer.append(run_json(peer_cmd)["tokens_per_s"])
+      if args.baseline:
+        base.append(run_json(base_cmd, env=base_env)["tokens_per_s"])
     ratios = [o / p for o, p in zip(ours, peer)]
-    rows.append(dict(shape=shape_label(shape), ours=ours, torch=peer, ratios=ratios))
-    print(f"| {shape_label(shape)} | {med_range(peer)} | {med_range(ours)} "
-          f"| {med_range(ratios, '{:.2f}')} |", flush=True)
+    rows.append(dict(shape=shape_label(shape), ours=ours, torch=peer, ratios=ratios,
+                     baseline=base, baseline_ratios=[b / p for b, p in zip(base, peer)]))
+    line = (f"| {shape_label(shape)} | {med_range(peer)} | {med_range(ours)} "
+            f"| {med_range(ratios, '{:.2f}')} |")
+    if args.baseline:
+      line += (f" {med_range(base)} | {med_range(rows[-1]['baseline_ratios'], '{:.2f}')} "
+               f"| {med_range([o / b for o, b in zip(ours, base)], '{:.2f}')} |")
+    print(line, flush=True)
   return rows
 
 
@@ -250,6 +265,10 @@ def main():
   parser.add_argument("--opt_shape", default="small")
   parser.add_argument("--rounds", type=int, default=2)
   parser.add_argument("--torch_python", default=sys.executable)
+  parser.add_argument("--baseline", default="",
+                      help="--peer: also time the trainer of this other checkout (before/after)")
+  parser.add_argument("--baseline_env", nargs="*", default=[],
+                      help="K=V settings for the baseline's processes")
   parser.add_argument("--seq_len", type=int, default=128)
   parser.add_argument("--batch", type=int, default=4)
   parser.add_argument("--steps", type=int, default=0, help="timed steps (default 8 mfu, 5 else)")

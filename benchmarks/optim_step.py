@@ -8,7 +8,8 @@ The step is ``params, state = apply(update(grads, state, params))`` with params
 and state donated, so it reads params, grads and state and writes params and
 state: bytes = 2 |params| + |grads| + 2 |state|.
 
-Where optax has the same optimizer, optax's version is timed side by side,
+Where optax has the same optimizer, optax's version is timed side by side
+(``--vs_inner``: C-AdamW / C-Lion against our AdamW / Lion instead),
 interleaved run by run with ours (one after the other where both states
 together would pass ~6 GB), and the ratio ours/optax is printed.
 
@@ -18,10 +19,17 @@ together would pass ~6 GB), and the ratio ours/optax is printed.
 from __future__ import annotations
 
 import argparse
+import pathlib
 import statistics
+import sys
 import time
 
-import jax
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from optbench_jax import host_memory  # pylint: disable=g-import-not-at-top
+
+host_memory.retain_freed_memory()   # as the trainer does, before XLA starts its threads
+
+import jax  # pylint: disable=g-import-not-at-top,g-bad-import-order
 import jax.numpy as jnp
 
 import optax
@@ -94,6 +102,9 @@ OPTAX_TWINS = {
 if hasattr(optax, "signum"):
   OPTAX_TWINS["signum"] = lambda: optax.signum(LR)
 
+# --vs_inner: a wrapper is timed side by side with the optimizer it wraps (ours).
+INNER = {"c_adamw": "adamw", "c_lion": "lion"}
+
 
 def build_ours(name: str):
   kwargs = dict(learning_rate=LR, **OUR_HPARAMS.get(name, {}))
@@ -131,7 +142,12 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--names", default="", help="comma-separated subset of O.names()")
   parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--vs_inner", action="store_true",
+                      help="time c_adamw / c_lion against our adamw / lion instead of optax")
   args = parser.parse_args()
+  twins = dict(OPTAX_TWINS)
+  if args.vs_inner:
+    twins.update({w: (lambda inner=inner: build_ours(inner)) for w, inner in INNER.items()})
   names = args.names.split(",") if args.names else O.names()
 
   bandwidth = copy_bandwidth(args.repeats)
@@ -139,8 +155,9 @@ def main():
   n_params = sum(x.size for x in jax.tree.leaves(grads))
   print(f"{n_params / 1e6:.1f}M float32 parameters; copy bandwidth {bandwidth / 1e9:.2f} GB/s; "
         f"{jax.devices()[0].platform}, median of {args.repeats} after 2 warmup steps\n")
-  print("| optimizer | ms/step | state bytes/param | x bandwidth bound | optax ms/step "
-        "| ours/optax |")
+  twin = "optax (inner for c_adamw, c_lion)" if args.vs_inner else "optax"
+  print(f"| optimizer | ms/step | state bytes/param | x bandwidth bound | {twin} ms/step "
+        f"| ours/twin |")
   print("| --- | ---: | ---: | ---: | ---: | ---: |")
   notes = []
   for name in names:
@@ -155,7 +172,7 @@ def main():
     # Interleave ours and optax's run by run, unless holding both states would
     # pass ~6 GB (Prodigy keeps four full trees): then one after the other.
     interleave = ours.state_bytes < 14 * n_params
-    twin = Runner(OPTAX_TWINS[name](), grads) if name in OPTAX_TWINS and interleave else None
+    twin = Runner(twins[name](), grads) if name in twins and interleave else None
     times = {"ours": [], "optax": []}
     try:
       for i in range(2 + args.repeats):  # ours, optax, ours, optax, ...
@@ -166,8 +183,8 @@ def main():
               times[label].append(elapsed)
       ours_params_bytes, ours_state_bytes = tree_bytes(ours.params), ours.state_bytes
       del ours
-      if name in OPTAX_TWINS and not interleave:
-        twin = Runner(OPTAX_TWINS[name](), grads)
+      if name in twins and not interleave:
+        twin = Runner(twins[name](), grads)
         times["optax"] = [twin.run() for _ in range(2 + args.repeats)][2:]
     except Exception as error:  # pylint: disable=broad-except
       notes.append(f"{name}: step failed ({type(error).__name__}: {str(error)[:120]})")

@@ -26,9 +26,11 @@ from absl import logging
 from ml_collections import config_flags
 
 from optbench_jax import cli_errors
+from optbench_jax import host_memory
 
 if __name__ == "__main__":   # --config.x=v overrides are applied (and can fail) right below
   cli_errors.install_excepthook()
+  host_memory.retain_freed_memory()   # before XLA starts its threads (optbench_jax/host_memory.py)
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                "configs", "tiny.py")

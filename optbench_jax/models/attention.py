@@ -67,6 +67,7 @@ class CausalSelfAttention(nn.Module):
     h, hkv, hd = self.num_heads, self.num_kv_heads, self.head_dim
     proj = lambda n, axes, std, name: layers.dense(n, std, axes, self.dtype, self.param_dtype,
                                                    name)
+    x = x.reshape(b * s, d)  # projections on tokens: 2-D matmuls (layers.token_axes)
     q = proj(h * hd, ("embed", "heads"), self.init_std, "q_proj")(x).reshape(b, s, h, hd)
     k = proj(hkv * hd, ("embed", "kv_heads"), self.init_std, "k_proj")(x).reshape(b, s, hkv, hd)
     v = proj(hkv * hd, ("embed", "kv_heads"), self.init_std, "v_proj")(x).reshape(b, s, hkv, hd)
@@ -83,7 +84,8 @@ class CausalSelfAttention(nn.Module):
     else:
       out = attention_kernels.attention(q, k, v, impl, self.mesh, self.rules)
     out = sharding.constrain(out, ("batch", "seq", "act_heads", None), self.mesh, self.rules)
-    y = proj(d, ("heads", "embed"), self.out_std, "o_proj")(out.reshape(b, s, h * hd))
+    y = proj(d, ("heads", "embed"), self.out_std, "o_proj")(out.reshape(b * s, h * hd))
+    y = y.reshape(b, s, d)
     if not self.report_max_logits:
       return y
     return y, max_logits(q, k)

@@ -56,6 +56,20 @@ class RMSNorm(nn.Module):
     return (y * scale.astype(jnp.float32)).astype(self.dtype)
 
 
+def token_axes(ndim: int, feature_axis: str) -> tuple:
+  """Logical axes of an activation: ``(batch, feature)`` for tokens [B*S, d], else ``(batch,
+  seq, feature)``.
+
+  The dense blocks run on the flattened token axis [B*S, d] (batch-major, so
+  sharding it over the batch mesh axes keeps each device's sequences): every
+  projection is then a plain 2-D matmul. On XLA:CPU the backward pass of a
+  3-D [B, S, d] projection transposes its [B, S, f] operand inside a fused
+  loop that runs 2-3x slower than the same 2-D transpose (BUILD_NOTES,
+  issue 12); the math is unchanged.
+  """
+  return ("batch", feature_axis) if ndim == 2 else ("batch", "seq", feature_axis)
+
+
 def dense(features: int, std: float, axes: tuple, dtype, param_dtype, name: str) -> nn.Dense:
   """A bias-free projection with a logical-axis-annotated N(0, std^2) kernel."""
   return nn.Dense(features, use_bias=False, dtype=dtype, param_dtype=param_dtype,
@@ -92,5 +106,5 @@ class SwiGLU(nn.Module):
     up = dense(self.hidden_dim, self.init_std, ("embed", "mlp"), self.dtype, self.param_dtype,
                "up_proj")(x)
     h = nn.silu(gate) * up
-    h = sharding.constrain(h, ("batch", "seq", "act_mlp"), self.mesh, self.rules)
+    h = sharding.constrain(h, token_axes(h.ndim, "act_mlp"), self.mesh, self.rules)
     return dense(d, self.out_std, ("mlp", "embed"), self.dtype, self.param_dtype, "down_proj")(h)

@@ -27,7 +27,7 @@ real-sized tensors).
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -42,16 +42,22 @@ class CautiousState(NamedTuple):
 
 
 def cautious_mask(update: jax.Array, grad: jax.Array, eps: float = 1e-8,
-                  inner_is_step: bool = False) -> jax.Array:
-  """Returns ``update`` masked to the coordinates aligned with ``grad``, rescaled."""
-  agree = (update * grad < 0) if inner_is_step else (update * grad > 0)
-  agree = agree.astype(jnp.float32)
-  scale = 1.0 / jnp.maximum(jnp.mean(agree), eps)
-  return (update * agree * scale).astype(update.dtype)
+                  inner_is_step: bool = False, sign_source: jax.Array | None = None
+                  ) -> jax.Array:
+  """Returns ``update`` masked to the coordinates aligned with ``grad``, rescaled.
+
+  ``sign_source``: an array with the signs of ``update`` (default ``update``
+  itself), e.g. Adam's first moment for the Adam direction.
+  """
+  source = update if sign_source is None else sign_source
+  agree = (source * grad < 0) if inner_is_step else (source * grad > 0)
+  scale = 1.0 / jnp.maximum(jnp.mean(agree.astype(jnp.float32)), eps)
+  return jnp.where(agree, update * scale, 0).astype(update.dtype)
 
 
 def cautious(inner: optax.GradientTransformation, eps: float = 1e-8, *,
-             inner_is_step: bool = False) -> optax.GradientTransformationExtraArgs:
+             inner_is_step: bool = False, sign_source: Callable[[Any], Any] | None = None
+             ) -> optax.GradientTransformationExtraArgs:
   """Applies the Cautious mask to the output of any ``inner`` transformation.
 
   Args:
@@ -59,6 +65,11 @@ def cautious(inner: optax.GradientTransformation, eps: float = 1e-8, *,
     eps: > 0, floor of the fraction of kept coordinates.
     inner_is_step: ``inner`` already includes ``-learning_rate`` (a full optax
       optimizer) rather than being a ``scale_by_*`` direction.
+    sign_source: optional ``inner_state -> tree`` whose leaves have the signs
+      of ``inner``'s output (after its update), read instead of the output for
+      the mask. A speed option: the mask pass then reads an array the update
+      writes anyway (C-AdamW: Adam's first moment), so XLA need not store the
+      direction for a second pass (issue 12).
   """
   hyperparams.check_positive("eps", eps)
   inner = optax.with_extra_args_support(inner)
@@ -68,7 +79,11 @@ def cautious(inner: optax.GradientTransformation, eps: float = 1e-8, *,
 
   def update_fn(updates, state, params=None, **extra_args):
     out, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
-    out = jax.tree.map(lambda u, g: cautious_mask(u, g, eps, inner_is_step), out, updates)
+    if sign_source is None:
+      out = jax.tree.map(lambda u, g: cautious_mask(u, g, eps, inner_is_step), out, updates)
+    else:
+      out = jax.tree.map(lambda u, g, s: cautious_mask(u, g, eps, inner_is_step, s), out,
+                         updates, sign_source(inner_state))
     return out, CautiousState(inner_state=inner_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -88,9 +103,14 @@ def c_adamw(learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: float =
   hyperparams.check_positive("eps", eps)
   hyperparams.check_non_negative("eps_root", eps_root)
   hyperparams.check_positive("cautious_eps", cautious_eps)
+  # The Adam direction mu_hat / (sqrt(nu_hat) + eps) has the signs of mu (eps > 0,
+  # bias corrections > 0), so the mask reads mu (sign_source). Exact, except
+  # where the direction underflows to 0 while mu does not: such a coordinate
+  # counts as kept in mean(phi) (its update is 0 either way).
   return optax.chain(
       cautious(optax.scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root,
-                                   mu_dtype=mu_dtype), cautious_eps),
+                                   mu_dtype=mu_dtype), cautious_eps,
+               sign_source=lambda state: state.mu),
       decay_and_scale(learning_rate, weight_decay, mask),
   )
 

@@ -268,3 +268,50 @@ def test_bfloat16_compute_float32_params_and_logits():
   low, _ = jax.jit(M.build_model(cfg).apply)({"params": params}, tokens)
   assert low.dtype == jnp.float32
   np.testing.assert_allclose(low, reference_forward(params, tokens, TINY), atol=0.05)
+
+
+def _batched_3d_loss(p, tokens, spec):
+  """The model before issue 12 in jnp: every projection an einsum over [B, S, d].
+
+  The model now runs its dense blocks on tokens [B*S, d] (``layers.token_axes``);
+  loss and gradients must not change.
+  """
+  from optbench_jax.models import attention  # pylint: disable=import-outside-toplevel
+  rms = lambda x, w: x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + spec.norm_eps) * w
+  b, s = tokens.shape
+  h, hkv, hd = spec.num_heads, spec.num_kv_heads, spec.head_dim
+  x = p["embed"]["embedding"][tokens]
+  for i in range(spec.num_layers):
+    lp = jax.tree.map(lambda a: a[i], p["layers"])
+    kern = lambda name: lp["attn"][name]["kernel"]
+    a = rms(x, lp["attn_norm"]["scale"])
+    q = jnp.einsum("bsd,df->bsf", a, kern("q_proj")).reshape(b, s, h, hd)
+    k = jnp.einsum("bsd,df->bsf", a, kern("k_proj")).reshape(b, s, hkv, hd)
+    v = jnp.einsum("bsd,df->bsf", a, kern("v_proj")).reshape(b, s, hkv, hd)
+    pos = jnp.arange(s)
+    q, k = attention.apply_rope(q, pos, spec.rope_theta), attention.apply_rope(k, pos,
+                                                                                spec.rope_theta)
+    o = jax.nn.dot_product_attention(q, k, v, is_causal=True).reshape(b, s, h * hd)
+    x = x + jnp.einsum("bsf,fd->bsd", o, kern("o_proj"))
+    m = rms(x, lp["mlp_norm"]["scale"])
+    mlp = lambda name: jnp.einsum("bsd,df->bsf", m, lp["mlp"][name]["kernel"])
+    x = x + jnp.einsum("bsf,fd->bsd", jax.nn.silu(mlp("gate_proj")) * mlp("up_proj"),
+                       lp["mlp"]["down_proj"]["kernel"])
+  logits = jnp.einsum("bsd,vd->bsv", rms(x, p["final_norm"]["scale"]), p["embed"]["embedding"])
+  return M.losses.lm_loss(logits, tokens)[0]
+
+
+def test_token_layout_same_loss_and_grads_as_batched_3d_expression():
+  # Tolerance: float32, different summation order only -> rtol 1e-5 on the loss, 2e-4 on
+  # gradients (atol 1e-7 for near-zero entries).
+  cfg = dict(TINY, num_kv_heads=4)
+  spec = M.ModelSpec.from_config(cfg)
+  params = _perturbed_params(cfg)
+  tokens = jax.random.randint(jax.random.key(3), (3, 16), 0, 128)
+  model = M.build_model(cfg)
+  ours = jax.jit(jax.value_and_grad(
+      lambda p: M.losses.lm_loss(model.apply({"params": p}, tokens)[0], tokens)[0]))(params)
+  ref = jax.jit(jax.value_and_grad(lambda p: _batched_3d_loss(p, tokens, spec)))(params)
+  np.testing.assert_allclose(ours[0], ref[0], rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-7), ours[1],
+               ref[1])

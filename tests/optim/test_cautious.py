@@ -100,3 +100,17 @@ def test_trains_mlp(tx):
 def test_bad_hyperparameters(build, bad, match):
   with pytest.raises(ValueError, match=match):
     build(**bad)
+
+
+def test_sign_source_gives_the_same_trajectory_as_masking_the_output():
+  # C-AdamW reads Adam's mu for the mask (issue 12 speed-up); masking the Adam
+  # direction itself must give the same 20-step trajectory.
+  params = harness.make_params()
+  grads = harness.make_grads(params)
+  by_output = optax.chain(O.cautious(optax.scale_by_adam(b1=0.8, b2=0.99)),
+                          optax.add_decayed_weights(0.1), optax.scale(-1e-2))
+  by_mu = optax.chain(O.cautious(optax.scale_by_adam(b1=0.8, b2=0.99),
+                                 sign_source=lambda state: state.mu),
+                      optax.add_decayed_weights(0.1), optax.scale(-1e-2))
+  harness.assert_trajectory_close(harness.run_trajectory(by_mu, params, grads),
+                                  harness.run_trajectory(by_output, params, grads))

@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 from optbench_jax.bench import sweep_progress, sweep_status
 from tests.bench import test_sweep as sweep_tests

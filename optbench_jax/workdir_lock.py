@@ -105,6 +105,21 @@ def read_holder(directory: str) -> dict[str, Any] | None:
     os.close(fd)
 
 
+def _start_heartbeat(lock) -> None:
+  """Starts ``lock._beat`` on a daemon thread (both lock kinds), stopped by ``_stop_heartbeat``."""
+  lock._stop.clear()  # pylint: disable=protected-access
+  lock._thread = threading.Thread(target=lock._beat, name="workdir-lock-heartbeat",  # pylint: disable=protected-access
+                                  daemon=True)
+  lock._thread.start()  # pylint: disable=protected-access
+
+
+def _stop_heartbeat(lock) -> None:
+  lock._stop.set()  # pylint: disable=protected-access
+  if lock._thread is not None:  # pylint: disable=protected-access
+    lock._thread.join()  # pylint: disable=protected-access
+    lock._thread = None  # pylint: disable=protected-access
+
+
 class WorkdirLock:
   """``with WorkdirLock(workdir, role="trainer", log=...):`` -- see the module docstring."""
 
@@ -162,10 +177,7 @@ class WorkdirLock:
       os.close(fd)
       raise
     self._fd = fd
-    self._stop.clear()
-    self._thread = threading.Thread(target=self._beat, name="workdir-lock-heartbeat",
-                                    daemon=True)
-    self._thread.start()
+    _start_heartbeat(self)
     return self
 
   def _check_other_host(self, previous: dict[str, Any]) -> None:
@@ -199,9 +211,7 @@ class WorkdirLock:
   def release(self) -> None:
     if self._fd is None:
       return
-    self._stop.set()
-    if self._thread is not None:
-      self._thread.join()
+    _stop_heartbeat(self)
     fd, self._fd = self._fd, None
     try:
       os.unlink(self.path)   # still holding the flock: nobody else can own this file
@@ -296,10 +306,7 @@ class GcsWorkdirLock:
     else:
       raise WorkdirLockedError(f"could not lock {self.path}: it keeps being replaced")
     self._generation = generation
-    self._stop.clear()
-    self._thread = threading.Thread(target=self._beat, name="workdir-lock-heartbeat",
-                                    daemon=True)
-    self._thread.start()
+    _start_heartbeat(self)
     return self
 
   def _beat(self) -> None:
@@ -322,10 +329,7 @@ class GcsWorkdirLock:
         self._generation = generation
 
   def release(self) -> None:
-    self._stop.set()
-    if self._thread is not None:
-      self._thread.join()
-      self._thread = None
+    _stop_heartbeat(self)
     with self._mutex:
       generation, self._generation = self._generation, None
     if generation is not None:

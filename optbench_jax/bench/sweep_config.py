@@ -344,9 +344,7 @@ def preflight(config: ml_collections.ConfigDict, where: str, hosts: int = 1) -> 
     if signature in _TRACED:
       train.build(config, abstract=True, process_count=hosts)
     else:
-      if hosts > 1:
-        train.build(config, abstract=True, process_count=hosts)   # the batch split
-      train.check(config)
+      train.check(config, process_count=hosts)
       _TRACED.add(signature)
   except train.ConfigError as e:
     raise SweepConfigError(f"{where}: the trainer rejects this trial: {e}") from None

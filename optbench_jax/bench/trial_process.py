@@ -164,7 +164,6 @@ class TrialProcess:
     if log_dir is None and storage.is_remote(trial_dir):
       log_dir = tempfile.mkdtemp(prefix="optbench-trial-logs-")
     self.log_dir = log_dir or trial_dir
-    self.log_path = os.path.join(self.log_dir, host_log_name(0))
     self._polled_at = 0.0
     ids = list(range(hosts)) if process_ids is None else list(process_ids)
     self._log_ids = ids

@@ -140,14 +140,16 @@ def resolve_attention(config: ml_collections.ConfigDict, model_spec: models.Mode
   return impl
 
 
-def check(config: Any, devices: Sequence | None = None) -> Run:
+def check(config: Any, devices: Sequence | None = None, process_count: int = 1) -> Run:
   """Builds ``config`` abstractly and traces its train step; raises ConfigError on bad input.
+
+  ``process_count``: the hosts the run will have (the batch must split over them).
 
   Tracing (``jax.eval_shape``, nothing compiled or allocated) catches what
   only the step reveals, e.g. an optimizer asking for an argument the step
   does not give it.
   """
-  run = build(config, devices, abstract=True, process_count=1)
+  run = build(config, devices, abstract=True, process_count=process_count)
   try:
     jax.eval_shape(run.train_step, run.state_target(), run.abstract_batch())
   except (TypeError, ValueError) as e:

@@ -110,6 +110,21 @@ class Llama(nn.Module):
     return self.final_norm(x) @ self.embed.weight.T   # tied head
 
 
+def time_attention(args) -> dict:
+  """Median ms of causal SDPA forward + backward on one layer's q, k, v."""
+  shape = (args.batch, args.heads, args.seq_len, args.d_model // args.heads)
+  q, k, v = (torch.randn(shape, requires_grad=True) for _ in range(3))
+  cotangent = torch.randn(shape)
+  times = []
+  for i in range(2 + 3 * args.steps):
+    start = time.perf_counter()
+    (F.scaled_dot_product_attention(q, k, v, is_causal=True) * cotangent).sum().backward()
+    if i >= 2:
+      times.append(time.perf_counter() - start)
+  times.sort()
+  return dict(side="torch", what="sdpa fwd+bwd", shape=shape, median_ms=1e3 * times[len(times) // 2])
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--layers", type=int, default=4)
@@ -120,6 +135,9 @@ def main():
   parser.add_argument("--vocab", type=int, default=8192)
   parser.add_argument("--steps", type=int, default=6, help="timed steps (after 2 warmup)")
   parser.add_argument("--threads", type=int, default=0, help="0 = torch's default")
+  parser.add_argument("--attention", action="store_true",
+                      help="time only causal SDPA fwd+bwd of one layer [batch, heads, seq, "
+                           "d_model/heads] (xla_cpu_repros.py's item 4)")
   parser.add_argument("--default_malloc", action="store_true",
                       help="leave glibc malloc as it is (default: the trainer's setting)")
   args = parser.parse_args()
@@ -127,6 +145,9 @@ def main():
   if args.threads:
     torch.set_num_threads(args.threads)
   torch.manual_seed(0)
+  if args.attention:
+    print(json.dumps(time_attention(args)))
+    return
   model = Llama(args.layers, args.d_model, args.heads, args.vocab, args.seq_len)
   opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
   gen = torch.Generator().manual_seed(0)

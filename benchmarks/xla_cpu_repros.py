@@ -14,6 +14,12 @@
    arena) and so page-faulted in every call, unless
    ``optbench_jax.host_memory.retain_freed_memory()`` ran first (``--retain``;
    run both ways, a process can set it only before XLA starts).
+4. attention: causal attention fwd+bwd of one layer of the small benchmark
+   shape ([8, 256, 4, 64]) by ``jax.nn.dot_product_attention`` (the full
+   masked [S, S] scores) and by the query blocks of ``attention_impl=
+   'blocked'``. PyTorch's fused CPU kernel on the same shape:
+   ``python benchmarks/torch_peer.py --attention`` (it was ~2x faster than
+   the blocks: the rest of the CPU gap to the peer, BUILD_NOTES.md).
 
 Times are medians of 15 calls, in ms (the machine may be shared: compare the
 rows of one run, not runs).
@@ -85,6 +91,19 @@ def main():
   retained = "retained" if "--retain" in sys.argv else "default malloc"
   print(f"3. faults: sum(sin(u)*g, axis=0) (a 75 MB temporary), {retained}: "
         f"{faults:.0f} minor page faults per call")
+
+  # 4. Causal attention fwd+bwd, full scores vs query blocks.
+  from optbench_jax.models import blocked_attention  # pylint: disable=g-import-not-at-top
+  q, k, v, do = (jax.random.normal(next(keys), (8, 256, 4, 64)) for _ in range(4))
+
+  def fwd_bwd(attention):
+    return jax.grad(lambda q, k, v: jnp.sum(attention(q, k, v) * do), argnums=(0, 1, 2))
+
+  full = median_ms(fwd_bwd(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True)),
+                   q, k, v)
+  blocks = median_ms(fwd_bwd(blocked_attention.blocked_causal_attention), q, k, v)
+  print(f"4. attention: causal fwd+bwd [8, 256, 4, 64], dot_product_attention: {full:.1f} ms; "
+        f"4 query blocks: {blocks:.1f} ms (x{full / blocks:.2f})")
 
 
 if __name__ == "__main__":

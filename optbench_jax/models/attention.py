@@ -10,8 +10,10 @@ depends only on m - n (tested).
 The attention itself is ``jax.nn.dot_product_attention(is_causal=True)``
 (XLA's expression on every backend: its default implementation); it handles
 GQA natively when num_kv_heads < num_heads. ``attention_impl`` (config
-``model.attention_impl``) swaps in a fused kernel instead (cuDNN flash on GPU,
-Pallas splash on TPU): see ``attention_kernels``.
+``model.attention_impl``) swaps in another implementation: ``blocked``
+(``blocked_attention``: XLA ops that skip the masked half; the default on
+CPU), or a fused kernel (cuDNN flash on GPU, Pallas splash on TPU): see
+``attention_kernels``.
 
 ``report_max_logits=True`` (the trainer sets it for QK-clip, Kimi Team 2025,
 arXiv 2507.20534) also returns, per query head h, the largest pre-softmax logit
@@ -30,7 +32,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from optbench_jax.models import attention_kernels, layers, sharding
+from optbench_jax.models import attention_kernels, blocked_attention, layers, sharding
 
 
 def apply_rope(x: jax.Array, positions: jax.Array, theta: float = 10000.0) -> jax.Array:
@@ -58,7 +60,7 @@ class CausalSelfAttention(nn.Module):
   mesh: object = None
   rules: tuple = sharding.DEFAULT_RULES
   report_max_logits: bool = False
-  attention_impl: str = "xla"   # ModelSpec.attention_impl: auto | xla | cudnn | splash
+  attention_impl: str = "xla"   # resolved ModelSpec.attention_impl: xla | blocked | cudnn | splash
 
   @nn.compact
   def __call__(self, x):
@@ -81,6 +83,8 @@ class CausalSelfAttention(nn.Module):
                                      self.dtype, hd)
     if impl == "xla":
       out = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+    elif impl == "blocked":
+      out = blocked_attention.blocked_causal_attention(q, k, v)
     else:
       out = attention_kernels.attention(q, k, v, impl, self.mesh, self.rules)
     out = sharding.constrain(out, ("batch", "seq", "act_heads", None), self.mesh, self.rules)

@@ -6,10 +6,14 @@ backend the model runs on (``resolve``), before anything is compiled:
 =========  =====================================================================
 auto       cuDNN flash attention on GPU when the compute dtype is bf16/fp16
            (XLA for float32: cuDNN flash has no float32 kernel), Pallas splash
-           attention on TPU, XLA on CPU.
+           attention on TPU, blocked on CPU.
 xla        ``jax.nn.dot_product_attention`` (``models/attention.py``): the
            [B, H, S, S] scores are materialised (and saved for the backward
            pass unless remat recomputes them).
+blocked    ``blocked_attention.blocked_causal_attention``: plain XLA ops over
+           query blocks that skip the masked half (5/8 of the scores for 4
+           blocks). Every backend; the fastest on CPU (1.6x XLA's fwd+bwd on
+           the benchmark shapes; BUILD_NOTES.md).
 cudnn      ``jax.nn.dot_product_attention(implementation="cudnn")``: FlashAttention
            in cuDNN (Dao 2023). GPU only; bf16/fp16; head_dim a multiple of 8,
            <= 128.
@@ -68,7 +72,7 @@ def platform_of(mesh=None) -> str:
 
 
 def resolve(impl: str, platform: str, compute_dtype: str, head_dim: int) -> str:
-  """The concrete implementation ('xla' | 'cudnn' | 'splash') of ``impl`` on ``platform``.
+  """The concrete implementation ('xla' | 'blocked' | 'cudnn' | 'splash') of ``impl`` on ``platform``.
 
   Raises ONE ValueError naming ``model.attention_impl`` when the backend, dtype
   or head size cannot run it.
@@ -77,7 +81,7 @@ def resolve(impl: str, platform: str, compute_dtype: str, head_dim: int) -> str:
   if impl == "auto":
     if platform == "gpu" and dtype in _CUDNN_DTYPES and head_dim % 8 == 0 and head_dim <= 128:
       return "cudnn"
-    return "splash" if platform == "tpu" else "xla"
+    return {"tpu": "splash", "cpu": "blocked"}.get(platform, "xla")
   fail = lambda why: ValueError(f"model.attention_impl={impl!r}: {why}")
   if impl == "cudnn":
     if platform != "gpu":
@@ -93,8 +97,8 @@ def resolve(impl: str, platform: str, compute_dtype: str, head_dim: int) -> str:
     if platform not in ("tpu", "cpu"):
       raise fail(f"splash attention is a Pallas TPU kernel and cannot run on {platform} "
                  "(use 'cudnn' on GPU)")
-  elif impl != "xla":
-    raise fail(f"must be one of ['auto', 'xla', {', '.join(map(repr, KERNELS))}]")
+  elif impl not in ("xla", "blocked"):
+    raise fail(f"must be one of ['auto', 'xla', 'blocked', {', '.join(map(repr, KERNELS))}]")
   return impl
 
 

@@ -8,9 +8,13 @@ Init N(0, init_std^2) everywhere except the projections writing into the
 residual stream (o_proj, down_proj), which use init_std / sqrt(2 L).
 
 The L blocks are one ``nn.scan`` over stacked parameters (leading axis L under
-``params['layers']``), so compile time does not grow with depth;
-``scan_layers=False`` keeps the same parameter tree and fully unrolls the
-scan (faster steps on some backends, compile time linear in depth).
+``params['layers']``). ``scan_layers=True`` runs it as a loop, so compile time
+does not grow with depth; ``scan_layers=False`` keeps the same parameter tree
+and fully unrolls it. ``None`` (the default) is ``scans_layers``: unrolled on
+CPU, where the loop's stacking of each layer's residuals (dynamic-update-slice
+copies) cost ~10% of the small benchmark step and unrolled programs compiled
+no slower up to 12 layers (BUILD_NOTES.md); a loop on GPU/TPU, where compile
+time at 24-32 layers matters more.
 ``remat``: 'full' recomputes each block in the backward pass; 'dots' saves
 only the weight matmul outputs (``dots_with_no_batch_dims_saveable``) and
 recomputes the rest (norms, activations, attention scores).
@@ -27,7 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from optbench_jax.models import attention, layers, moe, sharding
+from optbench_jax.models import attention, attention_kernels, layers, moe, sharding
 from optbench_jax.models.spec import ModelSpec
 
 # Auxiliary losses: per layer already x coef / L, so summed over layers;
@@ -84,6 +88,11 @@ def _remat_policy(remat: str):
   return None  # 'full': save nothing
 
 
+def scans_layers(scan_layers: bool | None, platform: str) -> bool:
+  """Whether the layer stack runs as a loop: ``scan_layers``, or for None, on GPU/TPU only."""
+  return platform != "cpu" if scan_layers is None else bool(scan_layers)
+
+
 class LanguageModel(nn.Module):
   """tokens int32 [B, S] -> (logits float32 [B, S, V], aux dict of float32 scalars).
 
@@ -113,8 +122,9 @@ class LanguageModel(nn.Module):
     block = Block
     if s.remat != "none":
       block = nn.remat(Block, prevent_cse=False, policy=_remat_policy(s.remat))
+    scanned = scans_layers(s.scan_layers, attention_kernels.platform_of(self.mesh))
     stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
-                    length=s.num_layers, unroll=1 if s.scan_layers else s.num_layers,
+                    length=s.num_layers, unroll=1 if scanned else s.num_layers,
                     metadata_params={nn.PARTITION_NAME: "layers"})
     x, per_layer = stack(s, self.mesh, self.rules, self.report_max_logits, name="layers")(x)
 

@@ -20,7 +20,7 @@ KINDS = ("llama", "moe")
 REMAT = ("none", "full", "dots")
 DTYPES = ("float32", "bfloat16", "float16")
 # auto: cuDNN flash on GPU (bf16/fp16), Pallas splash on TPU, XLA elsewhere (attention_kernels).
-ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash")
+ATTENTION_IMPLS = ("auto", "xla", "blocked", "cudnn", "splash")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +37,7 @@ class ModelSpec:
   norm_eps: float = 1e-5
   init_std: float = 0.02
   z_loss: float = 0.0
-  scan_layers: bool = True
+  scan_layers: bool | None = None   # None: auto (``llama.scans_layers``)
   remat: str = "none"
   attention_impl: str = "auto"
   compute_dtype: str = "float32"
@@ -102,6 +102,8 @@ class ModelSpec:
       fail("num_heads", f"head_dim = d_model / num_heads = {self.head_dim} must be even (RoPE)")
     if self.num_heads % self.num_kv_heads:
       fail("num_kv_heads", f"must divide num_heads={self.num_heads} (grouped-query attention)")
+    if not (self.scan_layers is None or isinstance(self.scan_layers, bool)):
+      fail("scan_layers", "must be True, False or None (auto: unrolled on CPU, scanned on GPU/TPU)")
     if self.remat not in REMAT:
       fail("remat", f"must be one of {list(REMAT)}")
     if self.attention_impl not in ATTENTION_IMPLS:

@@ -23,6 +23,8 @@ print_saved_residuals`` lists for our block, float32 case):
   float32 softmax output and the probabilities in the compute dtype, i.e.
   [B, H, S, S] materialised twice (JAX also lists the float32 logits and the
   boolean mask; XLA fuses them away: fitted to memory_analysis);
+  blocked: the xla term times ``blocked_attention.computed_fraction(S)``
+  ((n + 1) / (2 n) for n query blocks: only the visible blocks are saved);
   cudnn / splash (flash): t H' 4 (the row log-sum-exp), no S^2 term.
 
   activations = L x saved(layer) + working(layer) + logits
@@ -40,6 +42,10 @@ params + optimizer state + gradients + activations; it fits a device when
 that is at most ``USABLE_FRACTION`` of its HBM (XLA's workspace, fragmentation
 and the runtime take the rest).
 
+The layer stack is assumed scanned (``model.scan_layers``' default on GPU
+and TPU). Unrolled, XLA may keep more alive with remat='dots' (on CPU, where
+unrolling is the default, up to ~1.8x the estimate).
+
 Agreement with XLA (``tests/train/test_memory.py``, CPU, float32): the
 estimate of activations vs the compiled gradient function's
 ``memory_analysis().temp_size_in_bytes``. XLA:CPU computes bfloat16 in float32
@@ -54,7 +60,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from optbench_jax.models import attention_kernels
+from optbench_jax.models import attention_kernels, blocked_attention
 from optbench_jax.models.spec import ModelSpec
 
 GIB = 2.0**30
@@ -82,8 +88,10 @@ def activation_bytes(model_cfg: Any, seq_len: int, micro_batch_per_device: float
   t = b * S
   h, hkv = _split(s.num_heads, tensor), _split(s.num_kv_heads, tensor)
   f, v = _split(s.ffn_dim, tensor), _split(s.vocab_size, tensor)
-  if attention_impl == "xla":
+  if attention_impl in ("xla", "blocked"):
     scores = b * h * S * S * (4 + c)
+    if attention_impl == "blocked":
+      scores *= blocked_attention.computed_fraction(S)
   else:
     scores = t * h * 4
   if s.kind == "moe":

@@ -30,8 +30,8 @@ from optbench_jax.train.config_checks import ConfigError
 
 RECORD_NAME = "run_record.json"
 SUMMARY_NAME = "summary.json"
-OPERATIONAL_KEYS = ("mesh", "model.attention_impl", "data.prefetch_threads", "train.log_every",
-                    "train.checkpoint_every", "train.keep_checkpoints")
+OPERATIONAL_KEYS = ("mesh", "model.attention_impl", "model.scan_layers", "data.prefetch_threads",
+                    "train.log_every", "train.checkpoint_every", "train.keep_checkpoints")
 # Measured by the process that trained; a rerun that only reports keeps them.
 CARRIED_OVER = ("tokens_per_s", "mfu", "compile_time_s", "peak_flops", "peak_flops_source")
 

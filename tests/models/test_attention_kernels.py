@@ -61,7 +61,8 @@ def test_splash_is_causal():
 
 
 def test_resolve_per_backend():
-  assert K.resolve("auto", "cpu", "float32", 64) == "xla"
+  assert K.resolve("auto", "cpu", "float32", 64) == "blocked"
+  assert K.resolve("blocked", "gpu", "bfloat16", 64) == "blocked"   # plain XLA: every backend
   assert K.resolve("auto", "gpu", "bfloat16", 64) == "cudnn"
   assert K.resolve("auto", "gpu", "float32", 64) == "xla"      # cuDNN flash has no float32
   assert K.resolve("auto", "gpu", "bfloat16", 12) == "xla"     # head_dim not a multiple of 8
@@ -100,4 +101,4 @@ def test_trainer_refuses_before_compiling():
   with pytest.raises(ConfigError, match=r"multiple of 128, got 96"):
     assembly.build(bad_seq, cpu)
   assert assembly.build(_config(attention_impl="splash"), cpu).attention_impl == "splash"
-  assert assembly.build(_config(), cpu).attention_impl == "xla"   # auto on CPU
+  assert assembly.build(_config(), cpu).attention_impl == "blocked"   # auto on CPU

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from optbench_jax import models as M
+from optbench_jax.models import llama as L
 from optbench_jax.optim import labels
 
 TINY = dict(num_layers=2, d_model=32, num_heads=4, num_kv_heads=2, ffn_dim=64, vocab_size=128)
@@ -238,12 +239,35 @@ def _hlo_ops(cfg):
 
 
 def test_scan_hlo_size_independent_of_depth():
-  two, eight = _hlo_ops(dict(TINY, num_layers=2)), _hlo_ops(dict(TINY, num_layers=8))
+  scanned = dict(TINY, scan_layers=True)
+  two, eight = _hlo_ops(dict(scanned, num_layers=2)), _hlo_ops(dict(scanned, num_layers=8))
   assert eight == two, (two, eight)  # the scan body is emitted once
   # scan_layers=False unrolls: the program grows with depth (the layer body is
   # an outlined function called once per layer, hence not 4x).
   unrolled = _hlo_ops(dict(TINY, num_layers=8, scan_layers=False))
   assert unrolled > 1.3 * two, (two, unrolled)
+  # None (the default) is unrolled on CPU, where these tests run.
+  assert _hlo_ops(dict(TINY, num_layers=8)) == unrolled
+
+
+def test_scans_layers_auto_by_platform():
+  assert [L.scans_layers(None, p) for p in ("cpu", "gpu", "tpu")] == [False, True, True]
+  assert L.scans_layers(True, "cpu") and not L.scans_layers(False, "tpu")
+
+
+def test_scan_and_unrolled_compute_the_same_function():
+  cfg = dict(TINY, num_layers=3)
+  params = M.init_params(cfg, jax.random.key(0))
+  tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, TINY["vocab_size"])
+
+  def loss_and_grads(scan):
+    model = M.build_model(dict(cfg, scan_layers=scan))
+    loss = lambda p: jnp.mean(model.apply({"params": p}, tokens)[0] ** 2)
+    return jax.value_and_grad(loss)(params)
+
+  (l0, g0), (l1, g1) = loss_and_grads(True), loss_and_grads(False)
+  np.testing.assert_allclose(l0, l1, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8), g0, g1)
 
 
 @pytest.mark.parametrize("bad,match", [
@@ -251,6 +275,7 @@ def test_scan_hlo_size_independent_of_depth():
     (dict(num_heads=5), "model.num_heads"),
     (dict(num_kv_heads=3), "model.num_kv_heads"),
     (dict(remat="some"), "model.remat"),
+    (dict(scan_layers="yes"), "model.scan_layers"),
     (dict(num_experts=4), "model.num_experts"),
     (dict(kind="moe", num_experts=4, experts_top_k=5), "model.experts_top_k"),
     (dict(d_modle=4), "unknown model config key"),

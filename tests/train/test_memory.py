@@ -16,7 +16,8 @@ from optbench_jax import train
 from optbench_jax.train import memory
 from optbench_jax.train.config_checks import ConfigError
 
-SMALL = dict(num_layers=3, d_model=128, num_heads=4, ffn_dim=384, vocab_size=512)
+# scan_layers=True: the estimate describes the scanned stack (the default on GPU/TPU).
+SMALL = dict(num_layers=3, d_model=128, num_heads=4, ffn_dim=384, vocab_size=512, scan_layers=True)
 
 
 def _compiled_temp_bytes(cfg, batch, seq):
@@ -32,6 +33,14 @@ def test_estimate_agrees_with_compiled_memory(remat, seq):
   cfg = dict(SMALL, remat=remat, attention_impl="xla")
   estimate = memory.activation_bytes(cfg, seq, 4, "xla")["total"]
   ratio = estimate / _compiled_temp_bytes(cfg, 4, seq)
+  assert 0.75 <= ratio <= 1.4, ratio
+
+
+def test_blocked_estimate_agrees_with_compiled_memory():
+  cfg = dict(SMALL, attention_impl="blocked")
+  estimate = memory.activation_bytes(cfg, 512, 4, "blocked")
+  assert estimate["total"] < memory.activation_bytes(cfg, 512, 4, "xla")["total"]
+  ratio = estimate["total"] / _compiled_temp_bytes(cfg, 4, 512)
   assert 0.75 <= ratio <= 1.4, ratio
 
 

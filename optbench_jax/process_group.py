@@ -77,7 +77,7 @@ class ProcessGroup:
   None to inherit. ``preexec_fn`` is run in every child (e.g. a parent-death
   signal). ``coordinator`` defaults to 127.0.0.1 at a free port.
   ``process_ids``: which of the job's processes start here (default all); a
-  job spread over machines (``bench.ray_executor``) starts one on each, with
+  job spread over machines (``bench.ray_supervisor``) starts one on each, with
   ``outputs`` in that order.
   """
 

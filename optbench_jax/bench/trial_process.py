@@ -146,7 +146,7 @@ class TrialProcess:
 
   ``process_ids``/``coordinator``: only these processes of the ``hosts``-process
   job run here, joining the job at ``coordinator`` (a cluster executor runs one
-  TrialProcess per node, ``bench.ray_executor``); default: all of them, here.
+  TrialProcess per node, ``bench.ray_supervisor``); default: all of them, here.
   """
 
   def __init__(self, trial: Any, trial_dir: str, argv: Sequence[str],

@@ -47,7 +47,6 @@ from optbench_jax import data as data_lib
 from optbench_jax import models
 from optbench_jax import storage
 from optbench_jax import workdir_lock
-from optbench_jax.data import remote as remote_data
 from optbench_jax.models import flops as flops_lib
 from optbench_jax.train import assembly
 from optbench_jax.train import checkpoint as checkpoint_lib
@@ -94,7 +93,8 @@ class _StopSignal:
 
 
 def _prepare_data(config: ml_collections.ConfigDict, workdir: str):
-  """The corpus manifest: the synthetic corpus is generated (once) into data.path or workdir/data.
+  """The checked corpus manifest: the synthetic corpus is generated (once) into data.path or
+  workdir/data; a token-shard corpus is checked by ``preflight.check_data_source``.
 
   A ``gs://`` corpus is read from a verified host-local copy (``data.remote``); a
   synthetic corpus whose place is ``gs://`` (a gs:// workdir) is generated into
@@ -117,19 +117,9 @@ def _prepare_data(config: ml_collections.ConfigDict, workdir: str):
         manifest = make()   # idempotent: reuses a shared copy, or writes a host-local one
     except (data_lib.DataError, ValueError) as e:
       raise ConfigError(f"config.data (synthetic corpus at {path}): {e}") from None
+    preflight.check_data(str(manifest.directory), config)
   else:
-    try:
-      if storage.is_remote(d.path):
-        storage.check_reachable(d.path)
-      if not d.path or not storage.isdir(d.path):
-        raise ConfigError(f"config.data.path {d.path!r} is not a directory (data.source='shards')")
-      local = remote_data.fetch_corpus(d.path, log=logging.info) if storage.is_remote(
-          d.path) else d.path
-      manifest = data_lib.read_manifest(local)
-    except storage.StorageError as e:
-      raise ConfigError(f"config.data.path: {e}") from None
-    except data_lib.DataError as e:
-      raise ConfigError(f"config.data.path: {e}") from None
+    manifest = data_lib.read_manifest(preflight.check_data_source(config, log=logging.info))
   if manifest.vocab_size > config.model.vocab_size:
     raise ConfigError(f"the corpus at {manifest.directory} has vocab_size {manifest.vocab_size}, "
                       f"larger than config.model.vocab_size ({config.model.vocab_size})")
@@ -277,7 +267,6 @@ def _run(config, workdir: str, devices, allow_config_change: bool) -> dict:
   config, mesh, batch_sharding = run_.config, run_.mesh, run_.batch_sharding
   manifest = _prepare_data(config, workdir)
   d, t = config.data, config.train
-  preflight.check_data(str(manifest.directory), config)
   micro_batch = d.global_batch_size // d.grad_accum_steps
   train_iter = data_lib.make_train_iterator(
       str(manifest.directory), seq_len=d.seq_len, global_batch_size=d.global_batch_size,

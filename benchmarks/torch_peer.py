@@ -122,7 +122,8 @@ def time_attention(args) -> dict:
     if i >= 2:
       times.append(time.perf_counter() - start)
   times.sort()
-  return dict(side="torch", what="sdpa fwd+bwd", shape=shape, median_ms=1e3 * times[len(times) // 2])
+  return dict(side="torch", what="sdpa fwd+bwd", shape=shape,
+              median_ms=1e3 * times[len(times) // 2])
 
 
 def main():

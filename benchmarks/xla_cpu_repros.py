@@ -63,7 +63,7 @@ def faults_per_call(fn, *args, n: int = 5) -> float:
 
 
 def main():
-  keys = iter(jax.random.split(jax.random.key(0), 8))
+  keys = iter(jax.random.split(jax.random.key(0), 12))
   # 1. SwiGLU-like projection backward, 3-D vs tokens.
   x = jax.random.normal(next(keys), (8, 256, 256))
   w_gate, w_up = (0.02 * jax.random.normal(next(keys), (256, 768)) for _ in range(2))

@@ -12,8 +12,8 @@ xla        ``jax.nn.dot_product_attention`` (``models/attention.py``): the
            pass unless remat recomputes them).
 blocked    ``blocked_attention.blocked_causal_attention``: plain XLA ops over
            query blocks that skip the masked half (5/8 of the scores for 4
-           blocks). Every backend; the fastest on CPU (1.6x XLA's fwd+bwd on
-           the benchmark shapes; BUILD_NOTES.md).
+           blocks). Every backend; the fastest on CPU (1.6-1.9x XLA's fwd+bwd
+           on the benchmark shapes; BUILD_NOTES.md).
 cudnn      ``jax.nn.dot_product_attention(implementation="cudnn")``: FlashAttention
            in cuDNN (Dao 2023). GPU only; bf16/fp16; head_dim a multiple of 8,
            <= 128.
@@ -72,7 +72,7 @@ def platform_of(mesh=None) -> str:
 
 
 def resolve(impl: str, platform: str, compute_dtype: str, head_dim: int) -> str:
-  """The concrete implementation ('xla' | 'blocked' | 'cudnn' | 'splash') of ``impl`` on ``platform``.
+  """The concrete implementation ('xla' | 'blocked' | 'cudnn' | 'splash') of ``impl`` there.
 
   Raises ONE ValueError naming ``model.attention_impl`` when the backend, dtype
   or head size cannot run it.

@@ -12,9 +12,9 @@ The L blocks are one ``nn.scan`` over stacked parameters (leading axis L under
 does not grow with depth; ``scan_layers=False`` keeps the same parameter tree
 and fully unrolls it. ``None`` (the default) is ``scans_layers``: unrolled on
 CPU, where the loop's stacking of each layer's residuals (dynamic-update-slice
-copies) cost ~10% of the small benchmark step and unrolled programs compiled
-no slower up to 12 layers (BUILD_NOTES.md); a loop on GPU/TPU, where compile
-time at 24-32 layers matters more.
+copies) cost 10-19% of the small benchmark step (equal at 124M), and unrolled
+programs compiled within 5% of the loop up to 12 layers (BUILD_NOTES.md);
+a loop on GPU/TPU, where compile time at 24-32 layers matters more.
 ``remat``: 'full' recomputes each block in the backward pass; 'dots' saves
 only the weight matmul outputs (``dots_with_no_batch_dims_saveable``) and
 recomputes the rest (norms, activations, attention scores).

@@ -1,4 +1,4 @@
-"""model.attention_impl='blocked' (models/blocked_attention.py) == jax.nn.dot_product_attention(is_causal=True).
+"""attention_impl='blocked' (models/blocked_attention.py) == dot_product_attention(is_causal=True).
 
 Tolerances: float32 forward rtol 1e-5 / atol 1e-6 and gradients rtol 1e-4 /
 atol 1e-6 (the blocks sum the softmax over fewer, unmasked keys: only the

@@ -17,9 +17,10 @@ the same fraction of the full [B, H, S, S].
 
 Why it exists: on CPU, XLA materialises the full masked [B, H, S, S] scores,
 and a PyTorch peer's fused CPU attention (which skips the masked blocks) was
-~3.7x faster for the fwd+bwd of our small benchmark shape (BUILD_NOTES.md,
-"CPU throughput"). On GPU and TPU the fused kernels (cuDNN, splash) do the same
-skipping in one kernel, and ``auto`` picks those there.
+~3.7x faster for the fwd+bwd of 4 layers of our small benchmark shape
+(BUILD_NOTES.md, "CPU throughput, second pass"). On GPU and TPU the fused
+kernels (cuDNN, splash) do the same skipping in one kernel, and ``auto`` picks
+those there.
 
 GQA: query head h reads kv head h // (H / Hkv), as in XLA's attention.
 """

@@ -27,9 +27,11 @@ def base_config() -> ml_collections.ConfigDict:
       norm_eps=1e-5,
       init_std=0.02,           # residual output projections: init_std / sqrt(2 L)
       z_loss=0.0,              # output-logit z-loss coefficient
-      scan_layers=ml_collections.config_dict.placeholder(bool),  # None = auto: unrolled on CPU, scanned on GPU/TPU
+      # None = auto: unrolled on CPU, a scan on GPU/TPU (models.llama.scans_layers)
+      scan_layers=ml_collections.config_dict.placeholder(bool),
       remat="none",            # none | full | dots
-      attention_impl="auto",   # auto | xla | blocked | cudnn | splash (auto: cuDNN on GPU, splash on TPU, blocked on CPU)
+      # auto | xla | blocked | cudnn | splash (auto: cuDNN on GPU, splash on TPU, blocked on CPU)
+      attention_impl="auto",
       compute_dtype="float32", # bfloat16 on GPU/TPU
       param_dtype="float32",
       num_experts=0,           # >= 2 for kind=moe (checked by models.ModelSpec)

@@ -19,7 +19,7 @@ from optbench_jax.models import layers
 KINDS = ("llama", "moe")
 REMAT = ("none", "full", "dots")
 DTYPES = ("float32", "bfloat16", "float16")
-# auto: cuDNN flash on GPU (bf16/fp16), Pallas splash on TPU, XLA elsewhere (attention_kernels).
+# auto: cuDNN flash on GPU (bf16/fp16), Pallas splash on TPU, blocked on CPU (attention_kernels).
 ATTENTION_IMPLS = ("auto", "xla", "blocked", "cudnn", "splash")
 
 

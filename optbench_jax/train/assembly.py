@@ -129,8 +129,8 @@ def build(config: Any, devices: Sequence | None = None, *, abstract: bool = Fals
 
 def resolve_attention(config: ml_collections.ConfigDict, model_spec: models.ModelSpec,
                       platform: str) -> str:
-  """``model.attention_impl`` on ``platform`` ('xla' | 'blocked' | 'cudnn' | 'splash'); ConfigError if it
-  cannot run there (``models/attention_kernels.py``)."""
+  """``model.attention_impl`` on ``platform`` ('xla' | 'blocked' | 'cudnn' | 'splash');
+  ConfigError if it cannot run there (``models/attention_kernels.py``)."""
   try:
     impl = attention_kernels.resolve(model_spec.attention_impl, platform,
                                      model_spec.compute_dtype, model_spec.head_dim)

@@ -31,20 +31,37 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from optbench_jax.models import attention_kernels, blocked_attention, layers, sharding
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, theta: float = 10000.0) -> jax.Array:
+def rope_tables(positions, head_dim: int, theta: float = 10000.0):
+  """cos(p w), sin(p w) [S, 1, hd] in float32 for the positions [S] (rotate-half layout).
+
+  Concrete positions (the model's arange(S)) give numpy constants. Computed
+  inside the jitted step instead, XLA:CPU fuses the cos and sin into every
+  loop that reads them and so re-evaluates them once per batch element and
+  head, in each of RoPE's consumers (BUILD_NOTES, issue 12). Traced positions
+  fall back to jnp.
+  """
+  try:
+    positions, xp = np.asarray(positions), np
+  except jax.errors.TracerArrayConversionError:
+    xp = jnp
+  inv_freq = theta ** (-xp.arange(0, head_dim, 2, dtype=xp.float32) / head_dim)
+  angles = positions.astype(xp.float32)[:, None] * inv_freq[None, :].astype(xp.float32)
+  angles = xp.concatenate([angles, angles], axis=-1)[:, None, :]
+  return xp.cos(angles), xp.sin(angles)
+
+
+def apply_rope(x: jax.Array, positions, theta: float = 10000.0) -> jax.Array:
   """Rotates ``x`` [..., S, N, hd] by the positions [S] (rotate-half RoPE)."""
-  hd = x.shape[-1]
-  inv_freq = theta ** (-jnp.arange(0, hd, 2, dtype=jnp.float32) / hd)
-  angles = positions.astype(jnp.float32)[:, None] * inv_freq[None, :]
-  angles = jnp.concatenate([angles, angles], axis=-1)[:, None, :]  # [S, 1, hd]
+  cos, sin = rope_tables(positions, x.shape[-1], theta)
   x32 = x.astype(jnp.float32)
   x1, x2 = jnp.split(x32, 2, axis=-1)
   rotated = jnp.concatenate([-x2, x1], axis=-1)
-  return (x32 * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
+  return (x32 * cos + rotated * sin).astype(x.dtype)
 
 
 class CausalSelfAttention(nn.Module):
@@ -76,7 +93,7 @@ class CausalSelfAttention(nn.Module):
     q = sharding.constrain(q, ("batch", "seq", "act_heads", None), self.mesh, self.rules)
     k = sharding.constrain(k, ("batch", "seq", "act_kv_heads", None), self.mesh, self.rules)
     v = sharding.constrain(v, ("batch", "seq", "act_kv_heads", None), self.mesh, self.rules)
-    positions = jnp.arange(s)
+    positions = np.arange(s)
     q = apply_rope(q, positions, self.rope_theta)
     k = apply_rope(k, positions, self.rope_theta)
     impl = attention_kernels.resolve(self.attention_impl, attention_kernels.platform_of(self.mesh),

@@ -31,3 +31,14 @@ def test_rope_scores_depend_only_on_relative_position():
   for shift in (1, 10, 100):
     np.testing.assert_allclose(score(7 + shift, 3 + shift), base, rtol=1e-4)
   assert abs(score(8, 3) - base) > 1e-3
+
+
+def test_rope_tables_are_constants_for_static_positions_and_match_traced_ones():
+  x = jax.random.normal(jax.random.key(3), (2, 64, 2, 16))
+  cos, sin = attention.rope_tables(np.arange(64), 16)
+  assert isinstance(cos, np.ndarray) and cos.dtype == np.float32 and cos.shape == (64, 1, 16)
+  static = attention.apply_rope(x, np.arange(64))
+  traced = jax.jit(attention.apply_rope)(x, jnp.arange(64))
+  np.testing.assert_allclose(static, traced, rtol=1e-5, atol=1e-5)
+  hlo = jax.jit(lambda x: attention.apply_rope(x, np.arange(64))).lower(x).as_text()
+  assert "cosine" not in hlo and "sine" not in hlo

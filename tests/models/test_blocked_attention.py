@@ -71,6 +71,19 @@ def test_bfloat16_inputs():
                              atol=2e-2)
 
 
+def test_bfloat16_gradients():
+  """The hand-written VJP in bf16 against XLA's attention autodiff in bf16 (both round P and dS)."""
+  q, k, v = _qkv(2, 128, 4, 2, 16, jnp.bfloat16)
+  cotangent = jax.random.normal(jax.random.key(7), q.shape, jnp.bfloat16)
+  grads = lambda fn: jax.jit(jax.grad(
+      lambda *a: jnp.sum((fn(*a) * cotangent).astype(jnp.float32)), argnums=(0, 1, 2)))(q, k, v)
+  for got, want in zip(grads(B.blocked_causal_attention), grads(_reference)):
+    assert got.dtype == jnp.bfloat16
+    scale = float(jnp.max(jnp.abs(want.astype(jnp.float32))))
+    np.testing.assert_allclose(got.astype(jnp.float32), want.astype(jnp.float32),
+                               atol=3e-2 * scale)
+
+
 def test_bad_input_raises_one_error():
   q, k, v = _qkv(1, 64, 4, 4, 16)
   with pytest.raises(ValueError, match="block 48 does not divide the sequence length 64"):
@@ -90,6 +103,18 @@ def test_whole_model_matches_xla_attention():
   tokens = jax.random.randint(jax.random.key(1), (4, 128), 0, TINY["vocab_size"])
   l0, g0 = _loss_and_grads(dict(TINY, attention_impl="xla"), params, tokens)
   l1, g1 = _loss_and_grads(dict(TINY, attention_impl="blocked"), params, tokens)
+  np.testing.assert_allclose(l1, l0, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g1, g0)
+
+
+@pytest.mark.parametrize("remat", ["full", "dots"])
+def test_whole_model_under_remat_matches_xla_attention(remat):
+  """The custom VJP's saved probabilities under jax.checkpoint (recomputed or saved)."""
+  cfg = dict(TINY, remat=remat)
+  params = M.init_params(cfg, jax.random.key(0))
+  tokens = jax.random.randint(jax.random.key(1), (2, 64), 0, TINY["vocab_size"])
+  l0, g0 = _loss_and_grads(dict(TINY, attention_impl="xla"), params, tokens)
+  l1, g1 = _loss_and_grads(dict(cfg, attention_impl="blocked"), params, tokens)
   np.testing.assert_allclose(l1, l0, rtol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g1, g0)
 

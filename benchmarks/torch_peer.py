@@ -126,6 +126,26 @@ def time_attention(args) -> dict:
               median_ms=1e3 * times[len(times) // 2])
 
 
+def time_gemm(cases: list) -> dict:
+  """Median ms per matmul of each [batch, m, k, n, a_transposed, reps] case
+  (xla_cpu_repros.GEMM_CASES; ``reps`` distinct matmuls per timed call)."""
+  medians = []
+  for batch, m, k, n, a_transposed, reps in cases:
+    lead = (batch,) if batch > 1 else ()
+    a_list = [torch.randn(lead + ((k, m) if a_transposed else (m, k))) for _ in range(reps)]
+    a_list = [a.transpose(-1, -2) for a in a_list] if a_transposed else a_list
+    b = torch.randn(lead + (k, n))
+    times = []
+    for i in range(17):
+      start = time.perf_counter()
+      for a in a_list:
+        torch.matmul(a, b)
+      if i >= 2:
+        times.append(time.perf_counter() - start)
+    medians.append(1e3 * sorted(times)[len(times) // 2] / reps)
+  return dict(side="torch", what="gemm", median_ms=medians)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--layers", type=int, default=4)
@@ -139,6 +159,9 @@ def main():
   parser.add_argument("--attention", action="store_true",
                       help="time only causal SDPA fwd+bwd of one layer [batch, heads, seq, "
                            "d_model/heads] (xla_cpu_repros.py's item 4)")
+  parser.add_argument("--gemm", default="",
+                      help="time only these matmuls: a JSON list of [batch, m, k, n, a_transposed, reps] "
+                           "(xla_cpu_repros.py's item 5)")
   parser.add_argument("--default_malloc", action="store_true",
                       help="leave glibc malloc as it is (default: the trainer's setting)")
   args = parser.parse_args()
@@ -148,6 +171,9 @@ def main():
   torch.manual_seed(0)
   if args.attention:
     print(json.dumps(time_attention(args)))
+    return
+  if args.gemm:
+    print(json.dumps(time_gemm(json.loads(args.gemm))))
     return
   model = Llama(args.layers, args.d_model, args.heads, args.vocab, args.seq_len)
   opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)

@@ -7,13 +7,12 @@ pair i = (x1[i], x2[i]) is rotated by angle p * theta^(-2i/hd):
 The rotation is computed in float32 and cast back. The score q_m . k_n then
 depends only on m - n (tested).
 
-The attention itself is ``jax.nn.dot_product_attention(is_causal=True)``
-(XLA's expression on every backend: its default implementation); it handles
-GQA natively when num_kv_heads < num_heads. ``attention_impl`` (config
-``model.attention_impl``) swaps in another implementation: ``blocked``
-(``blocked_attention``: XLA ops that skip the masked half; the default on
-CPU), or a fused kernel (cuDNN flash on GPU, Pallas splash on TPU): see
-``attention_kernels``.
+The attention itself is chosen by ``attention_impl`` (config
+``model.attention_impl``) and dispatched by ``attention_kernels.attention``:
+``xla`` (``jax.nn.dot_product_attention(is_causal=True)``, GQA native),
+``blocked`` (``blocked_attention``: XLA ops that skip the masked half; what
+``auto`` picks on CPU), or a fused kernel (cuDNN flash on GPU, Pallas splash
+on TPU).
 
 ``report_max_logits=True`` (the trainer sets it for QK-clip, Kimi Team 2025,
 arXiv 2507.20534) also returns, per query head h, the largest pre-softmax logit
@@ -33,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optbench_jax.models import attention_kernels, blocked_attention, layers, sharding
+from optbench_jax.models import attention_kernels, layers, sharding
 
 
 def rope_tables(positions, head_dim: int, theta: float = 10000.0):
@@ -96,14 +95,9 @@ class CausalSelfAttention(nn.Module):
     positions = np.arange(s)
     q = apply_rope(q, positions, self.rope_theta)
     k = apply_rope(k, positions, self.rope_theta)
-    impl = attention_kernels.resolve(self.attention_impl, attention_kernels.platform_of(self.mesh),
+    impl = attention_kernels.resolve(self.attention_impl, sharding.platform_of(self.mesh),
                                      self.dtype, hd)
-    if impl == "xla":
-      out = jax.nn.dot_product_attention(q, k, v, is_causal=True)
-    elif impl == "blocked":
-      out = blocked_attention.blocked_causal_attention(q, k, v)
-    else:
-      out = attention_kernels.attention(q, k, v, impl, self.mesh, self.rules)
+    out = attention_kernels.attention(q, k, v, impl, self.mesh, self.rules)
     out = sharding.constrain(out, ("batch", "seq", "act_heads", None), self.mesh, self.rules)
     y = proj(d, ("heads", "embed"), self.out_std, "o_proj")(out.reshape(b * s, h * hd))
     y = y.reshape(b, s, d)

@@ -56,19 +56,12 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from optbench_jax.models import sharding
+from optbench_jax.models import blocked_attention, sharding
 
 KERNELS = ("cudnn", "splash")
 SPLASH_LANES = 128
 SPLASH_BLOCKS = (512, 256, 128)
 _CUDNN_DTYPES = ("bfloat16", "float16")
-
-
-def platform_of(mesh=None) -> str:
-  """'cpu' | 'gpu' | 'tpu' of the mesh's devices (an abstract mesh or none: the default backend)."""
-  if isinstance(mesh, jax.sharding.Mesh) and mesh.devices.size:
-    return mesh.devices.flat[0].platform
-  return jax.default_backend()
 
 
 def resolve(impl: str, platform: str, compute_dtype: str, head_dim: int) -> str:
@@ -167,16 +160,23 @@ def _per_shard(fn, q, k, v, mesh, rules):
 
 
 def attention(q, k, v, impl: str, mesh=None, rules=sharding.DEFAULT_RULES):
-  """Causal attention by the fused kernel ``impl`` ('cudnn' | 'splash', resolved).
+  """Causal attention by the resolved ``impl`` ('xla' | 'blocked' | 'cudnn' | 'splash').
 
-  q [B, S, H, hd], k, v [B, S, Hkv, hd] -> [B, S, H, hd] in q's dtype.
+  q [B, S, H, hd], k, v [B, S, Hkv, hd] -> [B, S, H, hd] in q's dtype. The two
+  plain-XLA implementations are left to XLA's sharding propagation; the fused
+  kernels run per shard (module docstring).
   """
+  if impl == "xla":
+    return jax.nn.dot_product_attention(q, k, v, is_causal=True)
+  if impl == "blocked":
+    return blocked_attention.blocked_causal_attention(q, k, v)
   if impl == "cudnn":
     fn = cudnn_attention
   elif impl == "splash":
-    fn = functools.partial(splash_attention, interpret=platform_of(mesh) != "tpu")
+    fn = functools.partial(splash_attention, interpret=sharding.platform_of(mesh) != "tpu")
   else:
-    raise ValueError(f"attention_kernels.attention: no kernel {impl!r}; one of {list(KERNELS)}")
+    raise ValueError(f"attention_kernels.attention: no implementation {impl!r}; one of "
+                     f"{['xla', 'blocked', *KERNELS]}")
   if mesh is None or mesh.size == 1:
     return fn(q, k, v)
   return _per_shard(fn, q, k, v, mesh, rules)

@@ -31,7 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from optbench_jax.models import attention, attention_kernels, layers, moe, sharding
+from optbench_jax.models import attention, layers, moe, sharding
 from optbench_jax.models.spec import ModelSpec
 
 # Auxiliary losses: per layer already x coef / L, so summed over layers;
@@ -122,7 +122,7 @@ class LanguageModel(nn.Module):
     block = Block
     if s.remat != "none":
       block = nn.remat(Block, prevent_cse=False, policy=_remat_policy(s.remat))
-    scanned = scans_layers(s.scan_layers, attention_kernels.platform_of(self.mesh))
+    scanned = scans_layers(s.scan_layers, sharding.platform_of(self.mesh))
     stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                     length=s.num_layers, unroll=1 if scanned else s.num_layers,
                     metadata_params={nn.PARTITION_NAME: "layers"})

@@ -60,6 +60,13 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
 )
 
 
+def platform_of(mesh=None) -> str:
+  """'cpu' | 'gpu' | 'tpu' of the mesh's devices (an abstract mesh or none: the default backend)."""
+  if isinstance(mesh, jax.sharding.Mesh) and mesh.devices.size:
+    return mesh.devices.flat[0].platform
+  return jax.default_backend()
+
+
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, expert: int = 1,
               devices: Sequence[Any] | None = None) -> Mesh:
   """A ``('data', 'fsdp', 'tensor', 'expert')`` mesh with Auto axis types (GSPMD propagation).

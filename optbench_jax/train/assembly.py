@@ -110,7 +110,7 @@ def build(config: Any, devices: Sequence | None = None, *, abstract: bool = Fals
   config_checks.validate(config)
   model_spec = models.ModelSpec.from_config(config.model)
   mesh = _mesh(config, devices, abstract)
-  attention_impl = resolve_attention(config, model_spec, attention_kernels.platform_of(mesh))
+  attention_impl = resolve_attention(config, model_spec, sharding_lib.platform_of(mesh))
   batch_sharding = sharding_lib.batch_sharding(mesh)
   batch_axes = {a: mesh.shape[a] for a in jax.tree.leaves(tuple(batch_sharding.spec))
                 if a is not None}

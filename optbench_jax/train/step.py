@@ -27,6 +27,15 @@ arguments; optimizers that do not take them never see them):
 * ``obj_fn(params)``: the training loss of the current batch (Sophia-H's
   Hessian-vector products).
 
+Metrics: ``grad_norm`` = ||g|| (before clipping) and ``update_norm`` =
+||params_new - params|| in float32, the change the step applied (before
+QK-clip). The norm of ``updates`` itself would equal it up to the rounding of
+params + updates (relative 1e-6 for fp32 params and Adam-sized steps), but
+it is dearer: ``updates`` then has a second reader and XLA:CPU stores it
+instead of fusing it into the parameter write, which cost 8-10% of the 124M
+CPU step (BUILD_NOTES, issue 12). A non-finite update still shows as a
+non-finite ``update_norm`` (the loop's divergence check).
+
 The step is one ``jax.jit`` with the state donated; shardings of state and
 batch are given explicitly (the state's from ``state.state_shardings``).
 """
@@ -144,8 +153,10 @@ def make_train_step(model, optimizer: Optimizer, config, mesh, state_shardings: 
     updates, opt_state = optimizer.tx.update(grads, state.opt_state, state.params,
                                              hessian_grads_fn=hessian_grads_fn, obj_fn=obj_fn)
     params = optax.apply_updates(state.params, updates)
+    applied = jax.tree.map(lambda new, old: new.astype(jnp.float32) - old.astype(jnp.float32),
+                           params, state.params)
     values = dict(loss=loss, lm_loss=lm, grad_norm=optax.tree.norm(grads),
-                  update_norm=optax.tree.norm(updates),
+                  update_norm=optax.tree.norm(applied),
                   lr=jnp.asarray(optimizer.schedule(state.step), jnp.float32), **aux)
     collection = metrics_lib.TrainMetrics
     if tau > 0:

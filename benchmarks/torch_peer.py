@@ -160,7 +160,8 @@ def main():
                       help="time only causal SDPA fwd+bwd of one layer [batch, heads, seq, "
                            "d_model/heads] (xla_cpu_repros.py's item 4)")
   parser.add_argument("--gemm", default="",
-                      help="time only these matmuls: a JSON list of [batch, m, k, n, a_transposed, reps] "
+                      help="time only these matmuls: a JSON list of "
+                           "[batch, m, k, n, a_transposed, reps] "
                            "(xla_cpu_repros.py's item 5)")
   parser.add_argument("--default_malloc", action="store_true",
                       help="leave glibc malloc as it is (default: the trainer's setting)")

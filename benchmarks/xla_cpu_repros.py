@@ -131,7 +131,8 @@ def gemm_report(torch_python: str | None):
     flops = 2.0 * batch * m * k * n
     line = f"   {label:36s} XLA {ours:7.2f} ms {flops / ours / 1e6:6.1f}"
     if theirs is not None:
-      line += f"  torch {theirs:7.2f} ms {flops / theirs / 1e6:6.1f}  XLA/torch x{ours / theirs:.2f}"
+      line += (f"  torch {theirs:7.2f} ms {flops / theirs / 1e6:6.1f}"
+               f"  XLA/torch x{ours / theirs:.2f}")
     print(line)
 
 

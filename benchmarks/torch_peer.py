@@ -110,20 +110,27 @@ class Llama(nn.Module):
     return self.final_norm(x) @ self.embed.weight.T   # tied head
 
 
+def median_ms(fn, calls: int, warmup: int = 2) -> float:
+  """Median ms of ``calls`` calls of ``fn()`` after ``warmup`` untimed ones."""
+  for _ in range(warmup):
+    fn()
+  times = []
+  for _ in range(calls):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return 1e3 * sorted(times)[len(times) // 2]
+
+
 def time_attention(args) -> dict:
   """Median ms of causal SDPA forward + backward on one layer's q, k, v."""
   shape = (args.batch, args.heads, args.seq_len, args.d_model // args.heads)
   q, k, v = (torch.randn(shape, requires_grad=True) for _ in range(3))
   cotangent = torch.randn(shape)
-  times = []
-  for i in range(2 + 3 * args.steps):
-    start = time.perf_counter()
-    (F.scaled_dot_product_attention(q, k, v, is_causal=True) * cotangent).sum().backward()
-    if i >= 2:
-      times.append(time.perf_counter() - start)
-  times.sort()
+  fwd_bwd = lambda: (F.scaled_dot_product_attention(q, k, v, is_causal=True)
+                     * cotangent).sum().backward()
   return dict(side="torch", what="sdpa fwd+bwd", shape=shape,
-              median_ms=1e3 * times[len(times) // 2])
+              median_ms=median_ms(fwd_bwd, 3 * args.steps))
 
 
 def time_gemm(cases: list) -> dict:
@@ -135,14 +142,7 @@ def time_gemm(cases: list) -> dict:
     a_list = [torch.randn(lead + ((k, m) if a_transposed else (m, k))) for _ in range(reps)]
     a_list = [a.transpose(-1, -2) for a in a_list] if a_transposed else a_list
     b = torch.randn(lead + (k, n))
-    times = []
-    for i in range(17):
-      start = time.perf_counter()
-      for a in a_list:
-        torch.matmul(a, b)
-      if i >= 2:
-        times.append(time.perf_counter() - start)
-    medians.append(1e3 * sorted(times)[len(times) // 2] / reps)
+    medians.append(median_ms(lambda: [torch.matmul(a, b) for a in a_list], 15) / reps)
   return dict(side="torch", what="gemm", median_ms=medians)
 
 

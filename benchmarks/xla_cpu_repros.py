@@ -89,12 +89,14 @@ def faults_per_call(fn, *args, n: int = 5) -> float:
   return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / n
 
 
-def gemm_operands(batch, m, k, n, a_transposed, seed=0):
-  """A (stored [k, m] when transposed) and B as float32 numpy arrays, batch-leading if batch > 1."""
+def gemm_operands(batch, m, k, n, a_transposed, reps, seed=0):
+  """``reps`` distinct A (stored [k, m] when transposed) and one B, float32, batch-leading if
+  batch > 1."""
   rng = np.random.default_rng(seed)
   lead = (batch,) if batch > 1 else ()
-  a = rng.standard_normal(lead + ((k, m) if a_transposed else (m, k)), dtype=np.float32)
-  return a, rng.standard_normal(lead + (k, n), dtype=np.float32)
+  a_list = [jnp.asarray(rng.standard_normal(lead + ((k, m) if a_transposed else (m, k)),
+                                            dtype=np.float32)) for _ in range(reps)]
+  return a_list, jnp.asarray(rng.standard_normal(lead + (k, n), dtype=np.float32))
 
 
 def gemm_reps(batch, m, k, n) -> int:
@@ -106,9 +108,7 @@ def gemm_reps(batch, m, k, n) -> int:
 def xla_gemm_ms(batch, m, k, n, a_transposed) -> float:
   """Median ms per matmul of one case, ``gemm_reps`` distinct ones per jitted call."""
   reps = gemm_reps(batch, m, k, n)
-  a_list = [jnp.asarray(gemm_operands(batch, m, k, n, a_transposed, seed=i)[0])
-            for i in range(reps)]
-  b = jnp.asarray(gemm_operands(batch, m, k, n, a_transposed)[1])
+  a_list, b = gemm_operands(batch, m, k, n, a_transposed, reps)
   a_spec = "km" if a_transposed else "mk"
   spec = f"b{a_spec},bkn->bmn" if batch > 1 else f"{a_spec},kn->mn"
   return median_ms(lambda a_list, b: [jnp.einsum(spec, a, b) for a in a_list], a_list, b) / reps
@@ -144,8 +144,7 @@ def rope_report():
       rotated = attention.apply_rope(q, positions).transpose(0, 2, 1, 3)
       return [rotated[:, :, :64 * (i + 1)] for i in range(4)]
     return fn
-  traced = median_ms(lambda q: blocks(jnp.arange(256) + 0 * q[0, 0, 0, 0].astype(jnp.int32))(q),
-                     q)
+  traced = median_ms(lambda q, positions: blocks(positions)(q), q, jnp.arange(256))
   constant = median_ms(blocks(np.arange(256)), q)
   print(f"6. rope: RoPE + 4 block slices of q [8, 256, 4, 64], cos/sin in the jit: {traced:.2f} "
         f"ms; as constants: {constant:.2f} ms (x{traced / constant:.2f})")

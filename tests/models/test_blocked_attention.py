@@ -6,6 +6,8 @@ summation order differs); bfloat16 inputs atol 2e-2 (one bf16 rounding of
 the probabilities, as XLA's attention does).
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -98,13 +100,21 @@ def _loss_and_grads(cfg, params, tokens, mesh=None):
   return jax.jit(jax.value_and_grad(loss))(params)
 
 
+@functools.cache
+def _whole_model_xla_reference():
+  """Loss and gradients of TINY with XLA attention (remat does not change the function)."""
+  params = M.init_params(TINY, jax.random.key(0))
+  tokens = jax.random.randint(jax.random.key(1), (4, 128), 0, TINY["vocab_size"])
+  return _loss_and_grads(dict(TINY, attention_impl="xla"), params, tokens)
+
+
 @pytest.mark.parametrize("remat", ["none", "full", "dots"])
 def test_whole_model_matches_xla_attention(remat):
   """Also under jax.checkpoint: the custom VJP's saved probabilities recomputed or saved."""
   cfg = dict(TINY, remat=remat)
   params = M.init_params(cfg, jax.random.key(0))
   tokens = jax.random.randint(jax.random.key(1), (4, 128), 0, TINY["vocab_size"])
-  l0, g0 = _loss_and_grads(dict(TINY, attention_impl="xla"), params, tokens)
+  l0, g0 = _whole_model_xla_reference()
   l1, g1 = _loss_and_grads(dict(cfg, attention_impl="blocked"), params, tokens)
   np.testing.assert_allclose(l1, l0, rtol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g1, g0)

@@ -93,12 +93,12 @@ def optax_dimension_numbers(params):
 
 def print_sharded_collectives():
   from jax.sharding import PartitionSpec as P  # pylint: disable=import-outside-toplevel
-  from tests.optim import sharding_harness  # pylint: disable=import-outside-toplevel
+  from optbench_jax.optim import sharding_check  # pylint: disable=import-outside-toplevel
   stack = jnp.asarray(np.random.default_rng(0).normal(size=(8, 768, 2048)) * 0.02, jnp.float32)
-  run = sharding_harness.check_sharded_matches_unsharded(
+  run = sharding_check.check_sharded_matches_unsharded(
       muon(0.01, batch_axes=1), {"k": stack}, {"k": P(None, "fsdp", "tensor")}, n_steps=1)
   for (op, shape), count in collections.Counter(
-      sharding_harness.collectives(run.compiled.as_text())).items():
+      sharding_check.collectives(run.compiled.as_text())).items():
     print(f"{count} x {op} {shape}")
   print(run.compiled.memory_analysis())
 

@@ -26,6 +26,7 @@ import argparse
 import json
 import math
 import os
+import re
 import pathlib
 import sys
 import time
@@ -199,7 +200,9 @@ def main():
     step(tokens)
     times.append(time.perf_counter() - start)
   total = sum(times)
+  blas = re.search(r"BLAS_INFO=(\w+)", torch.__config__.show())
   print(json.dumps(dict(side="torch", torch=torch.__version__, threads=torch.get_num_threads(),
+                        blas=blas.group(1) if blas else "unknown",
                         cpus=os.cpu_count(), retain_host_memory=retained, step_times_s=times,
                         tokens_per_s=args.steps * args.batch * args.seq_len / total)))
 

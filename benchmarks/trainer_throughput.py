@@ -148,6 +148,23 @@ def worker_overhead(shape: tuple, name: str, steps: int, rounds: int) -> dict:
               ratios=[b / a for a, b in zip(times["adamw"], times[name])])
 
 
+def cpu_model() -> str:
+  """The CPU's model name (``/proc/cpuinfo``), e.g. 'AMD EPYC': torch's MKL GEMMs run
+  at about half XLA's speed on AMD CPUs and 1.24-1.31x faster on the Intel one of
+  BUILD_NOTES, so ours / torch depends on it."""
+  fields = {}
+  try:
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+      key, _, value = line.partition(":")
+      fields.setdefault(key.strip(), value.strip())
+  except OSError:
+    pass
+  if "model name" in fields:
+    return f"{fields['model name']}, {fields.get('vendor_id', '?')}"
+  import platform  # pylint: disable=import-outside-toplevel
+  return platform.processor() or "unknown CPU"
+
+
 def run_json(cmd: list[str], env: dict | None = None) -> dict:
   """Runs ``cmd``; returns the JSON object on its last stdout line."""
   proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False, env=env)
@@ -171,6 +188,7 @@ def report_peer(args) -> list[dict]:
     head += " baseline tokens/s | baseline / torch | ours / baseline |"
   print(head)
   print("| --- |" + " ---: |" * (head.count("|") - 2))
+  blas = "unknown"
   for name in args.shapes.split(","):
     shape = parse_shape(name)
     flat = [str(v) for v in shape]
@@ -185,11 +203,14 @@ def report_peer(args) -> list[dict]:
     ours, peer, base = [], [], []
     for _ in range(args.rounds):        # A B A B ... (A B C A B C with --baseline)
       ours.append(run_json(ours_cmd)["tokens_per_s"])
-      peer.append(run_json(peer_cmd)["tokens_per_s"])
+      peer_run = run_json(peer_cmd)
+      peer.append(peer_run["tokens_per_s"])
+      blas = peer_run.get("blas", "unknown")
       if args.baseline:
         base.append(run_json(base_cmd, env=base_env)["tokens_per_s"])
     ratios = [o / p for o, p in zip(ours, peer)]
-    rows.append(dict(shape=shape_label(shape), ours=ours, torch=peer, ratios=ratios,
+    rows.append(dict(shape=shape_label(shape), cpu=cpu_model(), torch_blas=blas,
+                     ours=ours, torch=peer, ratios=ratios,
                      baseline=base, baseline_ratios=[b / p for b, p in zip(base, peer)]))
     line = (f"| {shape_label(shape)} | {med_range(peer)} | {med_range(ours)} "
             f"| {med_range(ratios, '{:.2f}')} |")
@@ -197,6 +218,7 @@ def report_peer(args) -> list[dict]:
       line += (f" {med_range(base)} | {med_range(rows[-1]['baseline_ratios'], '{:.2f}')} "
                f"| {med_range([o / b for o, b in zip(ours, base)], '{:.2f}')} |")
     print(line, flush=True)
+  print(f"\ntorch's BLAS: {blas} (on {cpu_model()})")
   return rows
 
 
@@ -292,7 +314,8 @@ def main():
     return
   if not (args.mfu or args.peer or args.optimizers):
     args.mfu = True
-  print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start\n")
+  print(f"machine: {os.cpu_count()} CPUs ({cpu_model()}), load average "
+        f"{os.getloadavg()[0]:.1f} at start\n")
   results = {}
   if args.peer:
     args.steps = args.steps or 5

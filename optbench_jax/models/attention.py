@@ -27,6 +27,8 @@ default, so the default model is unchanged.
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -54,9 +56,21 @@ def rope_tables(positions, head_dim: int, theta: float = 10000.0):
   return xp.cos(angles), xp.sin(angles)
 
 
-def apply_rope(x: jax.Array, positions, theta: float = 10000.0) -> jax.Array:
-  """Rotates ``x`` [..., S, N, hd] by the positions [S] (rotate-half RoPE)."""
-  cos, sin = rope_tables(positions, x.shape[-1], theta)
+@functools.lru_cache(maxsize=64)
+def arange_tables(length: int, head_dim: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
+  """``rope_tables`` of positions 0..length-1, built once per shape (read-only arrays):
+  the tables every layer's q and k share."""
+  tables = rope_tables(np.arange(length), head_dim, theta)
+  for table in tables:
+    table.setflags(write=False)
+  return tables
+
+
+def apply_rope(x: jax.Array, positions=None, theta: float = 10000.0,
+               tables: tuple | None = None) -> jax.Array:
+  """Rotates ``x`` [..., S, N, hd] by the positions [S] (rotate-half RoPE), or by the
+  given ``tables`` = ``rope_tables(positions, hd, theta)``."""
+  cos, sin = rope_tables(positions, x.shape[-1], theta) if tables is None else tables
   x32 = x.astype(jnp.float32)
   x1, x2 = jnp.split(x32, 2, axis=-1)
   rotated = jnp.concatenate([-x2, x1], axis=-1)
@@ -92,9 +106,9 @@ class CausalSelfAttention(nn.Module):
     q = sharding.constrain(q, ("batch", "seq", "act_heads", None), self.mesh, self.rules)
     k = sharding.constrain(k, ("batch", "seq", "act_kv_heads", None), self.mesh, self.rules)
     v = sharding.constrain(v, ("batch", "seq", "act_kv_heads", None), self.mesh, self.rules)
-    positions = np.arange(s)
-    q = apply_rope(q, positions, self.rope_theta)
-    k = apply_rope(k, positions, self.rope_theta)
+    tables = arange_tables(s, hd, float(self.rope_theta))
+    q = apply_rope(q, tables=tables)
+    k = apply_rope(k, tables=tables)
     impl = attention_kernels.resolve(self.attention_impl, sharding.platform_of(self.mesh),
                                      self.dtype, hd)
     out = attention_kernels.attention(q, k, v, impl, self.mesh, self.rules)

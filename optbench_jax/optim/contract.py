@@ -240,37 +240,17 @@ def check_learning_rates_follow_schedule(factory, hparams, **extra_args) -> str:
 
 
 def check_sharded_equals_unsharded(factory, hparams, **extra_args) -> str:
-  if jax.device_count() < 8:
-    raise AssertionError(f"needs 8 devices, found {jax.device_count()} (run with "
-                         "XLA_FLAGS=--xla_force_host_platform_device_count=8)")
-  from jax.sharding import AxisType, NamedSharding, PartitionSpec as P  # pylint: disable=import-outside-toplevel
-  from optbench_jax.train import state as state_lib  # pylint: disable=import-outside-toplevel
-  mesh = jax.make_mesh((4, 2), ("fsdp", "tensor"), axis_types=(AxisType.Auto,) * 2,
-                       devices=jax.devices()[:8])
+  from jax.sharding import PartitionSpec as P  # pylint: disable=import-outside-toplevel
+  from optbench_jax.optim import sharding_check  # pylint: disable=import-outside-toplevel
   params = {"dense": {"kernel": make_params()["dense"]["kernel"]},
             "norm": {"scale": jnp.linspace(0.5, 1.5, 8)},
             "layers": {"kernel": jnp.asarray(np.random.default_rng(5).normal(size=(3, 8, 4)),
                                              jnp.float32)}}
   specs = {"dense": {"kernel": P("fsdp", "tensor")}, "norm": {"scale": P("fsdp")},
            "layers": {"kernel": P(None, "fsdp", "tensor")}}
-  shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), specs)
-  tx = factory(**_with_structure(factory, hparams))
-  grads = make_grads(params, 4, seed=9)
-  expected = run_trajectory(tx, params, grads, **extra_args)
-  sharded_params = jax.device_put(params, shardings)
-  abstract_state = jax.eval_shape(tx.init, params)
-  state_shardings = state_lib.derive_opt_state_shardings(abstract_state, params, shardings, mesh)
-  state = jax.jit(tx.init, out_shardings=state_shardings)(sharded_params)
-  update = jax.jit(tx.update, out_shardings=(shardings, state_shardings))
-  out = []
-  current = sharded_params
-  for g in grads:
-    updates, state = update(jax.device_put(g, shardings), state, current, **extra_args)
-    current = optax.apply_updates(current, updates)
-    for leaf, sharding in zip(jax.tree.leaves(current), jax.tree.leaves(shardings)):
-      assert leaf.sharding.is_equivalent_to(sharding, leaf.ndim), "a parameter lost its sharding"
-    out.append(current)
-  assert_trajectory_close(out, expected, rtol=2e-5, atol=2e-6)
+  sharding_check.check_sharded_matches_unsharded(
+      factory(**_with_structure(factory, hparams)), params, specs, n_steps=4, rtol=2e-5,
+      atol=2e-6, pin_other_state=True, factor_sharding="matched", **extra_args)
   return "fsdp=4 x tensor=2, state sharded by the trainer's rule"
 
 

@@ -157,6 +157,21 @@ def derive_opt_state_shardings(opt_state: Any, params: Any, param_shardings: Any
   return jax.tree_util.tree_map_with_path(pick, opt_state)
 
 
+def mirrored_leaves(opt_state: Any, params: Any) -> Any:
+  """A tree like ``opt_state`` of bools: the leaf has its parameter's shape (the rule above).
+
+  These leaves take the parameter's sharding under every ``factor_sharding`` policy.
+  """
+  by_path = {_path(path): (tuple(leaf.shape), None)
+             for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+
+  def mirrors(path, leaf):
+    owner = _owning_parameter(path, by_path)
+    return owner is not None and bool(leaf.shape) and tuple(leaf.shape) == owner[0]
+
+  return jax.tree_util.tree_map_with_path(mirrors, opt_state)
+
+
 def state_shardings(model_cfg, state: TrainState, mesh,
                     factor_sharding: str = "matched") -> TrainState:
   """NamedShardings for every leaf of ``state`` (abstract or concrete)."""

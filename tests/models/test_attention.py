@@ -42,3 +42,7 @@ def test_rope_tables_are_constants_for_static_positions_and_match_traced_ones():
   np.testing.assert_allclose(static, traced, rtol=1e-5, atol=1e-5)
   hlo = jax.jit(lambda x: attention.apply_rope(x, np.arange(64))).lower(x).as_text()
   assert "cosine" not in hlo and "sine" not in hlo
+  shared = attention.arange_tables(64, 16, 10000.0)   # the model's: once per shape
+  assert attention.arange_tables(64, 16, 10000.0) is shared
+  np.testing.assert_array_equal(shared[0], cos)
+  np.testing.assert_array_equal(attention.apply_rope(x, tables=shared), static)

@@ -20,7 +20,7 @@ import pytest
 
 import optbench_jax.optim as O
 from tests.optim import harness
-from tests.optim import sharding_harness
+from optbench_jax.optim import sharding_check
 from tests.optim.test_muon import transformer_tree
 
 
@@ -117,7 +117,7 @@ def test_sharded_matches_unsharded():
   params, batch_axes, specs = transformer_tree()
   tx = O.create("conda", learning_rate=1e-2, weight_decay=0.1, update_proj_gap=2,
                 batch_axes=batch_axes)
-  sharding_harness.check_sharded_matches_unsharded(tx, params, specs, rtol=2e-5, atol=2e-6,
+  sharding_check.check_sharded_matches_unsharded(tx, params, specs, rtol=2e-5, atol=2e-6,
                                                    pin_other_state=True)
 
 

@@ -14,7 +14,7 @@ import optbench_jax.optim as O
 from optbench_jax.optim.dion import ScaleByDionState, rank_of
 from optbench_jax.train import state as state_lib
 from tests.optim import harness
-from tests.optim import sharding_harness
+from optbench_jax.optim import sharding_check
 from tests.optim.test_muon import transformer_tree
 
 
@@ -206,8 +206,8 @@ def run_sharded(tx, params, specs, n_steps=3):
   """Like the trainer: state in/out shardings derived from the parameters'
   (``train.state``, policy matched: Q sharded like its matrix side). Returns
   (final params, expected unsharded params, compiled step)."""
-  mesh = sharding_harness.make_mesh()
-  shardings = sharding_harness.param_shardings(mesh, specs)
+  mesh = sharding_check.make_mesh()
+  shardings = sharding_check.param_shardings(mesh, specs)
   state_sh = state_lib.derive_opt_state_shardings(jax.eval_shape(tx.init, params), params,
                                                   shardings, mesh)
   grads = harness.make_grads(params, n_steps, seed=7)
@@ -256,7 +256,7 @@ def test_sharded_step_reduces_only_low_rank_factors():
   tx = O.dion(0.01, rank_fraction=rank_fraction, batch_axes=1)
   p, expected, compiled = run_sharded(tx, params, specs)
   harness.assert_trajectory_close([p], [expected], rtol=1e-4, atol=1e-5)
-  ops = sharding_harness.collectives(compiled.as_text())
+  ops = sharding_check.collectives(compiled.as_text())
   assert ops and {op for op, _ in ops} == {"all-reduce"}, ops
   r = rank_of(d, rank_fraction)
   rcqr_rows = 128 * math.ceil(1.25 * r / 128)

@@ -100,14 +100,14 @@ def test_stacked_decompositions_are_distributed_not_gathered():
   import re  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
   from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=import-outside-toplevel
-  from tests.optim import sharding_harness  # pylint: disable=import-outside-toplevel
+  from optbench_jax.optim import sharding_check  # pylint: disable=import-outside-toplevel
 
   rng = np.random.default_rng(5)
   factor = jnp.asarray(random_factor(rng, 64, batch=(8,)), jnp.float32)
   q0 = linalg.eigenbasis_init(factor)
   init = lambda f: linalg.eigenbasis_init(f, distribute=True)  # pylint: disable=unnecessary-lambda-assignment
   refresh = lambda f, q: linalg.eigenbasis_refresh(f, q, distribute=True)[0]  # pylint: disable=unnecessary-lambda-assignment
-  mesh = sharding_harness.make_mesh()
+  mesh = sharding_check.make_mesh()
   rows = NamedSharding(mesh, P(None, "fsdp", None))
   stack = 8 * 64 * 64
   for fn, args, expected in (
@@ -118,7 +118,7 @@ def test_stacked_decompositions_are_distributed_not_gathered():
       step = jax.jit(fn, in_shardings=(rows,) * len(args), out_shardings=rows)
       compiled = step.lower(*placed).compile()
       got = step(*placed)
-    ops = sharding_harness.collectives(compiled.as_text())
+    ops = sharding_check.collectives(compiled.as_text())
     assert any(op == "all-to-all" for op, _ in ops), ops
     for op, shape in ops:
       for dims in re.findall(r"f32\[([\d,]+)\]", shape):

@@ -12,7 +12,7 @@ from jax.sharding import PartitionSpec as P
 import optbench_jax.optim as O
 from optbench_jax.optim import linalg
 from tests.optim import harness
-from tests.optim import sharding_harness
+from optbench_jax.optim import sharding_check
 from tests.optim.test_linalg_newton_schulz import reference_newton_schulz
 
 NS5 = [linalg.CLASSIC_COEFFICIENTS] * 5
@@ -165,16 +165,16 @@ def test_trains_mlp(tx):
 def test_sharded_matches_unsharded(name):
   params, batch_axes, specs = transformer_tree()
   tx = O.create(name, learning_rate=0.01, weight_decay=0.1, batch_axes=batch_axes)
-  sharding_harness.check_sharded_matches_unsharded(tx, params, specs, rtol=2e-5, atol=2e-6)
+  sharding_check.check_sharded_matches_unsharded(tx, params, specs, rtol=2e-5, atol=2e-6)
 
 
 def test_stacked_newton_schulz_is_distributed_not_gathered():
   """Compiled HLO: the (8, 64, 128) stack moves by all-to-all, never gathered whole."""
   stack = jnp.asarray(np.random.default_rng(4).normal(size=(8, 64, 128)), jnp.float32)
   specs = {"k": P(None, "fsdp", "tensor")}
-  run = sharding_harness.check_sharded_matches_unsharded(
+  run = sharding_check.check_sharded_matches_unsharded(
       O.muon(0.01, batch_axes=1), {"k": stack}, specs, n_steps=1)
-  ops = sharding_harness.collectives(run.compiled.as_text())
+  ops = sharding_check.collectives(run.compiled.as_text())
   assert any(op == "all-to-all" for op, _ in ops), ops
   full = "f32[8,64,128]"
   assert not any(op == "all-gather" and shape.startswith(full) for op, shape in ops), ops

@@ -11,7 +11,6 @@ norm-preserving Muon rescale) and tests the paper's RMS rescale as an option.
 
 import math
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -20,7 +19,7 @@ import pytest
 import optbench_jax.optim as O
 from optbench_jax.optim import linalg
 from tests.optim import harness
-from tests.optim import sharding_harness
+from optbench_jax.optim import sharding_check
 from tests.optim.test_linalg_newton_schulz import reference_newton_schulz
 from tests.optim.test_muon import transformer_tree
 
@@ -126,7 +125,7 @@ def test_trains_mlp(tx):
 def test_sharded_matches_unsharded():
   params, batch_axes, specs = transformer_tree()
   tx = O.create("normuon", learning_rate=0.01, weight_decay=0.1, batch_axes=batch_axes)
-  sharding_harness.check_sharded_matches_unsharded(tx, params, specs, rtol=2e-5, atol=2e-6,
+  sharding_check.check_sharded_matches_unsharded(tx, params, specs, rtol=2e-5, atol=2e-6,
                                                    pin_other_state=True)
 
 

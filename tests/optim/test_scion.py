@@ -9,7 +9,7 @@ import pytest
 import optbench_jax.optim as O
 from optbench_jax.optim import linalg
 from tests.optim import harness
-from tests.optim import sharding_harness
+from optbench_jax.optim import sharding_check
 from tests.optim.test_linalg_newton_schulz import reference_newton_schulz
 from tests.optim.test_muon import transformer_tree
 
@@ -89,7 +89,7 @@ def test_sharded_matches_unsharded():
   params, batch_axes, specs = transformer_tree()
   tx = O.create("scion", learning_rate=1e-3, hidden_radius=5.0, weight_decay=0.1,
                 batch_axes=batch_axes)
-  sharding_harness.check_sharded_matches_unsharded(tx, params, specs, n_steps=2,
+  sharding_check.check_sharded_matches_unsharded(tx, params, specs, n_steps=2,
                                                    rtol=2e-5, atol=2e-6)
 
 

@@ -245,10 +245,10 @@ def run_sharded_with_factor_specs(tx, params, specs, factor_specs, n_steps=3, **
   the given Kronecker factors as ``factor_specs`` (a function (path, leaf) -> spec
   or None), the rest replicated. Returns (final params, final state)."""
   from jax.sharding import NamedSharding  # pylint: disable=import-outside-toplevel
-  from tests.optim import sharding_harness  # pylint: disable=import-outside-toplevel
-  mesh = sharding_harness.make_mesh()
-  shardings = sharding_harness.param_shardings(mesh, specs)
-  state_sh, _ = sharding_harness.state_shardings(tx, params, shardings, mesh)
+  from optbench_jax.optim import sharding_check  # pylint: disable=import-outside-toplevel
+  mesh = sharding_check.make_mesh()
+  shardings = sharding_check.param_shardings(mesh, specs)
+  state_sh, _ = sharding_check.state_shardings(tx, params, shardings, mesh)
   state_sh = jax.tree_util.tree_map_with_path(
       lambda path, sh, leaf: (NamedSharding(mesh, factor_specs(path, leaf))
                               if factor_specs(path, leaf) is not None else sh),

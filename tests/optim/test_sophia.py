@@ -189,10 +189,10 @@ def test_bad_hyperparameters(bad, match):
 
 def test_sharded_matches_unsharded():
   from jax.sharding import PartitionSpec as P  # pylint: disable=import-outside-toplevel
-  from tests.optim import sharding_harness  # pylint: disable=import-outside-toplevel
+  from optbench_jax.optim import sharding_check  # pylint: disable=import-outside-toplevel
   params = harness.make_params()
   specs = {"dense": {"kernel": P("fsdp", "tensor")}, "norm": {"scale": P("tensor")},
            "layers": {"kernel": P(None, None, "fsdp")}}
   hess = harness.make_grads(params, 1, seed=9)[0]
-  sharding_harness.check_sharded_matches_unsharded(
+  sharding_check.check_sharded_matches_unsharded(
       O.sophia(1e-2, update_interval=2, batch_size=8), params, specs, hessian_grads=hess)

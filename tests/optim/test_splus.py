@@ -8,10 +8,9 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 import optbench_jax.optim as O
-from optbench_jax.optim.splus import ScaleBySPlusState
 from optbench_jax.train import state as state_lib
 from tests.optim import harness
-from tests.optim import sharding_harness
+from optbench_jax.optim import sharding_check
 
 
 class ReferenceLeaf:
@@ -197,8 +196,8 @@ def test_sharded_matches_unsharded():
   batch_axes = lambda path, leaf: 1 if "layers" in jax.tree_util.keystr(path) else 0
   tx = O.create("splus", learning_rate=0.2, weight_decay=0.1, inverse_every=2,
                 batch_axes=batch_axes)
-  mesh = sharding_harness.make_mesh()
-  shardings = sharding_harness.param_shardings(mesh, specs)
+  mesh = sharding_check.make_mesh()
+  shardings = sharding_check.param_shardings(mesh, specs)
   state_sh = state_lib.derive_opt_state_shardings(jax.eval_shape(tx.init, params), params,
                                                   shardings, mesh)
   grads = harness.make_grads(params, 4, seed=7)

@@ -1,15 +1,16 @@
-"""Reusable sharding checks for optimizers on the 8 virtual CPU devices.
+"""Sharded == unsharded checks for optimizers, on a mesh of (virtual CPU) devices.
 
-Typical use in an optimizer test::
+Typical use (the optimizer tests, and the contract's ``sharded_equals_unsharded``)::
 
-    mesh = sharding_harness.make_mesh()                  # ('fsdp', 'tensor') = (4, 2)
+    mesh = sharding_check.make_mesh()                    # ('fsdp', 'tensor') = (4, 2)
     specs = {'w': P(None, 'fsdp', 'tensor'), 'b': P()}   # one PartitionSpec per param leaf
-    result = sharding_harness.check_sharded_matches_unsharded(tx, params, specs, mesh)
+    result = sharding_check.check_sharded_matches_unsharded(tx, params, specs, mesh)
 
 ``check_sharded_matches_unsharded`` places ``params`` (and random gradients)
 with ``NamedSharding(mesh, spec)``, initialises the state under ``jit`` with
-every state leaf that mirrors a parameter (same key path suffix and shape)
-sharded like that parameter and the rest replicated, then runs ``n_steps``
+every state leaf that mirrors a parameter (the trainer's rule in ``train.state``:
+the parameter whose key path ends the leaf's, and the same shape) sharded like
+that parameter and the rest replicated, then runs ``n_steps``
 jitted updates inside ``jax.set_mesh(mesh)`` with input shardings given and
 output shardings left to the compiler. It asserts that
 
@@ -40,7 +41,7 @@ import numpy as np
 import optax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from tests.optim import harness
+from optbench_jax.optim import contract
 
 
 def make_mesh(shape: tuple[int, ...] = (4, 2),
@@ -48,8 +49,8 @@ def make_mesh(shape: tuple[int, ...] = (4, 2),
   """A mesh over the first prod(shape) devices with Auto (GSPMD) axes."""
   n = int(np.prod(shape))
   if len(jax.devices()) < n:
-    raise RuntimeError(f"need {n} devices, have {len(jax.devices())} "
-                       "(tests/conftest.py sets --xla_force_host_platform_device_count=8)")
+    raise RuntimeError(f"need {n} devices, have {len(jax.devices())} (on CPU, run with "
+                       f"XLA_FLAGS=--xla_force_host_platform_device_count={n})")
   return jax.make_mesh(shape, axis_names, axis_types=(AxisType.Auto,) * len(shape))
 
 
@@ -59,36 +60,19 @@ def param_shardings(mesh, specs: Any) -> Any:
                       is_leaf=lambda x: isinstance(x, P))
 
 
-def _suffix_match(state_path, param_paths):
-  keys = tuple(jax.tree_util.keystr((k,)) for k in state_path)
-  for param_path, value in param_paths:
-    tail = tuple(jax.tree_util.keystr((k,)) for k in param_path)
-    if len(tail) <= len(keys) and keys[len(keys) - len(tail):] == tail:
-      return value
-  return None
+def state_shardings(tx: optax.GradientTransformation, params: Any, shardings: Any, mesh,
+                    factor_sharding: str = "replicated"):
+  """Shardings for ``tx.init(params)`` by the trainer's rule (``train.state``); leaves of
+  another shape than their parameter by ``factor_sharding`` (default: replicated).
 
-
-def state_shardings(tx: optax.GradientTransformation, params: Any, shardings: Any, mesh):
-  """Shardings for ``tx.init(params)``: like the parameter a leaf mirrors, else replicated.
-
-  A state leaf mirrors a parameter when its key path ends with the parameter's
-  key path and it has the same shape (optax moments, momentum buffers).
-  Returns (state shardings, state tree of bools "mirrors a parameter").
+  Returns (state shardings, state tree of bools "mirrors a parameter": the leaf has its
+  parameter's shape, as optax moments and momentum buffers do).
   """
-  param_items = [(path, (leaf.shape, sharding)) for (path, leaf), sharding in zip(
-      jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(shardings))]
+  from optbench_jax.train import state as state_lib  # pylint: disable=import-outside-toplevel
   shapes = jax.eval_shape(tx.init, params)
-  replicated = NamedSharding(mesh, P())
-
-  def pick(path, leaf):
-    match = _suffix_match(path, param_items)
-    if match is not None and match[0] == leaf.shape:
-      return match[1], True
-    return replicated, False
-  picked = jax.tree_util.tree_map_with_path(pick, shapes)
-  is_pair = lambda x: isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], bool)
-  return (jax.tree.map(lambda x: x[0], picked, is_leaf=is_pair),
-          jax.tree.map(lambda x: x[1], picked, is_leaf=is_pair))
+  return (state_lib.derive_opt_state_shardings(shapes, params, shardings, mesh,
+                                               factor_sharding),
+          state_lib.mirrored_leaves(shapes, params))
 
 
 class ShardedRun(NamedTuple):
@@ -120,14 +104,15 @@ def check_sharded_matches_unsharded(tx: optax.GradientTransformation, params: An
                                     rtol: float = 1e-5, atol: float = 1e-6,
                                     check_param_sharding: bool = True,
                                     pin_other_state: bool = False,
+                                    factor_sharding: str = "replicated",
                                     **extra_args) -> ShardedRun:
   """Sharded == unsharded after ``n_steps``; state stays sharded like params (see module doc)."""
   mesh = make_mesh() if mesh is None else mesh
-  grads = harness.make_grads(params, n_steps, seed=7)
-  expected = harness.run_trajectory(tx, params, grads, **extra_args)[-1]
+  grads = contract.make_grads(params, n_steps, seed=7)
+  expected = contract.run_trajectory(tx, params, grads, **extra_args)[-1]
 
   shardings = param_shardings(mesh, specs)
-  st_shardings, mirrors = state_shardings(tx, params, shardings, mesh)
+  st_shardings, mirrors = state_shardings(tx, params, shardings, mesh, factor_sharding)
 
   def step(p, s, g):
     updates, s = tx.update(g, s, p, **extra_args)
@@ -146,7 +131,7 @@ def check_sharded_matches_unsharded(tx: optax.GradientTransformation, params: An
     for g in grads:
       p, state = update(p, state, jax.device_put(g, shardings))
 
-  harness.assert_trajectory_close([p], [expected], rtol=rtol, atol=atol)
+  contract.assert_trajectory_close([p], [expected], rtol=rtol, atol=atol)
   for (path, leaf), want, mirrored in zip(jax.tree_util.tree_leaves_with_path(state),
                                           jax.tree.leaves(st_shardings),
                                           jax.tree.leaves(mirrors)):

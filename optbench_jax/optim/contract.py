@@ -250,7 +250,7 @@ def check_sharded_equals_unsharded(factory, hparams, **extra_args) -> str:
            "layers": {"kernel": P(None, "fsdp", "tensor")}}
   sharding_check.check_sharded_matches_unsharded(
       factory(**_with_structure(factory, hparams)), params, specs, n_steps=4, rtol=2e-5,
-      atol=2e-6, pin_other_state=True, factor_sharding="matched", **extra_args)
+      atol=2e-6, pin_state="all", factor_sharding="matched", **extra_args)
   return "fsdp=4 x tensor=2, state sharded by the trainer's rule"
 
 

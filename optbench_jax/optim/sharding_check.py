@@ -20,11 +20,13 @@ output shardings left to the compiler. It asserts that
   update still sharded like that parameter (the optimizer neither gathers nor
   replicates its state), and so do the updated parameters.
 
-With ``pin_other_state=True`` the state leaves that mirror no parameter
-(NorMuon's per-neuron second moment, Conda's bases) are given as output
-shardings, as a trainer with donated state gives all of its state; otherwise
-the compiler may hand them back in another layout than the next call expects.
-The mirrored leaves stay unpinned, so the check above still means something.
+``pin_state`` says which output shardings the update is given: ``"none"``
+(the compiler chooses; the default), ``"other"`` (the state leaves that mirror
+no parameter, such as NorMuon's per-neuron second moment and Conda's bases,
+which the compiler may otherwise hand back in another layout than the next call
+expects; the mirrored leaves stay unpinned, so the check above still means
+something), or ``"all"`` (every state leaf and parameter, as the trainer's
+donated step does: then only the values are checked).
 
 It returns a ``ShardedRun`` with the compiled update (``compiled.as_text()``
 for HLO inspection; ``collectives(text)`` lists its communication ops).
@@ -103,10 +105,12 @@ def check_sharded_matches_unsharded(tx: optax.GradientTransformation, params: An
                                     specs: Any, mesh=None, n_steps: int = 3,
                                     rtol: float = 1e-5, atol: float = 1e-6,
                                     check_param_sharding: bool = True,
-                                    pin_other_state: bool = False,
+                                    pin_state: str = "none",
                                     factor_sharding: str = "replicated",
                                     **extra_args) -> ShardedRun:
   """Sharded == unsharded after ``n_steps``; state stays sharded like params (see module doc)."""
+  if pin_state not in ("none", "other", "all"):
+    raise ValueError(f"pin_state must be 'none', 'other' or 'all', got {pin_state!r}")
   mesh = make_mesh() if mesh is None else mesh
   grads = contract.make_grads(params, n_steps, seed=7)
   expected = contract.run_trajectory(tx, params, grads, **extra_args)[-1]
@@ -122,7 +126,9 @@ def check_sharded_matches_unsharded(tx: optax.GradientTransformation, params: An
     p = jax.device_put(params, shardings)
     state = jax.jit(tx.init, out_shardings=st_shardings)(p)
     pinned = {}
-    if pin_other_state:  # None leaves: layout left to the compiler
+    if pin_state == "all":
+      pinned["out_shardings"] = (shardings, st_shardings)
+    elif pin_state == "other":  # None leaves: layout left to the compiler
       out_state = jax.tree.map(lambda sh, mirrored: None if mirrored else sh,
                                st_shardings, mirrors)
       pinned["out_shardings"] = (jax.tree.map(lambda _: None, shardings), out_state)

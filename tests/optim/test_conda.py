@@ -118,7 +118,7 @@ def test_sharded_matches_unsharded():
   tx = O.create("conda", learning_rate=1e-2, weight_decay=0.1, update_proj_gap=2,
                 batch_axes=batch_axes)
   sharding_check.check_sharded_matches_unsharded(tx, params, specs, rtol=2e-5, atol=2e-6,
-                                                   pin_other_state=True)
+                                                   pin_state="other")
 
 
 @pytest.mark.parametrize("bad, match", [

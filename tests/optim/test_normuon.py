@@ -126,7 +126,7 @@ def test_sharded_matches_unsharded():
   params, batch_axes, specs = transformer_tree()
   tx = O.create("normuon", learning_rate=0.01, weight_decay=0.1, batch_axes=batch_axes)
   sharding_check.check_sharded_matches_unsharded(tx, params, specs, rtol=2e-5, atol=2e-6,
-                                                   pin_other_state=True)
+                                                   pin_state="other")
 
 
 @pytest.mark.parametrize("bad, match", [

@@ -26,7 +26,8 @@ no parameter, such as NorMuon's per-neuron second moment and Conda's bases,
 which the compiler may otherwise hand back in another layout than the next call
 expects; the mirrored leaves stay unpinned, so the check above still means
 something), or ``"all"`` (every state leaf and parameter, as the trainer's
-donated step does: then only the values are checked).
+donated step does: then only the values are checked). ``state_specs`` places
+chosen state leaves (e.g. Kronecker factors) by hand.
 
 It returns a ``ShardedRun`` with the compiled update (``compiled.as_text()``
 for HLO inspection; ``collectives(text)`` lists its communication ops).
@@ -36,7 +37,7 @@ Meshes use Auto axis types (GSPMD propagation), as the trainer does.
 from __future__ import annotations
 
 import re
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import numpy as np
@@ -63,18 +64,25 @@ def param_shardings(mesh, specs: Any) -> Any:
 
 
 def state_shardings(tx: optax.GradientTransformation, params: Any, shardings: Any, mesh,
-                    factor_sharding: str = "replicated"):
+                    factor_sharding: str = "replicated",
+                    state_specs: Callable[[Any, Any], P | None] | None = None):
   """Shardings for ``tx.init(params)`` by the trainer's rule (``train.state``); leaves of
   another shape than their parameter by ``factor_sharding`` (default: replicated).
+  ``state_specs(path, leaf)``: a spec that overrides the rule for a leaf, or None.
 
   Returns (state shardings, state tree of bools "mirrors a parameter": the leaf has its
   parameter's shape, as optax moments and momentum buffers do).
   """
   from optbench_jax.train import state as state_lib  # pylint: disable=import-outside-toplevel
   shapes = jax.eval_shape(tx.init, params)
-  return (state_lib.derive_opt_state_shardings(shapes, params, shardings, mesh,
-                                               factor_sharding),
-          state_lib.mirrored_leaves(shapes, params))
+  derived = state_lib.derive_opt_state_shardings(shapes, params, shardings, mesh,
+                                                 factor_sharding)
+  if state_specs is not None:
+    def override(path, sharding, leaf):
+      spec = state_specs(path, leaf)
+      return sharding if spec is None else NamedSharding(mesh, spec)
+    derived = jax.tree_util.tree_map_with_path(override, derived, shapes)
+  return derived, state_lib.mirrored_leaves(shapes, params)
 
 
 class ShardedRun(NamedTuple):
@@ -82,6 +90,7 @@ class ShardedRun(NamedTuple):
   state: Any          # final sharded optimizer state
   expected: Any       # final unsharded parameters
   compiled: Any       # the compiled sharded update step
+  state_shardings: Any  # the state's shardings the run was given
 
 
 def collectives(hlo_text: str) -> list[tuple[str, str]]:
@@ -107,6 +116,7 @@ def check_sharded_matches_unsharded(tx: optax.GradientTransformation, params: An
                                     check_param_sharding: bool = True,
                                     pin_state: str = "none",
                                     factor_sharding: str = "replicated",
+                                    state_specs: Callable[[Any, Any], P | None] | None = None,
                                     **extra_args) -> ShardedRun:
   """Sharded == unsharded after ``n_steps``; state stays sharded like params (see module doc)."""
   if pin_state not in ("none", "other", "all"):
@@ -116,7 +126,8 @@ def check_sharded_matches_unsharded(tx: optax.GradientTransformation, params: An
   expected = contract.run_trajectory(tx, params, grads, **extra_args)[-1]
 
   shardings = param_shardings(mesh, specs)
-  st_shardings, mirrors = state_shardings(tx, params, shardings, mesh, factor_sharding)
+  st_shardings, mirrors = state_shardings(tx, params, shardings, mesh, factor_sharding,
+                                         state_specs)
 
   def step(p, s, g):
     updates, s = tx.update(g, s, p, **extra_args)
@@ -151,4 +162,4 @@ def check_sharded_matches_unsharded(tx: optax.GradientTransformation, params: An
       assert _same_sharding(leaf.sharding, want, leaf.ndim), (
           f"parameter {jax.tree_util.keystr(path)} came back as {leaf.sharding.spec}, "
           f"expected {want.spec}")
-  return ShardedRun(p, state, expected, compiled)
+  return ShardedRun(p, state, expected, compiled, st_shardings)

@@ -243,31 +243,13 @@ def test_bad_hyperparameters(bad, match):
 def run_sharded_with_factor_specs(tx, params, specs, factor_specs, n_steps=3, **extra_args):
   """Like a trainer: state in/out shardings fixed -- moments like their parameter,
   the given Kronecker factors as ``factor_specs`` (a function (path, leaf) -> spec
-  or None), the rest replicated. Returns (final params, final state)."""
-  from jax.sharding import NamedSharding  # pylint: disable=import-outside-toplevel
+  or None), the rest replicated. Returns (final params, final state, expected final
+  params, state shardings)."""
   from optbench_jax.optim import sharding_check  # pylint: disable=import-outside-toplevel
-  mesh = sharding_check.make_mesh()
-  shardings = sharding_check.param_shardings(mesh, specs)
-  state_sh, _ = sharding_check.state_shardings(tx, params, shardings, mesh)
-  state_sh = jax.tree_util.tree_map_with_path(
-      lambda path, sh, leaf: (NamedSharding(mesh, factor_specs(path, leaf))
-                              if factor_specs(path, leaf) is not None else sh),
-      state_sh, jax.eval_shape(tx.init, params))
-  grads = harness.make_grads(params, n_steps, seed=7)
-
-  def step(p, s, g):
-    updates, s = tx.update(g, s, p, **extra_args)
-    return optax.apply_updates(p, updates), s
-
-  with jax.set_mesh(mesh):
-    p = jax.device_put(params, shardings)
-    state = jax.jit(tx.init, out_shardings=state_sh)(p)
-    update = jax.jit(step, in_shardings=(shardings, state_sh, shardings),
-                     out_shardings=(shardings, state_sh))
-    for g in grads:
-      p, state = update(p, state, jax.device_put(g, shardings))
-  expected = harness.run_trajectory(tx, params, grads, **extra_args)[-1]
-  return p, state, expected, state_sh
+  run = sharding_check.check_sharded_matches_unsharded(
+      tx, params, specs, n_steps=n_steps, rtol=1e-4, atol=1e-5, pin_state="all",
+      state_specs=factor_specs, **extra_args)
+  return run.params, run.state, run.expected, run.state_shardings
 
 
 def stack_factor_spec(path, leaf):

@@ -28,7 +28,7 @@ Kron, Muon and Dion (rank fractions 1/2 and 1/8) as the trainer shards them -- 8
 added to ``XLA_FLAGS``), Auto mesh ('fsdp', 'tensor') = (4, 2), parameters
 by the model's rules (embed -> fsdp; mlp / heads / vocab -> tensor; layer
 stack and norms replicated), optimizer state by
-``optbench_jax.train.state.derive_opt_state_shardings`` under each
+``optbench_jax.optim.state_sharding.derive_opt_state_shardings`` under each
 ``--factor_sharding`` policy (matched / full / replicated; default all
 three) -- and prints per optimizer and policy:
 
@@ -77,6 +77,7 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 import optbench_jax.optim as O
 from optbench_jax.optim.kron import scale_by_kron
 from optbench_jax.optim.soap import scale_by_soap
+from optbench_jax.optim import state_sharding
 from optbench_jax.train import state as state_lib
 
 
@@ -301,7 +302,7 @@ def compile_sharded_step(tx, params, mesh, factor_sharding: str = "matched"):
   param_sh = jax.tree.map(lambda s: NamedSharding(mesh, s), llama_specs(params),
                           is_leaf=lambda x: isinstance(x, P))
   abstract_state = jax.eval_shape(tx.init, params)
-  state_sh = state_lib.derive_opt_state_shardings(abstract_state, params, param_sh, mesh,
+  state_sh = state_sharding.derive_opt_state_shardings(abstract_state, params, param_sh, mesh,
                                                   factor_sharding)
 
   def step(p, s, g):

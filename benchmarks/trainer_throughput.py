@@ -77,8 +77,8 @@ def make_config(shape: tuple, dtype: str = "float32", optimizer: str = "adamw"):
   c.optimizer.name = optimizer
   c.optimizer.schedule.update(warmup_steps=10)
   import optbench_jax.optim as O  # pylint: disable=import-outside-toplevel
-  from optbench_jax.train import optimizer_args  # pylint: disable=import-outside-toplevel
-  if optimizer_args.owns_warmup(O.registry.hyperparameter_names(optimizer)):
+  from optbench_jax.optim import factory_contract  # pylint: disable=import-outside-toplevel
+  if factory_contract.owns_warmup(O.registry.hyperparameter_names(optimizer)):
     c.optimizer.schedule.name = "constant"   # schedule-free warms up itself (the trainer's rule)
   c.train.steps = 1000
   c.mesh.update(data=1)

@@ -2,30 +2,16 @@
 
   python -m trainers.lm --config=configs/from_json.py:/abs/path/config.json
 
-The JSON is overlaid on ``configs/base.py``'s defaults; keys the schema does
-not know are rejected by the trainer's config check (``optbench_jax.train``).
+The JSON is overlaid on the schema's defaults (``optbench_jax.config.load_json``);
+keys the schema does not know are rejected there, naming the key.
 """
-
-import json
 
 import ml_collections
 
-from configs import base
-
-
-def _overlay(target: dict, source: dict) -> None:
-  for key, value in source.items():
-    if isinstance(value, dict) and isinstance(target.get(key), dict) and key != "hparams":
-      _overlay(target[key], value)
-    else:
-      target[key] = value
+from optbench_jax import config
 
 
 def get_config(path: str) -> ml_collections.ConfigDict:
   if not path:
     raise ValueError("usage: --config=configs/from_json.py:/path/to/config.json")
-  with open(path) as f:
-    loaded = json.load(f)
-  merged = base.base_config().to_dict()
-  _overlay(merged, loaded)
-  return ml_collections.ConfigDict(merged)
+  return config.load_json(path)

@@ -45,7 +45,7 @@ def verbose_requested(argv: list[str] | None = None) -> bool:
 # The input / environment error classes of the package (matched by name: an entry
 # point run with ``python -m`` defines its classes in ``__main__``).
 USER_ERROR_NAMES = frozenset({
-    "ConfigError",          # optbench_jax.train.config_checks (+ preflight, run_record)
+    "ConfigError",          # optbench_jax.config (+ preflight, run_record)
     "DataError",            # optbench_jax.data.manifest
     "SweepConfigError",     # optbench_jax.bench.sweep_config
     "SearchSpaceError",     # optbench_jax.bench.search_space

@@ -6,8 +6,8 @@ value of anything not swept). Grids are built with :func:`log_grid` (learning
 rates, weight decay, 1 - beta) or :func:`linear_grid`, or written out.
 
 Trial hyperparameters are flat names; :func:`config_key` says where each goes
-in the trainer config (``configs/base.py``). Which names are the trainer's is
-read from the one table, ``train/optimizer_args.py``:
+in the trainer config (``optbench_jax/config.py``). Which names are the trainer's
+is read from the one table, ``train/optimizer_args.py``:
 
   learning_rate, weight_decay, grad_clip -> optimizer.<name>
   warmup_steps                           -> optimizer.schedule.warmup_steps

@@ -212,7 +212,7 @@ class SweepRunner:
   def _check_data(self) -> None:
     """The trials' corpora open and fit their seq_len, before any trial starts."""
     from optbench_jax.train import preflight  # pylint: disable=import-outside-toplevel
-    from optbench_jax.train.config_checks import ConfigError  # pylint: disable=import-outside-toplevel
+    from optbench_jax.config import ConfigError  # pylint: disable=import-outside-toplevel
     seen = set()
     for optimizer in self.plain["optimizers"]:
       config = sweep_config.trial_config(self.plain, self.base, optimizer, {},

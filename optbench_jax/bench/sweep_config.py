@@ -64,6 +64,7 @@ from typing import Any, Mapping
 
 import ml_collections
 
+from optbench_jax import config as config_lib
 from optbench_jax.bench import search_space
 from optbench_jax.optim import registry
 
@@ -178,16 +179,10 @@ def trial_id(optimizer: str, hparams: Mapping[str, Any], budget_steps: int, seed
 
 
 def _set_dotted(config: ml_collections.ConfigDict, key: str, value: Any, where: str) -> None:
-  node = config
-  parts = key.split(".")
-  for part in parts[:-1]:
-    if part not in node:
-      raise SweepConfigError(f"{where}: {key!r} is not a trainer config key (no {part!r})")
-    node = node[part]
-  if parts[-1] not in node and ".".join(parts[:-1]) != "optimizer.hparams":
-    raise SweepConfigError(f"{where}: {key!r} is not a trainer config key (see configs/base.py)")
-  with node.ignore_type():
-    node[parts[-1]] = value
+  try:
+    config_lib.override(config, key, value)
+  except config_lib.ConfigError as e:
+    raise SweepConfigError(f"{where}: {e}") from None
 
 
 def trial_config(plain: Mapping[str, Any], base: ml_collections.ConfigDict, optimizer: str,

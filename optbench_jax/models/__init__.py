@@ -1,7 +1,7 @@
 """Llama and MoE language models (Flax Linen), their sharding, sizes, FLOPs and loss.
 
 API (stable; the trainer codes against it). ``model_cfg`` is ``config.model``
-(schema in ``configs/base.py``), a dict with those keys, or a ``ModelSpec``.
+(schema in ``optbench_jax/config.py``), a dict with those keys, or a ``ModelSpec``.
 
 * ``build_model(model_cfg, mesh=None, rules=DEFAULT_RULES, report_max_logits=False)
   -> nn.Module``:

@@ -1,7 +1,7 @@
 """The model section of a config, resolved and validated once (sentinels -> values).
 
 ``ModelSpec.from_config`` accepts the ``config.model`` ConfigDict (schema in
-``configs/base.py``), a plain dict with the same keys, or a ModelSpec. It
+``optbench_jax/config.py``), a plain dict with the same keys, or a ModelSpec. It
 resolves the sentinels (``num_kv_heads=0`` -> num_heads, ``ffn_dim=0`` ->
 the SwiGLU rule) and raises ONE ValueError naming the offending key before
 anything is traced or compiled.

@@ -39,7 +39,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-N_STEPS = 6
+from optbench_jax.optim import factory_contract
+from optbench_jax.optim import sharding_check
+from optbench_jax.optim.testing import (BATCH_AXES, N_STEPS, assert_trajectory_close, make_grads,
+                                         make_params, run_trajectory, to_numpy, trains_mlp)
 
 
 @dataclasses.dataclass
@@ -47,59 +50,6 @@ class CheckResult:
   name: str
   passed: bool
   note: str
-
-
-# Trees ----------------------------------------------------------------------------------------
-def make_params(seed: int = 0, dtype=jnp.float32) -> dict:
-  """A small tree with a 2-D matrix, a 1-D vector and a 3-D stacked leaf."""
-  rng = np.random.default_rng(seed)
-  return {
-      "dense": {"kernel": jnp.asarray(rng.normal(size=(8, 6)), dtype)},
-      "norm": {"scale": jnp.asarray(1.0 + 0.1 * rng.normal(size=(6,)), dtype)},
-      "layers": {"kernel": jnp.asarray(rng.normal(size=(3, 5, 4)), dtype)},
-  }
-
-
-# Leading batch axes of make_params' leaves, for optimizers that need them.
-BATCH_AXES = {"dense": {"kernel": 0}, "norm": {"scale": 0}, "layers": {"kernel": 1}}
-
-
-def make_grads(params: Any, n_steps: int = N_STEPS, seed: int = 1) -> list:
-  """``n_steps`` random gradient trees shaped like ``params`` (float32)."""
-  rng = np.random.default_rng(seed)
-  return [jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
-          for _ in range(n_steps)]
-
-
-def run_trajectory(tx: optax.GradientTransformation, params: Any, grads: list,
-                   jit: bool = True, **extra_args) -> list:
-  """Applies ``tx`` along ``grads``; returns the parameters after every step."""
-  update = jax.jit(tx.update) if jit else tx.update
-  state = tx.init(params)
-  out = []
-  for g in grads:
-    g = jax.tree.map(lambda gi, p: gi.astype(p.dtype), g, params)
-    updates, state = update(g, state, params, **extra_args)
-    params = optax.apply_updates(params, updates)
-    out.append(params)
-  return out
-
-
-def to_numpy(tree: Any) -> Any:
-  return jax.tree.map(lambda x: np.asarray(x, np.float64), tree)
-
-
-def assert_trajectory_close(actual: list, expected: list, rtol: float = 1e-6,
-                            atol: float = 1e-6) -> None:
-  """Compares two trajectories step by step, leaf by leaf."""
-  assert len(actual) == len(expected)
-  for step, (a, e) in enumerate(zip(actual, expected)):
-    a_leaves = jax.tree_util.tree_leaves_with_path(to_numpy(a))
-    e_leaves = jax.tree.leaves(to_numpy(e))
-    for (path, x), y in zip(a_leaves, e_leaves):
-      np.testing.assert_allclose(
-          x, y, rtol=rtol, atol=atol,
-          err_msg=f"step {step + 1}, leaf {jax.tree_util.keystr(path)}")
 
 
 def _shapes_dtypes(tree):
@@ -201,15 +151,9 @@ def check_inject_hyperparams(factory, hparams, **extra_args) -> str:
   return f"numeric hyperparameters injected: {names or 'none'}"
 
 
-def learning_rate_arguments(factory: Callable) -> list[str]:
-  """The factory's parameter learning-rate arguments (the trainer's naming rule)."""
-  from optbench_jax.train import optimizer_args  # pylint: disable=import-outside-toplevel
-  return [n for n in inspect.signature(factory).parameters if optimizer_args.is_learning_rate(n)]
-
-
 def check_learning_rates_follow_schedule(factory, hparams, **extra_args) -> str:
   steps, warmup, probes = 10, 3, (0, 1, 3, 9)
-  names = learning_rate_arguments(factory)
+  names = factory_contract.learning_rate_arguments(factory)
   assert "learning_rate" in names, "no learning_rate argument"
   peaks = {n: float(hparams.get(n, 1e-3 if n == "learning_rate" else 3.7e-4)) for n in names}
   schedules = {n: optax.warmup_cosine_decay_schedule(0.0, p, warmup, steps, p * 0.1)
@@ -241,7 +185,6 @@ def check_learning_rates_follow_schedule(factory, hparams, **extra_args) -> str:
 
 def check_sharded_equals_unsharded(factory, hparams, **extra_args) -> str:
   from jax.sharding import PartitionSpec as P  # pylint: disable=import-outside-toplevel
-  from optbench_jax.optim import sharding_check  # pylint: disable=import-outside-toplevel
   params = {"dense": {"kernel": make_params()["dense"]["kernel"]},
             "norm": {"scale": jnp.linspace(0.5, 1.5, 8)},
             "layers": {"kernel": jnp.asarray(np.random.default_rng(5).normal(size=(3, 8, 4)),
@@ -280,38 +223,6 @@ def check_stacked_equals_unstacked(factory, hparams, **extra_args) -> str:
   return "with batch_axes" if takes_batch_axes else "elementwise (no batch_axes)"
 
 
-def mlp_loss(params: Any, x: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
-  h = jnp.tanh(x @ params["hidden"]["kernel"] + params["hidden"]["bias"])
-  return jnp.mean((h @ params["out"]["kernel"] - y) ** 2)
-
-
-def trains_mlp(tx: optax.GradientTransformation, steps: int = 200, max_ratio: float = 0.5,
-               **extra_args) -> tuple[float, float]:
-  """Trains a tiny tanh MLP regression from a fixed seed; loss must fall below max_ratio x start."""
-  rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.normal(size=(64, 8)), jnp.float32)
-  teacher = rng.normal(size=(8, 16)) / np.sqrt(8)
-  y = jnp.asarray(np.sin(np.asarray(x) @ teacher) @ rng.normal(size=(16, 4)), jnp.float32)
-  params = {"hidden": {"kernel": jnp.asarray(rng.normal(size=(8, 16)) * 0.3, jnp.float32),
-                       "bias": jnp.zeros((16,), jnp.float32)},
-            "out": {"kernel": jnp.asarray(rng.normal(size=(16, 4)) * 0.3, jnp.float32)}}
-  state = tx.init(params)
-
-  @jax.jit
-  def step(params, state):
-    loss, g = jax.value_and_grad(mlp_loss)(params, x, y)
-    updates, state = tx.update(g, state, params, **extra_args)
-    return optax.apply_updates(params, updates), state, loss
-
-  first = float(mlp_loss(params, x, y))
-  for _ in range(steps):
-    params, state, _ = step(params, state)
-  last = float(mlp_loss(params, x, y))
-  assert np.isfinite(last) and last < max_ratio * first, (
-      f"the loss went from {first:.4g} to {last:.4g} in {steps} steps (needs < {max_ratio} x)")
-  return first, last
-
-
 def check_decreases_nonconvex(factory, hparams, **extra_args) -> str:
   full = dict(hparams)
   if "batch_axes" in inspect.signature(factory).parameters:
@@ -320,13 +231,27 @@ def check_decreases_nonconvex(factory, hparams, **extra_args) -> str:
   return f"MLP loss {first:.3g} -> {last:.3g} in 200 steps"
 
 
-def _tree_124m() -> Any:
-  """Zeros shaped like the 124M Llama's parameters (stacked layers, tied embedding)."""
-  from optbench_jax import models  # pylint: disable=import-outside-toplevel
-  from configs import base  # pylint: disable=import-outside-toplevel
-  abstract = models.abstract_params(base.base_config().model)
-  return (jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), abstract),
-          models.param_batch_axes(abstract))
+def _tree_124m() -> tuple[Any, Any]:
+  """Zeros shaped like the 124M Llama's parameters, and their batch axes.
+
+  GPT-2 small's shapes as the trainer lays them out: a tied (50304, 768)
+  embedding, 12 stacked layers of four (768, 768) attention projections, a
+  SwiGLU MLP of width 2048 and two norm scales, and a final norm.
+  """
+  layers, d, ffn, vocab = 12, 768, 2048, 50304
+  shapes = {
+      "embed": {"embedding": (vocab, d)},
+      "layers": {"attention": {name: {"kernel": (layers, d, d)} for name in ("q", "k", "v", "o")},
+                 "mlp": {"gate": {"kernel": (layers, d, ffn)}, "up": {"kernel": (layers, d, ffn)},
+                         "down": {"kernel": (layers, ffn, d)}},
+                 "attention_norm": {"scale": (layers, d)}, "mlp_norm": {"scale": (layers, d)}},
+      "final_norm": {"scale": (d,)},
+  }
+  is_shape = lambda x: isinstance(x, tuple)  # pylint: disable=unnecessary-lambda-assignment
+  params = jax.tree.map(lambda s: jnp.zeros(s, jnp.float32), shapes, is_leaf=is_shape)
+  batch_axes = {k: jax.tree.map(lambda _: int(k == "layers"), v, is_leaf=is_shape)
+                for k, v in shapes.items()}
+  return params, batch_axes
 
 
 def _step_seconds(tx, params, repeats: int) -> tuple[float, float]:

@@ -42,13 +42,15 @@ VECTOR_NAMES = ("norm", "bias", "scale", "ln")
 BatchAxesSpec = Union[None, int, Any, Callable[[tuple, Any], int]]
 
 
+def path_keys(path) -> tuple[str, ...]:
+  """The key names along a pytree path (dict keys, attribute names, sequence indices)."""
+  return tuple(str(getattr(entry, "key", getattr(entry, "name", getattr(entry, "idx", entry))))
+               for entry in path)
+
+
 def path_names(path) -> tuple[str, ...]:
   """The lower-case key names along a pytree path."""
-  names = []
-  for entry in path:
-    key = getattr(entry, "key", getattr(entry, "name", getattr(entry, "idx", entry)))
-    names.append(str(key).lower())
-  return tuple(names)
+  return tuple(key.lower() for key in path_keys(path))
 
 
 def resolve_batch_axes(params: Any, batch_axes: BatchAxesSpec = None) -> Any:
@@ -89,13 +91,15 @@ def label_params(params: Any, batch_axes: BatchAxesSpec = None) -> Any:
       lambda p, x, b: _label_leaf(p, x, b), params, axes)
 
 
-def weight_decay_mask(params: Any, batch_axes: BatchAxesSpec = None) -> Any:
+def weight_decay_mask(params: Any, batch_axes: BatchAxesSpec = None,
+                      decay_embeddings: bool = False) -> Any:
   """True where weight decay applies: hidden matrices and an untied head.
 
   Embeddings (and so a tied embedding/head), norms and biases are not decayed,
-  as in both benchmark studies.
+  as in both benchmark studies; ``decay_embeddings=True`` decays embeddings too.
   """
-  return jax.tree.map(lambda label: label in (MATRIX, HEAD), label_params(params, batch_axes))
+  decayed = (MATRIX, HEAD, EMBEDDING) if decay_embeddings else (MATRIX, HEAD)
+  return jax.tree.map(lambda label: label in decayed, label_params(params, batch_axes))
 
 
 def default_mask(batch_axes: BatchAxesSpec = None) -> Callable[[Any], Any]:

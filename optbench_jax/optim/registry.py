@@ -17,14 +17,9 @@ trainer's ``optimizer.name``, sweep configs, ``create``, reports):
 * ``register(name, factory)`` from code (in the process that trains: a sweep's
   trials are new processes, so use an import path or an entry point there).
 
-**The factory contract** (checked by ``python -m optbench_jax.optim.check``):
-the factory takes keyword arguments, among them ``learning_rate`` (a scalar or
-an optax schedule) and ``weight_decay``; it may take the other trainer-owned
-arguments (``mask``, ``batch_axes``, ``num_heads``, ``num_kv_heads``,
-``batch_size``, ``warmup_steps``: ``optbench_jax/train/optimizer_args.py``);
-every parameter learning rate is named ``learning_rate``, ``*_learning_rate``
-or ``learning_rate_*`` and accepts a schedule (the trainer passes the run's
-schedule to each); it returns an ``optax.GradientTransformation``.
+**The factory contract** (what a factory may take, which arguments are
+learning rates, who owns warmup) is stated in ``factory_contract``, and
+checked by ``python -m optbench_jax.optim.check``.
 """
 
 from __future__ import annotations

@@ -27,6 +27,8 @@ Decay shapes, for progress ``p`` in [0, 1] through the decay, as the fraction
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
 
 import jax.numpy as jnp
@@ -149,10 +151,48 @@ def wsd(peak: float, total_steps: int, warmup_steps: int = 0, decay_fraction: fl
   return schedule
 
 
-def create(name: str, **kwargs) -> optax.Schedule:
-  """Builds a schedule by name (``constant | linear | cosine | paper_cosine | wsd``)."""
-  factories = {"constant": constant, "linear": linear, "cosine": cosine,
-               "paper_cosine": paper_cosine, "wsd": wsd}
-  if name not in factories:
-    raise ValueError(f"unknown schedule {name!r}; valid: {sorted(factories)}")
-  return factories[name](**kwargs)
+SCHEDULES = {"constant": constant, "linear": linear, "cosine": cosine,
+             "paper_cosine": paper_cosine, "wsd": wsd}
+
+
+def create(name: str, peak: float, total_steps: int, warmup_steps: int = 0,
+           final_fraction: float | None = None, decay_fraction: float | None = None,
+           decay_shape: str | None = None) -> optax.Schedule:
+  """The schedule ``name`` (``constant | linear | cosine | paper_cosine | wsd``), one signature.
+
+  ``peak`` is every schedule's peak (``constant``'s value). Options left
+  ``None`` keep the schedule's default; an option the schedule does not have
+  (``decay_fraction`` for ``cosine``) is ignored, since a run's config carries
+  every option for whichever schedule it names. ``warmup_steps`` longer than
+  ``total_steps`` is refused for every schedule, ``constant`` included.
+  """
+  if name not in SCHEDULES:
+    raise ValueError(f"unknown schedule {name!r}; valid: {list(SCHEDULES)}")
+  hyperparams.check_int_at_least("total_steps", total_steps, 1)
+  if warmup_steps > total_steps:
+    raise ValueError(
+        f"warmup_steps ({warmup_steps}) is longer than the run (total_steps={total_steps})")
+  build = SCHEDULES[name]
+  options = dict(peak=peak, learning_rate=peak, total_steps=total_steps,
+                 warmup_steps=warmup_steps, final_fraction=final_fraction,
+                 decay_fraction=decay_fraction, decay_shape=decay_shape)
+  accepted = inspect.signature(build).parameters
+  return build(**{k: v for k, v in options.items() if k in accepted and v is not None})
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """A schedule's shape without its peak: every learning rate of a run follows one Spec.
+
+  ``at(peak)`` is :func:`create` with that peak.
+  """
+  name: str
+  total_steps: int
+  warmup_steps: int = 0
+  final_fraction: float | None = None
+  decay_fraction: float | None = None
+  decay_shape: str | None = None
+
+  def at(self, peak: float) -> optax.Schedule:
+    return create(self.name, peak, self.total_steps, self.warmup_steps, self.final_fraction,
+                  self.decay_fraction, self.decay_shape)

@@ -8,7 +8,7 @@ Typical use (the optimizer tests, and the contract's ``sharded_equals_unsharded`
 
 ``check_sharded_matches_unsharded`` places ``params`` (and random gradients)
 with ``NamedSharding(mesh, spec)``, initialises the state under ``jit`` with
-every state leaf that mirrors a parameter (the trainer's rule in ``train.state``:
+every state leaf that mirrors a parameter (the trainer's rule, ``state_sharding``:
 the parameter whose key path ends the leaf's, and the same shape) sharded like
 that parameter and the rest replicated, then runs ``n_steps``
 jitted updates inside ``jax.set_mesh(mesh)`` with input shardings given and
@@ -44,7 +44,8 @@ import numpy as np
 import optax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from optbench_jax.optim import contract
+from optbench_jax.optim import state_sharding
+from optbench_jax.optim import testing
 
 
 def make_mesh(shape: tuple[int, ...] = (4, 2),
@@ -66,23 +67,22 @@ def param_shardings(mesh, specs: Any) -> Any:
 def state_shardings(tx: optax.GradientTransformation, params: Any, shardings: Any, mesh,
                     factor_sharding: str = "replicated",
                     state_specs: Callable[[Any, Any], P | None] | None = None):
-  """Shardings for ``tx.init(params)`` by the trainer's rule (``train.state``); leaves of
+  """Shardings for ``tx.init(params)`` by the trainer's rule (``state_sharding``); leaves of
   another shape than their parameter by ``factor_sharding`` (default: replicated).
   ``state_specs(path, leaf)``: a spec that overrides the rule for a leaf, or None.
 
   Returns (state shardings, state tree of bools "mirrors a parameter": the leaf has its
   parameter's shape, as optax moments and momentum buffers do).
   """
-  from optbench_jax.train import state as state_lib  # pylint: disable=import-outside-toplevel
   shapes = jax.eval_shape(tx.init, params)
-  derived = state_lib.derive_opt_state_shardings(shapes, params, shardings, mesh,
+  derived = state_sharding.derive_opt_state_shardings(shapes, params, shardings, mesh,
                                                  factor_sharding)
   if state_specs is not None:
     def override(path, sharding, leaf):
       spec = state_specs(path, leaf)
       return sharding if spec is None else NamedSharding(mesh, spec)
     derived = jax.tree_util.tree_map_with_path(override, derived, shapes)
-  return derived, state_lib.mirrored_leaves(shapes, params)
+  return derived, state_sharding.mirrored_leaves(shapes, params)
 
 
 class ShardedRun(NamedTuple):
@@ -122,8 +122,8 @@ def check_sharded_matches_unsharded(tx: optax.GradientTransformation, params: An
   if pin_state not in ("none", "other", "all"):
     raise ValueError(f"pin_state must be 'none', 'other' or 'all', got {pin_state!r}")
   mesh = make_mesh() if mesh is None else mesh
-  grads = contract.make_grads(params, n_steps, seed=7)
-  expected = contract.run_trajectory(tx, params, grads, **extra_args)[-1]
+  grads = testing.make_grads(params, n_steps, seed=7)
+  expected = testing.run_trajectory(tx, params, grads, **extra_args)[-1]
 
   shardings = param_shardings(mesh, specs)
   st_shardings, mirrors = state_shardings(tx, params, shardings, mesh, factor_sharding,
@@ -148,7 +148,7 @@ def check_sharded_matches_unsharded(tx: optax.GradientTransformation, params: An
     for g in grads:
       p, state = update(p, state, jax.device_put(g, shardings))
 
-  contract.assert_trajectory_close([p], [expected], rtol=rtol, atol=atol)
+  testing.assert_trajectory_close([p], [expected], rtol=rtol, atol=atol)
   for (path, leaf), want, mirrored in zip(jax.tree_util.tree_leaves_with_path(state),
                                           jax.tree.leaves(st_shardings),
                                           jax.tree.leaves(mirrors)):

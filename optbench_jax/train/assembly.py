@@ -1,9 +1,9 @@
 """``build(config, devices)``: the one place a run is assembled.
 
-From a trainer config (``configs/base.py`` schema) to everything a run, a dry
+From a trainer config (``optbench_jax.config`` schema) to everything a run, a dry
 run, a benchmark, a test or a sweep's pre-flight needs, in one order:
 
-    resolve + validate the config (typos, values; the model via ModelSpec)
+    resolve the config, once per run (typos, values; the model via ModelSpec)
     -> mesh over ``devices`` -> the attention implementation on that backend
     -> the batch split over hosts and batch axes
     -> abstract parameters -> optimizer (registry, schedule, trainer-owned args)
@@ -32,12 +32,12 @@ import numpy as np
 from optbench_jax import models
 from optbench_jax.models import attention_kernels
 from optbench_jax.models import sharding as sharding_lib
-from optbench_jax.train import config_checks
+from optbench_jax import config as config_lib
 from optbench_jax.train import mesh as mesh_lib
 from optbench_jax.train import optimizer as optimizer_lib
 from optbench_jax.train import state as state_lib
 from optbench_jax.train import step as step_lib
-from optbench_jax.train.config_checks import ConfigError
+from optbench_jax.config import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,19 +106,18 @@ def build(config: Any, devices: Sequence | None = None, *, abstract: bool = Fals
   Raises one :class:`ConfigError` naming the culprit for any bad input.
   ``process_count``: hosts the batch is split over (default: this job's).
   """
-  config = config_checks.resolve(config)
-  config_checks.validate(config)
+  config = config_lib.resolve(config)
   model_spec = models.ModelSpec.from_config(config.model)
   mesh = _mesh(config, devices, abstract)
   attention_impl = resolve_attention(config, model_spec, sharding_lib.platform_of(mesh))
   batch_sharding = sharding_lib.batch_sharding(mesh)
   batch_axes = {a: mesh.shape[a] for a in jax.tree.leaves(tuple(batch_sharding.spec))
                 if a is not None}
-  config_checks.check_batch_split(config, batch_axes,
+  config_lib.check_batch_split(config, batch_axes,
                                   jax.process_count() if process_count is None else process_count)
   abstract_params = models.abstract_params(config.model)
   optimizer = optimizer_lib.build(config, abstract_params,
-                                  models.param_batch_axes(abstract_params))
+                                  models.param_batch_axes(abstract_params), model_spec)
   abstract_state = state_lib.abstract_state(config.model, optimizer.tx)
   shardings = state_lib.state_shardings(config.model, abstract_state, mesh,
                                          config.mesh.factor_sharding)

@@ -31,7 +31,6 @@ checkpoint steps.
 
 from __future__ import annotations
 
-import dataclasses
 import logging as pylogging
 import signal
 import threading
@@ -39,7 +38,6 @@ import time
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 from absl import logging
 
@@ -50,14 +48,12 @@ from optbench_jax import workdir_lock
 from optbench_jax.models import flops as flops_lib
 from optbench_jax.train import assembly
 from optbench_jax.train import checkpoint as checkpoint_lib
-from optbench_jax.train import config_checks
-from optbench_jax.train import memory as memory_lib
+from optbench_jax import config as config_lib
 from optbench_jax.train import mesh as mesh_lib
 from optbench_jax.train import metrics as metrics_lib
 from optbench_jax.train import preflight
 from optbench_jax.train import run_record
-from optbench_jax.train import state as state_lib
-from optbench_jax.train.config_checks import ConfigError
+from optbench_jax.config import ConfigError
 
 COMPLETED, DIVERGED, PREEMPTED = "completed", "diverged", "preempted"
 
@@ -92,40 +88,6 @@ class _StopSignal:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def _prepare_data(config: ml_collections.ConfigDict, workdir: str):
-  """The checked corpus manifest: the synthetic corpus is generated (once) into data.path or
-  workdir/data; a token-shard corpus is checked by ``preflight.check_data_source``.
-
-  A ``gs://`` corpus is read from a verified host-local copy (``data.remote``); a
-  synthetic corpus whose place is ``gs://`` (a gs:// workdir) is generated into
-  the host-local cache instead, since it is a deterministic function of its seed.
-  """
-  d = config.data
-  if d.source == "synthetic":
-    path = d.path or storage.join(workdir, "data")
-    if storage.is_remote(path):
-      path = storage.local_cache_dir(path, "synthetic")
-    make = lambda: data_lib.write_synthetic_corpus(  # pylint: disable=g-long-lambda
-        path, vocab_size=d.synthetic_vocab_size, branching=d.synthetic_branching,
-        seed=d.synthetic_seed, train_tokens=d.synthetic_train_tokens,
-        val_tokens=d.synthetic_val_tokens)
-    try:
-      if jax.process_index() == 0:
-        manifest = make()
-      _barrier("synthetic_corpus")
-      if jax.process_index() != 0:
-        manifest = make()   # idempotent: reuses a shared copy, or writes a host-local one
-    except (data_lib.DataError, ValueError) as e:
-      raise ConfigError(f"config.data (synthetic corpus at {path}): {e}") from None
-    preflight.check_data(str(manifest.directory), config)
-  else:
-    manifest = data_lib.read_manifest(preflight.check_data_source(config, log=logging.info))
-  if manifest.vocab_size > config.model.vocab_size:
-    raise ConfigError(f"the corpus at {manifest.directory} has vocab_size {manifest.vocab_size}, "
-                      f"larger than config.model.vocab_size ({config.model.vocab_size})")
-  return manifest
-
-
 class _DropOrbaxInfo(pylogging.Filter):
   def filter(self, record):
     return record.levelno >= pylogging.WARNING or "orbax" not in record.pathname
@@ -146,86 +108,10 @@ def _drain(checkpointer) -> None:
     pass
 
 
-def _barrier(name: str) -> None:
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-    multihost_utils.sync_global_devices(name)
-
-
 def _to_global(batch: dict, sharding) -> dict:
   """Host-local numpy batch -> global jax.Arrays laid out by ``sharding``."""
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in batch.items()}
-
-
-def _count_params(model_cfg) -> int:
-  count = models.count_params(model_cfg)
-  return int(count["total"] if isinstance(count, dict) else count)
-
-
-def dry_run(config: Any, devices: list | None = None, device: str | None = None) -> dict:
-  """Parameter count, FLOPs/token and per-device memory: params, optimizer state, gradients and
-  activations (``train/memory.py``), and whether that fits each device of ``memory.DEVICES``.
-
-  Uses ``jax.eval_shape`` only. When the config's mesh is larger than the local
-  devices (e.g. planning a TPU pod run from a laptop) the figures are computed
-  on an abstract mesh of the config's shape. ``device`` (e.g. 'h100'): check
-  that device only, with ``model.attention_impl`` resolved for its platform
-  (default: all of them; the attention of this machine's backend for the
-  activation figure). A device it does not fit gets a WARNING line naming the
-  remat / attention setting that fits.
-  """
-  if device is not None and device not in memory_lib.DEVICES:
-    raise ConfigError(f"--dry_run_device={device!r}: one of {sorted(memory_lib.DEVICES)}")
-  run_ = assembly.build(config, devices, abstract=True)
-  config, mesh, abstract, shardings = (run_.config, run_.mesh, run_.abstract_state,
-                                       run_.state_shardings)
-  device_count = int(mesh.size)
-  d = config.data
-  report = dict(
-      params=_count_params(config.model),
-      flops_per_token=float(flops_lib.flops_per_token(config.model, config.data.seq_len)),
-      mesh={a: int(mesh.shape[a]) for a in mesh_lib.AXES}, devices=device_count,
-      optimizer=config.optimizer.name,
-      param_bytes_per_device=state_lib.per_device_bytes(abstract.params, shardings.params),
-      opt_state_bytes_per_device=state_lib.per_device_bytes(abstract.opt_state,
-                                                            shardings.opt_state),
-      param_bytes_total=state_lib.total_bytes(abstract.params),
-      opt_state_bytes_total=state_lib.total_bytes(abstract.opt_state))
-  batch_shards = int(np.prod([mesh.shape[a] for a in ("data", "fsdp", "expert")]))
-  micro_per_device = d.global_batch_size / d.grad_accum_steps / batch_shards
-  grads = report["param_bytes_per_device"] * (2 if d.grad_accum_steps > 1 else 1)
-  fixed = report["param_bytes_per_device"] + report["opt_state_bytes_per_device"] + grads
-  qk_clip = config.optimizer.qk_clip_tau > 0
-  tensor = int(mesh.shape["tensor"])
-  activations = memory_lib.activation_bytes(config.model, d.seq_len, micro_per_device,
-                                            run_.attention_impl, tensor, qk_clip)
-  fits = {name: memory_lib.check_fit(name, config.model, d.seq_len, micro_per_device, tensor,
-                                     fixed, qk_clip)
-          for name in ([device] if device else memory_lib.DEVICES)}
-  report.update(grad_bytes_per_device=grads, attention_impl=run_.attention_impl,
-                remat=config.model.remat, activation_bytes_per_device=activations["total"],
-                total_bytes_per_device=fixed + activations["total"],
-                fits={name: dataclasses.asdict(f) for name, f in fits.items()})
-  gib = 2.0**30
-  print(f"model: {config.model.kind}, {report['params']:,} parameters, "
-        f"{report['flops_per_token']:.4g} FLOPs/token (seq_len {config.data.seq_len})\n"
-        f"mesh: {report['mesh']} ({device_count} devices)\n"
-        f"per device: params {report['param_bytes_per_device'] / gib:.3f} GiB, "
-        f"optimizer state ({config.optimizer.name}) "
-        f"{report['opt_state_bytes_per_device'] / gib:.3f} GiB, gradients {grads / gib:.3f} GiB, "
-        f"activations {activations['total'] / gib:.3f} GiB (remat={config.model.remat}, "
-        f"attention={run_.attention_impl}, micro-batch {micro_per_device:g} x {d.seq_len} "
-        f"tokens), total {report['total_bytes_per_device'] / gib:.3f} GiB")
-  for name, fit in fits.items():
-    if fit.fits:
-      print(f"{name} ({fit.hbm_bytes / gib:.0f} GiB): fits ({fit.needed_bytes / gib:.1f} GiB "
-            f"with the attention for its platform)")
-    else:
-      print(f"WARNING: {name} ({fit.hbm_bytes / gib:.0f} GiB HBM) will not fit this run "
-            f"({fit.needed_bytes / gib:.1f} GiB needed, {memory_lib.USABLE_FRACTION:.0%} "
-            f"usable): {fit.advice}")
-  return report
 
 
 def run(config: Any, workdir: str, devices: list | None = None,
@@ -238,15 +124,16 @@ def run(config: Any, workdir: str, devices: list | None = None,
   Holds the work directory's lock throughout; a ConfigError leaves no empty
   work directory behind.
   """
-  config = config_checks.resolve(config)
-  config_checks.validate(config)
+  started = time.time(), time.perf_counter()
+  devices = list(jax.devices() if devices is None else devices)
+  run_ = assembly.build(config, devices)
   workdir = preflight.workdir_path(workdir)
   created, lock, setup_failed = not storage.exists(workdir), None, False
   if jax.process_index() == 0:
     storage.makedirs(workdir)
     lock = workdir_lock.for_directory(workdir, "trainer", log=logging.warning).acquire()
   try:
-    return _run(config, workdir, devices, allow_config_change)
+    return _run(run_, workdir, devices, allow_config_change, started)
   except ConfigError:
     setup_failed = True
     raise
@@ -258,14 +145,13 @@ def run(config: Any, workdir: str, devices: list | None = None,
         storage.remove_empty_dir(leftover)
 
 
-def _run(config, workdir: str, devices, allow_config_change: bool) -> dict:
-  start_time, start_perf = time.time(), time.perf_counter()
+def _run(run_: assembly.Run, workdir: str, devices: list, allow_config_change: bool,
+         started: tuple[float, float]) -> dict:
+  start_time, start_perf = started
   _quiet_orbax()
   is_writer = jax.process_index() == 0
-  devices = list(jax.devices() if devices is None else devices)
-  run_ = assembly.build(config, devices)
   config, mesh, batch_sharding = run_.config, run_.mesh, run_.batch_sharding
-  manifest = _prepare_data(config, workdir)
+  manifest = preflight.prepare_data(config, workdir)
   d, t = config.data, config.train
   micro_batch = d.global_batch_size // d.grad_accum_steps
   train_iter = data_lib.make_train_iterator(
@@ -300,9 +186,9 @@ def _run(config, workdir: str, devices, allow_config_change: bool) -> dict:
   train_step, eval_step = run_.train_step, run_.eval_step
 
   tokens_per_step = d.global_batch_size * d.seq_len
-  flops_per_token = float(flops_lib.flops_per_token(config.model, d.seq_len))
+  flops_per_token = float(flops_lib.flops_per_token(run_.model_spec, d.seq_len))
   peak, peak_source = metrics_lib.peak_flops(devices)
-  n_params = _count_params(config.model)
+  n_params = models.count_params(run_.model_spec)["total"]
   logging.info("%s: %s parameters, %.4g FLOPs/token, mesh %s, peak %.4g FLOP/s (%s)",
                config.model.kind, f"{n_params:,}", flops_per_token, dict(mesh.shape), peak,
                peak_source)

@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 import jax
 from jax.sharding import AxisType, Mesh
 
-from optbench_jax.train.config_checks import ConfigError
+from optbench_jax.config import ConfigError
 
 AXES = ("data", "fsdp", "tensor", "expert")
 

@@ -6,7 +6,9 @@ a checkpoints directory the run cannot write (orbax would only find out at the
 first save, then wait 300 s for the directory), a corpus that is not there,
 without a validation split or too short for one sequence, and a checkpoint past
 ``train.steps``. The trainer and the sweep driver (before any trial) check a
-corpus with the same function, ``check_data_source``.
+corpus with the same function, ``check_data_source``; :func:`prepare_data` is
+the trainer's whole data step (generate the synthetic corpus or check the
+shards, then the vocabulary).
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ import os
 import uuid
 from typing import Callable
 
+import jax
+from absl import logging
+
 from optbench_jax import data as data_lib
 from optbench_jax import storage
 from optbench_jax.data import remote as remote_data
 from optbench_jax.data.manifest import MANIFEST_NAME
-from optbench_jax.train.config_checks import ConfigError
+from optbench_jax.config import ConfigError
 
 
 def workdir_path(workdir: str | os.PathLike | None) -> str:
@@ -107,3 +112,44 @@ def check_resume_step(step: int | None, steps: int) -> None:
   if step is not None and step > steps:
     raise ConfigError(f"the latest checkpoint (step {step}) is past train.steps={steps}; "
                       "raise train.steps (with --allow_config_change) or use a new --workdir")
+
+
+def barrier(name: str) -> None:
+  """Waits until every process reaches ``name`` (nothing with one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices(name)
+
+
+def prepare_data(config, workdir: str):
+  """The checked corpus manifest: the synthetic corpus is generated (once) into data.path or
+  workdir/data; a token-shard corpus is checked by ``preflight.check_data_source``.
+
+  A ``gs://`` corpus is read from a verified host-local copy (``data.remote``); a
+  synthetic corpus whose place is ``gs://`` (a gs:// workdir) is generated into
+  the host-local cache instead, since it is a deterministic function of its seed.
+  """
+  d = config.data
+  if d.source == "synthetic":
+    path = d.path or storage.join(workdir, "data")
+    if storage.is_remote(path):
+      path = storage.local_cache_dir(path, "synthetic")
+    make = lambda: data_lib.write_synthetic_corpus(  # pylint: disable=g-long-lambda
+        path, vocab_size=d.synthetic_vocab_size, branching=d.synthetic_branching,
+        seed=d.synthetic_seed, train_tokens=d.synthetic_train_tokens,
+        val_tokens=d.synthetic_val_tokens)
+    try:
+      if jax.process_index() == 0:
+        manifest = make()
+      barrier("synthetic_corpus")
+      if jax.process_index() != 0:
+        manifest = make()   # idempotent: reuses a shared copy, or writes a host-local one
+    except (data_lib.DataError, ValueError) as e:
+      raise ConfigError(f"config.data (synthetic corpus at {path}): {e}") from None
+    check_data(str(manifest.directory), config)
+  else:
+    manifest = data_lib.read_manifest(check_data_source(config, log=logging.info))
+  if manifest.vocab_size > config.model.vocab_size:
+    raise ConfigError(f"the corpus at {manifest.directory} has vocab_size {manifest.vocab_size}, "
+                      f"larger than config.model.vocab_size ({config.model.vocab_size})")
+  return manifest

@@ -26,7 +26,7 @@ import time
 from typing import Any, Callable, Mapping
 
 from optbench_jax import storage
-from optbench_jax.train.config_checks import ConfigError
+from optbench_jax.config import ConfigError
 
 RECORD_NAME = "run_record.json"
 SUMMARY_NAME = "summary.json"

@@ -16,7 +16,7 @@ from configs import base
 from optbench_jax import models as M
 from optbench_jax.models import attention_kernels as K
 from optbench_jax.train import assembly
-from optbench_jax.train.config_checks import ConfigError
+from optbench_jax.config import ConfigError
 
 ATOL, RTOL = 2e-5, 1e-4
 TINY = dict(num_layers=2, d_model=64, num_heads=4, num_kv_heads=2, ffn_dim=128, vocab_size=128)

@@ -12,9 +12,9 @@ from jax.sharding import PartitionSpec as P
 
 import optbench_jax.optim as O
 from optbench_jax.optim.dion import ScaleByDionState, rank_of
-from optbench_jax.train import state as state_lib
 from tests.optim import harness
 from optbench_jax.optim import sharding_check
+from optbench_jax.optim import state_sharding
 from tests.optim.test_muon import transformer_tree
 
 
@@ -208,7 +208,7 @@ def run_sharded(tx, params, specs, n_steps=3):
   (final params, expected unsharded params, compiled step)."""
   mesh = sharding_check.make_mesh()
   shardings = sharding_check.param_shardings(mesh, specs)
-  state_sh = state_lib.derive_opt_state_shardings(jax.eval_shape(tx.init, params), params,
+  state_sh = state_sharding.derive_opt_state_shardings(jax.eval_shape(tx.init, params), params,
                                                   shardings, mesh)
   grads = harness.make_grads(params, n_steps, seed=7)
 

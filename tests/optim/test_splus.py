@@ -8,9 +8,9 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 import optbench_jax.optim as O
-from optbench_jax.train import state as state_lib
 from tests.optim import harness
 from optbench_jax.optim import sharding_check
+from optbench_jax.optim import state_sharding
 
 
 class ReferenceLeaf:
@@ -198,7 +198,7 @@ def test_sharded_matches_unsharded():
                 batch_axes=batch_axes)
   mesh = sharding_check.make_mesh()
   shardings = sharding_check.param_shardings(mesh, specs)
-  state_sh = state_lib.derive_opt_state_shardings(jax.eval_shape(tx.init, params), params,
+  state_sh = state_sharding.derive_opt_state_shardings(jax.eval_shape(tx.init, params), params,
                                                   shardings, mesh)
   grads = harness.make_grads(params, 4, seed=7)
 

@@ -20,7 +20,7 @@ from optbench_jax import storage
 from optbench_jax import train
 from optbench_jax import workdir_lock
 from optbench_jax.train import metrics as metrics_lib
-from optbench_jax.train.config_checks import ConfigError
+from optbench_jax.config import ConfigError
 from tests.train import tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -1,4 +1,4 @@
-"""Every learning rate of every optimizer follows the run's schedule (train/optimizer_args.py).
+"""Every learning rate of every optimizer follows the run's schedule (optim/factory_contract.py).
 
 Measured from the updates, through the trainer's own build, on a tiny model:
 the optimizer is fed the same fixed gradients at fixed parameters twice, once
@@ -24,7 +24,7 @@ from optbench_jax import models
 from optbench_jax import optim as O
 from optbench_jax import train
 from optbench_jax.optim import schedule_free as schedule_free_lib
-from optbench_jax.train import optimizer_args
+from optbench_jax.optim import factory_contract
 from tests.train import tiny
 
 STEPS, WARMUP = 12, 4
@@ -42,7 +42,7 @@ def _secondary_rates(name: str, peak: float) -> dict:
   """A distinct peak for every secondary learning-rate argument of ``name``'s factory."""
   signature = inspect.signature(O.registry.factory(name))
   return {arg: round(peak * 0.37, 8) for arg in signature.parameters
-          if optimizer_args.is_learning_rate(arg) and arg != "learning_rate"}
+          if factory_contract.is_learning_rate(arg) and arg != "learning_rate"}
 
 
 def _config(tmp_path, name: str, schedule: dict):
@@ -144,14 +144,7 @@ def test_constant_schedule_honours_warmup(tmp_path):
 
 def test_schedule_free_gets_its_own_warmup(tmp_path, monkeypatch):
   """Schedule-free receives the run's warmup through its own ``warmup_steps`` and a constant lr."""
-  seen = {}
-  real_create = O.create
-
-  def spy(name, **kwargs):
-    seen.update(kwargs)
-    return real_create(name, **kwargs)
-
-  monkeypatch.setattr(train.optimizer.O, "create", spy)
+  seen = tiny.spy_on_factory(monkeypatch, "schedule_free_adamw")
   train.build(_config(tmp_path, "schedule_free_adamw", SCHEDULES["constant_warmup"]),
               tiny.one_device())
   assert seen["warmup_steps"] == WARMUP and seen["learning_rate"] == 1e-3

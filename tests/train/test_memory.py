@@ -14,7 +14,7 @@ from configs import base
 from optbench_jax import models as M
 from optbench_jax import train
 from optbench_jax.train import memory
-from optbench_jax.train.config_checks import ConfigError
+from optbench_jax.config import ConfigError
 
 # scan_layers=True: the estimate describes the scanned stack (the default on GPU/TPU).
 SMALL = dict(num_layers=3, d_model=128, num_heads=4, ffn_dim=384, vocab_size=512, scan_layers=True)

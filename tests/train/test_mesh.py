@@ -2,7 +2,7 @@ import jax
 import pytest
 
 from optbench_jax.train import mesh as mesh_lib
-from optbench_jax.train.config_checks import ConfigError
+from optbench_jax.config import ConfigError
 
 
 def test_fill_axis_takes_the_remaining_devices():

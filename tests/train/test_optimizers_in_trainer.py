@@ -45,16 +45,8 @@ def test_sophia_gets_the_tokens_per_step_as_its_batch_size(tmp_path, monkeypatch
   config = tiny.micro_config(tmp_path, steps=3)
   config.optimizer.update(name="sophia", learning_rate=1e-3)
   config.optimizer.hparams = {}
-  seen = {}
-  real_create = O.create
-
-  def spy(name, **kwargs):
-    seen.update(kwargs)
-    return real_create(name, **kwargs)
-
-  monkeypatch.setattr(optimizer_lib.O, "create", spy)
-  abstract_params = models.abstract_params(config.model)
-  optimizer_lib.build(config, abstract_params, models.param_batch_axes(abstract_params))
+  seen = tiny.spy_on_factory(monkeypatch, "sophia")
+  train.build(config, tiny.one_device())
   assert seen["batch_size"] == config.data.global_batch_size * config.data.seq_len
 
 

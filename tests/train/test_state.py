@@ -6,9 +6,9 @@ from jax.sharding import PartitionSpec as P
 
 from optbench_jax import models
 from optbench_jax import optim as O
-from optbench_jax.train import config_checks
+from optbench_jax import config as config_lib
 from optbench_jax.train import mesh as mesh_lib
-from optbench_jax.train.config_checks import ConfigError
+from optbench_jax.config import ConfigError
 from optbench_jax.train import state as state_lib
 from tests.train import tiny
 
@@ -46,30 +46,6 @@ def test_state_is_created_in_its_shardings_and_per_device_bytes_add_up(tmp_path)
   assert state_lib.total_bytes(abstract.params) == total
 
 
-def test_derived_spec_gives_each_sharded_dimension_to_an_equal_sized_one():
-  # SOAP's L and R of a stacked (layers, in, out) kernel sharded (None, fsdp, tensor)
-  assert state_lib.derived_spec((2, 64, 64), (2, 64, 128), P(None, "fsdp", "tensor")) == \
-      P(None, "fsdp", None)
-  assert state_lib.derived_spec((2, 128, 128), (2, 64, 128), P(None, "fsdp", "tensor")) == \
-      P(None, "tensor", None)
-  # experts keep their axis at their own position even when another dim has the same size
-  assert state_lib.derived_spec((4, 4, 8, 8), (4, 4, 8, 16), P(None, "expert", "fsdp", "tensor")) \
-      == P(None, "expert", "fsdp", None)
-  # Adam-mini's per-head v of a (layers, heads*dim, embed) kernel
-  assert state_lib.derived_spec((2, 64), (2, 64, 32), P(None, "tensor", "fsdp")) == \
-      P(None, "tensor")
-  # with the mesh's sizes, axes that found no equal-sized dim go to a dim they divide
-  sizes = {"fsdp": 4, "tensor": 2, "data": 1, "expert": 1}
-  assert state_lib.derived_spec((2, 64, 64), (2, 64, 128), P(None, "fsdp", "tensor"), sizes) == \
-      P(None, "fsdp", "tensor")
-  assert state_lib.derived_spec((2, 128, 128), (2, 64, 128), P(None, "fsdp", "tensor"), sizes) \
-      == P(None, "tensor", "fsdp")
-  assert state_lib.derived_spec((2, 64), (2, 64, 32), P(None, "tensor", "fsdp"), sizes) == \
-      P(None, "tensor")                                   # 2 is not divisible by fsdp=4
-  # a merged or blocked dimension matches nothing and stays replicated
-  assert state_lib.derived_spec((96, 96), (2, 48, 128), P(None, "fsdp", "tensor")) == P(None, None)
-
-
 def test_preconditioner_state_is_sharded_not_replicated(tmp_path):
   """SOAP's and Kron's factors are spread over the mesh like their parameters; each
   factor_sharding policy stores less per device than the one before it."""
@@ -102,4 +78,4 @@ def test_unknown_factor_sharding_is_a_config_error(tmp_path):
   config = tiny.micro_config(tmp_path)
   config.mesh.factor_sharding = "sharded"
   with pytest.raises(ConfigError, match="mesh.factor_sharding must be one of"):
-    config_checks.check_values(config)
+    config_lib.check_values(config)

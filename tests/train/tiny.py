@@ -22,3 +22,19 @@ def micro_config(data_dir: str, **train):
 
 def one_device():
   return jax.devices()[:1]
+
+
+def spy_on_factory(monkeypatch, name: str) -> dict:
+  """The keyword arguments the trainer passes to optimizer ``name``'s factory, once built."""
+  import functools  # pylint: disable=import-outside-toplevel
+  from optbench_jax.optim import registry  # pylint: disable=import-outside-toplevel
+  real, original, seen = registry.factory(name), registry.factory, {}
+
+  @functools.wraps(real)
+  def spy(**kwargs):
+    seen.update(kwargs)
+    return real(**kwargs)
+
+  monkeypatch.setattr(registry, "factory", lambda n: spy if n == name else original(n))
+  return seen
+

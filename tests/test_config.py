@@ -9,12 +9,12 @@ import jax
 import pytest
 
 from optbench_jax import train
-from optbench_jax.train import config_checks
+from optbench_jax import config as config_lib
 from optbench_jax.train import state as state_lib
 from optbench_jax.train import step as step_lib
 from tests.train import tiny
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def no_compile(monkeypatch):
 
 
 def _expect(config, message, tmp_path, devices):
-  with pytest.raises(config_checks.ConfigError, match=message) as error:
+  with pytest.raises(config_lib.ConfigError, match=message) as error:
     train.run(config, str(tmp_path / "work"), devices=devices)
   assert "\n" not in str(error.value)
   assert not (tmp_path / "work" / "checkpoints").exists()
@@ -85,7 +85,7 @@ def test_bad_values_name_their_key(tmp_path, no_compile):
 
 
 def test_partial_configs_get_the_defaults():
-  resolved = config_checks.resolve({"train": {"steps": 7}, "optimizer": {"hparams": {"b1": 0.5}}})
+  resolved = config_lib.resolve({"train": {"steps": 7}, "optimizer": {"hparams": {"b1": 0.5}}})
   assert resolved.train.steps == 7 and resolved.train.log_every == 50
   assert resolved.optimizer.hparams.b1 == 0.5 and resolved.optimizer.name == "adamw"
 
@@ -97,7 +97,7 @@ def test_json_config_round_trip(tmp_path):
   sys.path.insert(0, REPO)
   from configs import from_json  # pylint: disable=import-outside-toplevel
   loaded = from_json.get_config(str(path))
-  assert loaded.to_dict() == config_checks.resolve(config).to_dict()
+  assert loaded.to_dict() == config_lib.resolve(config).to_dict()
 
 
 def test_command_line_rejects_an_unknown_override_and_dry_runs(tmp_path):
@@ -132,6 +132,6 @@ def test_bad_model_settings_give_one_error_from_model_spec(update, tmp_path, no_
   for entry in (lambda: train.run(config, str(tmp_path / "work"), devices=tiny.one_device()),
                 lambda: train.dry_run(config, tiny.one_device()),
                 lambda: train.check(config)):
-    with pytest.raises(config_checks.ConfigError) as error:
+    with pytest.raises(config_lib.ConfigError) as error:
       entry()
     assert str(error.value) == expected

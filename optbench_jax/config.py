@@ -246,10 +246,11 @@ def override(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
   node, parts = config, key.split(".")
   for depth, part in enumerate(parts[:-1]):
     if part not in node:
-      raise ConfigError(f"{key!r} is not a trainer config key (no {'.'.join(parts[:depth + 1])!r})")
+      missing = ".".join(parts[:depth + 1])
+      raise ConfigError(f"{key!r} is not a trainer config key (no {missing!r})")
     node = node[part]
   if parts[-1] not in node and ".".join(parts[:-1]) not in FREE_FORM:
-    raise ConfigError(f"{key!r} is not a trainer config key; the schema is optbench_jax/config.py")
+    raise ConfigError(f"{key!r} is not a trainer config key (see optbench_jax/config.py)")
   with node.ignore_type():
     node[parts[-1]] = value
 

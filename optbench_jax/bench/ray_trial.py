@@ -36,13 +36,10 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from optbench_jax import workdir_lock
 from optbench_jax.bench import sweep_config, trial_process
-
-if TYPE_CHECKING:
-  from optbench_jax.bench.ray_executor import RayExecutor
 
 STATUS_TIMEOUT_S = 60.0        # one round of status calls; a slower node is asked again later
 # A lost node's trainer may hold the trial's workdir lock until its lease or heartbeat
@@ -62,9 +59,9 @@ class RayTrial:
   time only).
   """
 
-  def __init__(self, executor: RayExecutor, trial: Any, trial_dir: str, argv: Sequence[str],
+  def __init__(self, executor: Any, trial: Any, trial_dir: str, argv: Sequence[str],
                divergence: Callable[[list[dict[str, Any]]], str | None]):
-    self.executor = executor
+    self.executor = executor          # the RayExecutor that launched it (ray, actor options)
     self.ray = executor.ray
     self.trial = trial
     self.trial_dir = trial_dir

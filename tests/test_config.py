@@ -135,3 +135,20 @@ def test_bad_model_settings_give_one_error_from_model_spec(update, tmp_path, no_
     with pytest.raises(config_lib.ConfigError) as error:
       entry()
     assert str(error.value) == expected
+
+
+def test_a_run_resolves_and_checks_its_config_once(tmp_path, monkeypatch):
+  """One resolve, one unknown-key walk and one value check per run, however many
+  modules (loop, assembly, optimizer) look at the config."""
+  counts = {"resolve": 0, "check_known_keys": 0, "check_values": 0}
+  for name in counts:
+    real = getattr(config_lib, name)
+
+    def counted(*args, real=real, name=name, **kwargs):
+      counts[name] += 1
+      return real(*args, **kwargs)
+    monkeypatch.setattr(config_lib, name, counted)
+  summary = train.run(tiny.micro_config(tmp_path, steps=2), str(tmp_path / "work"),
+                      devices=tiny.one_device())
+  assert summary["status"] == "completed"
+  assert counts == {"resolve": 1, "check_known_keys": 1, "check_values": 1}

@@ -38,6 +38,7 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
+from optbench_jax import workdir_files
 from optbench_jax import workdir_lock
 from optbench_jax.bench import sweep_config, trial_process
 
@@ -173,7 +174,7 @@ class RayTrial:
 
   def _preempted(self) -> bool:
     """The trainer's summary of this attempt says preempted (it got SIGTERM, not from us)."""
-    path = os.path.join(self.trial_dir, "summary.json")
+    path = workdir_files.path(self.trial_dir, workdir_files.SUMMARY)
     try:
       if os.path.getmtime(path) < self.started - 1:
         return False

@@ -51,12 +51,15 @@ import sys
 import time
 from typing import Any, Callable, Mapping, Sequence
 
+from optbench_jax import divergence
 from optbench_jax import storage
+from optbench_jax import workdir_files
 from optbench_jax import workdir_lock
 from optbench_jax.bench import results_store, sweep_config, sweep_progress, trial_plan, trial_process
 
 SWEEP_SNAPSHOT = "sweep.json"
 TRIALS_DIR = "trials"
+THRESHOLD_NAME = "the sweep's divergence.loss_threshold"
 
 Launcher = Callable[[str, str], Sequence[str]]
 
@@ -93,34 +96,6 @@ def make_executor(executor: Any, plain: Mapping[str, Any], workdir: str,
   if isinstance(executor, str):
     raise sweep_config.SweepConfigError(f"--executor must be 'local' or 'ray', got {executor!r}")
   return executor
-
-
-def read_metrics(path: str) -> list[dict[str, Any]]:
-  """Records of a metrics.jsonl; a torn last line (process killed mid-write) is ignored."""
-  if not storage.exists(path):
-    return []
-  records = []
-  for line in storage.read_text(path).splitlines():
-    try:
-      records.append(json.loads(line))
-    except json.JSONDecodeError:
-      continue
-  return records
-
-
-def divergence_reason(records: Sequence[Mapping[str, Any]], threshold: float,
-                      after_step: int) -> str | None:
-  """Why a run counts as diverged, from its training-loss records, or None."""
-  for record in records:
-    if "loss" not in record:
-      continue
-    loss = float(record["loss"])
-    step = int(record.get("step", 0))
-    if not math.isfinite(loss):
-      return f"training loss {loss} at step {step}"
-    if step >= after_step and loss >= threshold:
-      return f"training loss {loss:.4g} >= {threshold} at step {step} (rule applies from {after_step})"
-  return None
 
 
 def _step_time(records: Sequence[Mapping[str, Any]], summary: Mapping[str, Any],
@@ -278,8 +253,8 @@ class SweepRunner:
   def _classify(self, trial: Trial, trial_dir: str, returncode: int | None,
                 diverged: str | None, started: float) -> results_store.TrialResult | None:
     """The result of a finished process, or None when it was interrupted (resume later)."""
-    records = read_metrics(storage.join(trial_dir, "metrics.jsonl"))
-    summary_path = storage.join(trial_dir, "summary.json")
+    records = workdir_files.read_metrics(trial_dir)
+    summary_path = workdir_files.path(trial_dir, workdir_files.SUMMARY)
     summary, unreadable = {}, None
     # A summary left by an earlier attempt says nothing about this one. (On GCS the
     # object's time is the service's clock: 5 s of slack for skew with this host.)
@@ -293,13 +268,15 @@ class SweepRunner:
       return self._result(trial, results_store.DIVERGED, diverged, summary, records)
     status = summary.get("status")
     if status == "completed":
-      rule = divergence_reason(records, self.plain["divergence"]["loss_threshold"],
-                               sweep_config.divergence_step(self.plain, trial.budget_steps))
+      rule = divergence.reason_in_records(
+          records, self.plain["divergence"]["loss_threshold"],
+          sweep_config.divergence_step(self.plain, trial.budget_steps), THRESHOLD_NAME)
       if rule:
         return self._result(trial, results_store.DIVERGED, rule, summary, records)
       return self._result(trial, results_store.COMPLETED, "", summary, records)
     if status == "diverged":
-      reason = summary.get("message") or divergence_reason(records, math.inf, 0) or "trainer stopped: diverged"
+      reason = (summary.get("message") or divergence.reason_in_records(records, math.inf)
+                or "trainer stopped: diverged")
       return self._result(trial, results_store.DIVERGED, str(reason), summary, records)
     if status == "preempted":
       return None
@@ -386,7 +363,7 @@ class SweepRunner:
         result = self._classify(run.trial, run.trial_dir, returncode, run.diverged, run.started)
         if run.timed_out and (result is None or result.status != results_store.DIVERGED):
           result = self._result(run.trial, results_store.FAILED, run.timed_out, {},
-                                read_metrics(storage.join(run.trial_dir, "metrics.jsonl")))
+                                workdir_files.read_metrics(run.trial_dir))
         if result is None:
           outcome.interrupted.append(tid)
           self.log(f"[sweep] {tid}: interrupted (preempted); rerun the sweep to resume it")
@@ -430,7 +407,7 @@ class SweepRunner:
   def _recover_finished(self, trial: Trial) -> results_store.TrialResult | None:
     """Records a trial whose process finished after the last sweep stopped watching it."""
     trial_dir = self._trial_dir(trial)
-    if not storage.exists(storage.join(trial_dir, "summary.json")):
+    if not storage.exists(workdir_files.path(trial_dir, workdir_files.SUMMARY)):
       return None
     result = self._classify(trial, trial_dir, None, None, started=0.0)
     if result is None or result.status == results_store.FAILED:
@@ -461,7 +438,9 @@ class SweepRunner:
     after_step = sweep_config.divergence_step(self.plain, trial.budget_steps)
     return self.executor.launch(
         trial, trial_dir, self.launcher(config_path, trial_dir),
-        lambda records: divergence_reason(records, threshold, after_step), log_dir=local_dir)
+        lambda records: divergence.reason_in_records(records, threshold, after_step,
+                                                     THRESHOLD_NAME),
+        log_dir=local_dir)
 
   def close(self) -> None:
     self.executor.close()

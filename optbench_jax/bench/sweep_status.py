@@ -18,7 +18,6 @@ retries it), ``pending`` (not started).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from typing import Any
 
@@ -27,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from optbench_jax import storage
+from optbench_jax import workdir_files
 from optbench_jax import workdir_lock
 from optbench_jax.bench import analysis, results_store, trial_plan
 
@@ -50,19 +50,6 @@ class TrialRow:
   steps_done: int = 0
   final_eval_loss: float = math.nan
   note: str = ""
-
-
-def _last_step(trial_dir: str) -> int:
-  path = storage.join(trial_dir, "metrics.jsonl")
-  if not storage.exists(path):
-    return 0
-  last = 0
-  for line in storage.read_text(path).splitlines():
-    try:
-      last = max(last, int(json.loads(line).get("step", 0)))
-    except (ValueError, AttributeError):
-      continue   # a line being written
-  return last
 
 
 def collect(workdir: str) -> tuple[str, list[TrialRow]]:
@@ -111,7 +98,7 @@ def collect(workdir: str) -> tuple[str, list[TrialRow]]:
                            result.final_eval_loss, result.reason.splitlines()[0][:80]
                            if result.reason else ""))
       continue
-    steps = _last_step(trial_dir)
+    steps = workdir_files.last_step(trial_dir)
     holder = workdir_lock.read_holder(trial_dir) if storage.isdir(trial_dir) else None
     if holder is not None:
       state, note = RUNNING, f"pid {holder.get('pid')} on {holder.get('host', '?')}"

@@ -29,7 +29,6 @@ on divergence or a timeout with the same guarantees.
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import signal
 import sys
@@ -39,6 +38,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from optbench_jax import process_group
 from optbench_jax import storage
+from optbench_jax import workdir_files
 from optbench_jax import workdir_lock
 from optbench_jax.bench import sweep_config
 
@@ -183,7 +183,7 @@ class TrialProcess:
     return self.group.poll()
 
   def check_divergence(self) -> None:
-    path = storage.join(self.trial_dir, "metrics.jsonl")
+    path = workdir_files.path(self.trial_dir, workdir_files.METRICS)
     if storage.is_remote(path):
       if time.monotonic() - self._polled_at < REMOTE_POLL_S:
         return
@@ -196,13 +196,7 @@ class TrialProcess:
       return
     complete = raw[:raw.rfind(b"\n") + 1]        # only whole lines
     self._metrics_offset += len(complete)
-    complete = complete.decode("utf-8", errors="replace")
-    records = []
-    for line in complete.splitlines():
-      try:
-        records.append(json.loads(line))
-      except json.JSONDecodeError:
-        continue
+    records = workdir_files.parse_metrics(complete.decode("utf-8", errors="replace"))
     reason = self.divergence(records)
     if reason:
       self.diverged = reason

@@ -15,7 +15,7 @@ stops and saves at the same step (one arriving during the final eval lets the
 eval finish). A dead process makes the others exit non-zero once JAX's
 coordination heartbeat times out (``trainers.lm --heartbeat_timeout_s``); a NaN/Inf loss or update, or a training loss above 2 ln(vocab_size)
 (worse than twice a uniform guess: the run left its healthy range), stops the
-run with ``status="diverged"`` without saving, so every kept checkpoint
+run with ``status="diverged"`` (the rule: ``optbench_jax/divergence.py``) without saving, so every kept checkpoint
 (``kept_checkpoints`` in the summary) predates the divergence.
 
 Reliability (issue 14): the work directory is locked (``workdir_lock``), the
@@ -42,8 +42,10 @@ import numpy as np
 from absl import logging
 
 from optbench_jax import data as data_lib
+from optbench_jax import divergence
 from optbench_jax import models
 from optbench_jax import storage
+from optbench_jax import workdir_files
 from optbench_jax import workdir_lock
 from optbench_jax.models import flops as flops_lib
 from optbench_jax.train import assembly
@@ -215,7 +217,7 @@ def _run(run_: assembly.Run, workdir: str, devices: list, allow_config_change: b
   interval_start, synced_step, timed_steps, timed_seconds = time.perf_counter(), step, 0, 0.0
   previous = None   # (step, device metrics) dispatched but not yet checked
   diverged_at = None
-  healthy_loss_limit = 2.0 * np.log(config.model.vocab_size)
+  healthy_loss_limit = divergence.healthy_limit(config.model.vocab_size)
 
   def check(step_metrics_pair):
     """Pulls one step's metrics to the host and merges them; False if not finite or if the
@@ -228,10 +230,11 @@ def _run(run_: assembly.Run, workdir: str, devices: list, allow_config_change: b
       diverged_at = done_step
       return False, f"non-finite loss or update at step {done_step}"
     loss = float(np.asarray(host.loss.compute()))
-    if loss > healthy_loss_limit:
+    why = divergence.reason(loss, done_step, healthy_loss_limit,
+                            limit_name="2 ln(vocab_size): the run left the healthy range")
+    if why:
       diverged_at = done_step
-      return False, (f"training loss {loss:.4g} at step {done_step} left the healthy range "
-                     f"(> 2 ln(vocab_size) = {healthy_loss_limit:.4g})")
+      return False, why
     pending = metrics_lib.merge(pending, host)
     return True, ""
 
@@ -352,10 +355,10 @@ def _run(run_: assembly.Run, workdir: str, devices: list, allow_config_change: b
     run_record.carry_over(summary, previous_summary)
   if is_writer:
     writer.flush()
-    records = metrics_lib.read_records(writer.path) if storage.exists(writer.path) else []
-    metrics_lib.plot_loss_curve(records, storage.join(workdir, "loss_curve.png"),
+    metrics_lib.plot_loss_curve(workdir_files.read_metrics(workdir),
+                                workdir_files.path(workdir, workdir_files.LOSS_CURVE),
                                 manifest.loss_floor_nats,
                                 title=f"{config.model.kind} / {config.optimizer.name}")
-    storage.write_json(storage.join(workdir, "summary.json"), summary, indent=2, default=str)
+    storage.write_json(workdir_files.path(workdir, workdir_files.SUMMARY), summary, indent=2, default=str)
   writer.close()
   return summary

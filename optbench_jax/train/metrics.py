@@ -41,6 +41,7 @@ import numpy as np
 from clu import metrics as clu_metrics
 
 from optbench_jax import storage
+from optbench_jax import workdir_files
 
 
 @flax.struct.dataclass
@@ -166,7 +167,7 @@ class MetricsWriter:
 
   def __init__(self, workdir: str, enabled: bool = True, flush_interval_s: float = 30.0):
     self.enabled = enabled
-    self.path = storage.join(workdir, "metrics.jsonl")
+    self.path = workdir_files.path(workdir, workdir_files.METRICS)
     self.remote = storage.is_remote(workdir)
     self.flush_interval_s = flush_interval_s
     self._records: list[dict] | None = None   # gs:// only: the whole file, in memory
@@ -230,16 +231,8 @@ class MetricsWriter:
 
 
 def read_records(path: str) -> list[dict]:
-  """The records of a metrics.jsonl; lines that do not parse (a torn write) are skipped."""
-  records = []
-  for line in storage.read_text(path).splitlines():
-    try:
-      record = json.loads(line)
-    except ValueError:
-      continue
-    if isinstance(record, dict) and "step" in record:
-      records.append(record)
-  return records
+  """The records of the metrics.jsonl at ``path`` (``workdir_files.parse_metrics``)."""
+  return workdir_files.parse_metrics(storage.read_text(path))
 
 
 def plot_loss_curve(records: Iterable[dict], out_path: str, loss_floor: float | None = None,

@@ -26,10 +26,11 @@ import time
 from typing import Any, Callable, Mapping
 
 from optbench_jax import storage
+from optbench_jax import workdir_files
 from optbench_jax.config import ConfigError
 
-RECORD_NAME = "run_record.json"
-SUMMARY_NAME = "summary.json"
+RECORD_NAME = workdir_files.RUN_RECORD
+SUMMARY_NAME = workdir_files.SUMMARY
 OPERATIONAL_KEYS = ("mesh", "model.attention_impl", "model.scan_layers", "data.prefetch_threads",
                     "train.log_every", "train.checkpoint_every", "train.keep_checkpoints")
 # Measured by the process that trained; a rerun that only reports keeps them.

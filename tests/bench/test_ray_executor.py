@@ -19,6 +19,7 @@ import time
 
 import pytest
 
+from optbench_jax import workdir_files
 from optbench_jax import process_group
 from optbench_jax.bench import ray_executor, results_store, sweep, sweep_config
 from tests import ray_cluster
@@ -196,7 +197,7 @@ def _wait(condition, what, timeout=TIMEOUT_S, proc=None):
 
 
 def _max_step(trial_dir):
-  return max((r.get("step", 0) for r in sweep.read_metrics(os.path.join(trial_dir, "metrics.jsonl"))),
+  return max((r.get("step", 0) for r in workdir_files.read_metrics(trial_dir)),
              default=-1)
 
 

@@ -14,6 +14,7 @@ import sys
 
 import pytest
 
+from optbench_jax import workdir_files
 from optbench_jax.bench import results_store as rs
 from optbench_jax.bench import search_space, sweep, sweep_config, trial_process
 
@@ -100,7 +101,7 @@ def test_interrupted_trials_resume_from_checkpoint(tmp_path, monkeypatch):
   assert out.launched == 2 and out.recorded["completed"] == 2
   _, results = by_lr(str(tmp_path / "results.sqlite"))
   for result in results.values():
-    steps = [r["step"] for r in sweep.read_metrics(os.path.join(result.workdir, "metrics.jsonl"))
+    steps = [r["step"] for r in workdir_files.read_metrics(result.workdir)
              if "loss" in r]
     assert steps == list(range(1, BUDGET + 1))    # resumed at 8, nothing repeated
 

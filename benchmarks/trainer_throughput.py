@@ -45,7 +45,7 @@ from optbench_jax import host_memory  # pylint: disable=wrong-import-position
 
 host_memory.retain_freed_memory()   # as the trainer does, before XLA starts its threads
 
-# name: (layers, d_model, heads, seq_len, batch, vocab); the two of issue 12 first.
+# name: (layers, d_model, heads, seq_len, batch, vocab); the small and the 124M shape first.
 SHAPES = {
     "small": (4, 256, 4, 256, 8, 8192),
     "124m": (12, 768, 12, 256, 4, 50304),

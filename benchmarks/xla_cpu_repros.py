@@ -1,4 +1,4 @@
-"""Minimal reproductions of the XLA:CPU behaviours issue 12 found, with timings.
+"""Minimal reproductions of the XLA:CPU behaviours that limit CPU throughput, with timings.
 
   python benchmarks/xla_cpu_repros.py [--retain] [--torch_python PY]
 

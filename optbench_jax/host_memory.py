@@ -7,7 +7,7 @@ large from ``mmap`` in the thread's arena and returns it with ``munmap``, so
 each step faults its temporaries in again, a page at a time, and the kernel
 zeroes them: 112k minor faults (459 MB) per train step of the 4-layer
 benchmark shape, 37k per C-AdamW update of one 12 x 768 x 2048 leaf, on the
-2-core VM (BUILD_NOTES, issue 12). PyTorch's eager CPU tensors are each below
+2-core VM (BUILD_NOTES, CPU throughput). PyTorch's eager CPU tensors are each below
 glibc's adaptive mmap threshold, so its heap keeps and reuses them.
 
 :func:`retain_freed_memory` sets glibc's ``mallopt`` so that the heap keeps

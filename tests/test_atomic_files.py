@@ -26,7 +26,7 @@ def test_failed_serialisation_keeps_the_old_file(tmp_path):
 
 
 def test_files_get_the_umask_mode_not_mkstemps_0600(tmp_path):
-  """Issue 14 case 11: a shared manifest / summary must be readable by other users."""
+  """A shared manifest / summary must be readable by other users."""
   old = os.umask(0o022)
   try:
     atomic_files.write_json(tmp_path / "a.json", {"x": 1})

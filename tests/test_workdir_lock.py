@@ -1,4 +1,4 @@
-"""optbench_jax.workdir_lock: one process per work directory (issue 14 case 2)."""
+"""optbench_jax.workdir_lock: one process per work directory (two trainers on one work directory)."""
 
 import json
 import os

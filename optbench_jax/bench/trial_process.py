@@ -9,7 +9,7 @@ cache: a process's output cannot stream into an object) and uploaded next to
 the trial's other files when the process ends; its ``metrics.jsonl`` is polled
 with ranged reads at most every ``REMOTE_POLL_S``.
 
-Tie to the driver (issue 14). A trial must neither outlive a dead driver nor
+Tie to the driver. A trial must neither outlive a dead driver nor
 run twice. Design:
 
 * every trial is started with ``PR_SET_PDEATHSIG = SIGTERM`` (Linux): when the

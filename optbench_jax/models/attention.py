@@ -43,7 +43,7 @@ def rope_tables(positions, head_dim: int, theta: float = 10000.0):
   Concrete positions (the model's arange(S)) give numpy constants. Computed
   inside the jitted step instead, XLA:CPU fuses the cos and sin into every
   loop that reads them and so re-evaluates them once per batch element and
-  head, in each of RoPE's consumers (BUILD_NOTES, issue 12). Traced positions
+  head, in each of RoPE's consumers (BUILD_NOTES, CPU throughput). Traced positions
   fall back to jnp.
   """
   try:

@@ -64,8 +64,8 @@ def token_axes(ndim: int, feature_axis: str) -> tuple:
   sharding it over the batch mesh axes keeps each device's sequences): every
   projection is then a plain 2-D matmul. On XLA:CPU the backward pass of a
   3-D [B, S, d] projection transposes its [B, S, f] operand inside a fused
-  loop that runs 2-3x slower than the same 2-D transpose (BUILD_NOTES,
-  issue 12); the math is unchanged.
+  loop that runs 2-3x slower than the same 2-D transpose (BUILD_NOTES, CPU
+  throughput); the math is unchanged.
   """
   return ("batch", feature_axis) if ndim == 2 else ("batch", "seq", feature_axis)
 

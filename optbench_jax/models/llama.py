@@ -20,7 +20,7 @@ only the weight matmul outputs (``dots_with_no_batch_dims_saveable``) and
 recomputes the rest (norms, activations, attention scores).
 Inside a block the activations are tokens [B*S, d] (a free reshape of [B, S,
 d]): every projection is a 2-D matmul, which XLA:CPU runs 2-3x faster in the
-backward pass than the same 3-D one (``layers.token_axes``; issue 12).
+backward pass than the same 3-D one (``layers.token_axes``).
 """
 
 from __future__ import annotations

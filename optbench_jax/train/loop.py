@@ -18,7 +18,7 @@ coordination heartbeat times out (``trainers.lm --heartbeat_timeout_s``); a NaN/
 run with ``status="diverged"`` (the rule: ``optbench_jax/divergence.py``) without saving, so every kept checkpoint
 (``kept_checkpoints`` in the summary) predates the divergence.
 
-Reliability (issue 14): the work directory is locked (``workdir_lock``), the
+Reliability: the work directory is locked (``workdir_lock``), the
 config is checked against the run's record (``run_record``), the data and the
 checkpoints directory are checked before compiling (``preflight``), a damaged
 newest checkpoint falls back to the previous one (``checkpoint``), and a

@@ -33,7 +33,7 @@ QK-clip). The norm of ``updates`` itself would equal it up to the rounding of
 params + updates (relative 1e-6 for fp32 params and Adam-sized steps), but
 it is dearer: ``updates`` then has a second reader and XLA:CPU stores it
 instead of fusing it into the parameter write, which cost 8-10% of the 124M
-CPU step (BUILD_NOTES, issue 12). A non-finite update still shows as a
+CPU step (BUILD_NOTES, CPU throughput). A non-finite update still shows as a
 non-finite ``update_norm`` (the loop's divergence check).
 
 The step is one ``jax.jit`` with the state donated; shardings of state and

@@ -90,7 +90,7 @@ def test_report_cli_usage():
 
 @pytest.mark.parametrize("state", ["missing", "empty", "damaged_store", "damaged_snapshot"])
 def test_report_of_a_directory_without_a_readable_sweep_is_one_error(tmp_path, state):
-  """Issue 14 case 14: `error: ...` instead of a traceback."""
+  """A bad work directory gives `error: ...` instead of a traceback."""
   run_dir = tmp_path / "run"
   if state != "missing":
     run_dir.mkdir()

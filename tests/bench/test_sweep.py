@@ -273,7 +273,7 @@ def test_edge_extension_needs_a_numeric_grid(tmp_path):
 
 
 def test_a_trial_still_running_elsewhere_is_not_started_twice(tmp_path, monkeypatch):
-  """Issue 14 case 1: a trial left running (e.g. by a dead driver on an OS without
+  """A trial left running (e.g. by a dead driver on an OS without
   PR_SET_PDEATHSIG) holds its workdir lock; the rerun waits, then leaves it alone."""
   from optbench_jax import workdir_lock  # pylint: disable=import-outside-toplevel
   spec = make_sweep(seeds=[0], optimizers={"adamw": dict(
@@ -293,7 +293,7 @@ def test_a_trial_still_running_elsewhere_is_not_started_twice(tmp_path, monkeypa
 
 
 def test_a_failed_trial_shows_the_trainers_error_line_not_its_command(tmp_path):
-  """Issue 14 case 12: the console names why a trial failed."""
+  """The console names why a trial failed."""
   spec = make_sweep(seeds=[0], optimizers={"adamw": dict(
       baseline={"b2": 0.95}, grid={"learning_rate": [0.5]})})
   logged = []

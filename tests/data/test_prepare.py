@@ -160,7 +160,7 @@ def _cli(*args, cwd=REPO_ROOT):
 
 
 def test_cli_errors_are_one_line_and_small_corpora_need_a_validation_split(tmp_path):
-  """Issue 14 cases 5 and 14: an empty val split, --output a file, --val_fraction=1.5 and
+  """Bad input to prepare: an empty val split, --output a file, --val_fraction=1.5 and
   binary input end in one `error:` / `warning:` line, not a traceback or a silent exit 0."""
   (tmp_path / "doc.txt").write_text("Hello world")
   (tmp_path / "afile").write_text("")

@@ -296,7 +296,7 @@ def test_bfloat16_compute_float32_params_and_logits():
 
 
 def _batched_3d_loss(p, tokens, spec):
-  """The model before issue 12 in jnp: every projection an einsum over [B, S, d].
+  """The model before the CPU-throughput rewrite, in jnp: every projection an einsum over [B, S, d].
 
   The model now runs its dense blocks on tokens [B*S, d] (``layers.token_axes``);
   loss and gradients must not change.

@@ -1,4 +1,4 @@
-"""Issue 14 (reliability), in-process cases: real files, real signals, the real trainer.
+"""Reliability, in-process cases: real files, real signals, the real trainer.
 
 Torn metrics lines, damaged checkpoints, an empty validation split, SIGTERM in
 the final eval, an unwritable checkpoints directory, config changes on resume,

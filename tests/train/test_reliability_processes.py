@@ -1,4 +1,4 @@
-"""Issue 14 (reliability) cases that need real, separate processes. SLOW: multi-second tests.
+"""Reliability cases (kills, signals, stale locks) that need real, separate processes. SLOW: multi-second tests.
 
 Each starts `python -m trainers.lm` / a sweep driver as a subprocess (about 5-10 s
 each on 2 CPU cores; every wait is bounded): two trainers on one work directory,

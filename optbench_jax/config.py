@@ -99,7 +99,7 @@ def base_config() -> ml_collections.ConfigDict:
       full_eval_at_end=True,
       checkpoint_every=1000,
       keep_checkpoints=2,
-      profile=False,
+      profile=False,           # a jax.profiler trace of 5 steady steps (train/profiling.py)
   ))
 
   c.mesh = ml_collections.ConfigDict(dict(

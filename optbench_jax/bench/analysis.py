@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -25,7 +24,7 @@ import numpy as np
 
 from optbench_jax import storage
 from optbench_jax.bench import results_store, speedup, tuning
-from optbench_jax.bench.sweep import SWEEP_SNAPSHOT
+from optbench_jax.bench import sweep_dir
 
 
 @dataclasses.dataclass
@@ -159,26 +158,13 @@ def optimizer_state_bytes_per_param(config: Mapping[str, Any]) -> float:
   return state_bytes / n_params
 
 
-def store_path(run_dir: str) -> str:
-  """A local path to ``run_dir``'s results store: the file itself, or for a ``gs://`` sweep a
-  fresh download of the bucket's copy into the host-local cache (SQLite reads local files)."""
-  path = storage.join(run_dir, results_store.STORE_FILENAME)
-  if not storage.is_remote(run_dir):
-    return path
-  if not storage.exists(path):
-    raise FileNotFoundError(f"no results store at {path}")
-  local = os.path.join(storage.local_cache_dir(run_dir, "reports"), results_store.STORE_FILENAME)
-  storage.download(path, local)
-  return local
+store_path = sweep_dir.store_path   # re-exported: a local path to a sweep's results store
 
 
 def analyse(run_dir: str, num_bootstrap: int | None = None,
             memory: bool = True) -> SweepAnalysis:
   """Reads ``run_dir`` (a sweep workdir) and computes everything the report shows."""
-  snapshot_path = storage.join(run_dir, SWEEP_SNAPSHOT)
-  if not storage.exists(snapshot_path):
-    raise FileNotFoundError(f"{run_dir} is not a sweep workdir (no {SWEEP_SNAPSHOT})")
-  sweep = storage.read_json(snapshot_path)["sweep"]
+  sweep = sweep_dir.read_snapshot(run_dir)["sweep"]
   if num_bootstrap is not None:
     sweep["speedup"]["num_bootstrap"] = num_bootstrap
   with results_store.ResultsStore.open_existing(store_path(run_dir)) as store:

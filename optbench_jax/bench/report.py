@@ -29,7 +29,7 @@ import numpy as np
 
 from optbench_jax.bench import analysis as analysis_lib
 from optbench_jax import storage
-from optbench_jax.bench import plots, results_store, sensitivity, speedup
+from optbench_jax.bench import plots, results_store, sensitivity, speedup, sweep_dir
 
 PLOTS_DIR = "plots"
 
@@ -47,17 +47,17 @@ def check_run_dir(run_dir: str) -> None:
       raise ReportError(f"{run_dir}: {e}") from None
   if not storage.isdir(run_dir):
     raise ReportError(f"{run_dir} is not a directory")
-  snapshot = storage.join(run_dir, analysis_lib.SWEEP_SNAPSHOT)
+  snapshot = sweep_dir.snapshot_path(run_dir)
   if not storage.exists(snapshot):
-    raise ReportError(f"{run_dir} is not a sweep workdir (no {analysis_lib.SWEEP_SNAPSHOT}; "
+    raise ReportError(f"{run_dir} is not a sweep workdir (no {sweep_dir.SNAPSHOT}; "
                       "run trainers.sweep there first)")
   try:
     storage.read_json(snapshot)["sweep"]
   except (ValueError, KeyError, TypeError) as e:
     raise ReportError(f"{snapshot} is damaged ({type(e).__name__}: {e})") from None
-  store = storage.join(run_dir, results_store.STORE_FILENAME)
+  store = storage.join(run_dir, sweep_dir.STORE)
   try:
-    results_store.ResultsStore.open_existing(analysis_lib.store_path(run_dir)).close()
+    results_store.ResultsStore.open_existing(sweep_dir.store_path(run_dir)).close()
   except FileNotFoundError:
     raise ReportError(f"{run_dir} has no results store ({results_store.STORE_FILENAME})") from None
   except (sqlite3.DatabaseError, results_store.StoreMismatchError, KeyError) as e:

@@ -28,38 +28,28 @@ The driver holds its workdir's lock (``optbench_jax.workdir_lock``), so a
 second driver on the same sweep is refused; how trials die with their driver
 and are never started twice is in ``trial_process``.
 
-A ``gs://`` workdir: the trials' workdirs, ``sweep.json`` and a copy of the
-results store live in the bucket. SQLite needs a local file with working locks,
-so the driver keeps the store in a host-local cache directory keyed by the
-sweep's URL (``storage.local_cache_dir(workdir, "sweeps")``), downloads the
-bucket's copy over it when it starts (the bucket is the truth: a rerun on
-another host resumes from it) and uploads it after every recorded result (an
-all-or-nothing object upload, after SQLite's commit). The trials' ``config.json``
-and ``trial.log`` are written in the cache too (the launcher reads the config
-from there; a log is a stream) and uploaded into the trial's directory in the
-bucket (the config at launch, the log when the trial ends). One driver at a time
-is guaranteed by the workdir lock, so the single uploaded copy is never raced.
+The files of the sweep directory, and the results store's mirror in a bucket
+for a ``gs://`` sweep, are ``sweep_dir``'s; what a finished trial amounts to is
+``trial_outcome``'s.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import sys
 import time
 from typing import Any, Callable, Mapping, Sequence
 
-from optbench_jax import divergence
 from optbench_jax import storage
 from optbench_jax import workdir_files
 from optbench_jax import workdir_lock
-from optbench_jax.bench import results_store, sweep_config, sweep_progress, trial_plan, trial_process
+from optbench_jax.bench import (results_store, sweep_config, sweep_dir, sweep_progress,
+                                trial_outcome, trial_plan, trial_preflight, trial_process)
 
-SWEEP_SNAPSHOT = "sweep.json"
-TRIALS_DIR = "trials"
-THRESHOLD_NAME = "the sweep's divergence.loss_threshold"
+SWEEP_SNAPSHOT = sweep_dir.SNAPSHOT      # re-exported names of the sweep directory's files
+TRIALS_DIR = sweep_dir.TRIALS
 
 Launcher = Callable[[str, str], Sequence[str]]
 
@@ -98,30 +88,6 @@ def make_executor(executor: Any, plain: Mapping[str, Any], workdir: str,
   return executor
 
 
-def _step_time(records: Sequence[Mapping[str, Any]], summary: Mapping[str, Any],
-               tokens_per_step: int) -> float:
-  """Seconds per step, preferring steady-state throughput (excludes compile time)."""
-  if _number(summary.get("tokens_per_s")) > 0:       # the trainer's compile-free mean
-    return tokens_per_step / _number(summary["tokens_per_s"])
-  rates = [float(r["tokens_per_s"]) for r in records
-           if "tokens_per_s" in r and float(r["tokens_per_s"]) > 0]
-  rates = rates[1:] if len(rates) > 1 else rates      # the first window includes compilation
-  if rates:
-    rates.sort()
-    return tokens_per_step / rates[len(rates) // 2]
-  steps = int(summary.get("steps", 0) or 0)
-  wall = _number(summary.get("wall_time_s"))
-  return wall / steps if steps > 0 else math.nan
-
-
-def _number(value: Any) -> float:
-  """A summary field as a float; missing or null (JSON None) is NaN."""
-  try:
-    return math.nan if value is None else float(value)
-  except (TypeError, ValueError):
-    return math.nan
-
-
 class SweepRunner:
   """Runs one sweep config in one workdir (see the module docstring)."""
 
@@ -137,18 +103,14 @@ class SweepRunner:
     if workdir is None or not str(workdir).strip():
       raise sweep_config.SweepConfigError("--workdir is empty (an unset shell variable?)")
     self.plain, self.base, self.fingerprint = sweep_config.load(sweep)
-    self.workdir = storage.resolve(workdir)
-    self.remote = storage.is_remote(self.workdir)
-    if self.remote:
-      try:
-        storage.check_reachable(self.workdir)
-      except storage.StorageError as e:
-        raise sweep_config.SweepConfigError(f"--workdir {self.workdir}: {e}") from None
-    # Where the SQLite store, trial configs and trial logs are written (see the module doc).
-    self.local_dir = (storage.local_cache_dir(self.workdir, "sweeps") if self.remote
-                      else self.workdir)
-    if storage.isfile(self.workdir):
-      raise sweep_config.SweepConfigError(f"--workdir {self.workdir} is not a directory")
+    self.checker = trial_preflight.TrialChecker()
+    self.checker.check_grid(self.plain, self.base)
+    self.dir = sweep_dir.SweepDirectory(workdir)
+    self.workdir = self.dir.workdir
+    try:
+      self.dir.check()
+    except ValueError as e:
+      raise sweep_config.SweepConfigError(str(e)) from None
     self.log = log
     self._check_data()
     self.executor = make_executor(executor, self.plain, self.workdir, log, executor_options or {})
@@ -162,23 +124,17 @@ class SweepRunner:
     self.trial_timeout_s = trial_timeout_s
     self.log = log
     try:
-      storage.makedirs(self.workdir)
-      os.makedirs(self.local_dir, exist_ok=True)
+      self.dir.makedirs()
       self.lock = workdir_lock.for_directory(self.workdir, "sweep driver", log=log).acquire()
     except BaseException:
       self.executor.close()
       raise
     try:
-      local_store = os.path.join(self.local_dir, results_store.STORE_FILENAME)
-      self.store_url = storage.join(self.workdir, results_store.STORE_FILENAME)
-      if self.remote and storage.exists(self.store_url):
-        storage.download(self.store_url, local_store)   # the bucket's copy is the truth
-      self.store = results_store.ResultsStore(local_store, self.fingerprint, self.plain["name"])
-      self._push_store()
-      storage.write_json(
-          storage.join(self.workdir, SWEEP_SNAPSHOT),
-          {"fingerprint": self.fingerprint, "sweep": self.plain,
-           "base_config": sweep_config._plain(self.base)}, indent=1, sort_keys=True)
+      self.store = results_store.ResultsStore(self.dir.pull_store(), self.fingerprint,
+                                              self.plain["name"])
+      self.dir.push_store(self.store.path)
+      self.dir.write_snapshot({"fingerprint": self.fingerprint, "sweep": self.plain,
+                               "base_config": sweep_config._plain(self.base)})
     except BaseException:
       self.lock.release()
       self.executor.close()
@@ -204,27 +160,14 @@ class SweepRunner:
 
   # Trial bookkeeping -----------------------------------------------------------------------
   def _trial_dir(self, trial: Trial) -> str:
-    return storage.join(self.workdir, TRIALS_DIR, trial.trial_id)
-
-  def _local_trial_dir(self, trial_id: str) -> str:
-    """Where the trial's config.json and trial.log are written (== its workdir locally)."""
-    return os.path.join(self.local_dir, TRIALS_DIR, trial_id)
+    return self.dir.trial_dir(trial.trial_id)
 
   def _log_path(self, trial_id: str, process: int) -> str:
-    """A trial process's log: the driver's local copy, else the one in the trial's directory
-    (written there by a cluster executor's node)."""
-    name = trial_process.host_log_name(process)
-    local = os.path.join(self._local_trial_dir(trial_id), name)
-    return local if os.path.exists(local) else storage.join(self.workdir, TRIALS_DIR, trial_id,
-                                                            name)
+    return self.dir.log_path(trial_id, trial_process.host_log_name(process))
 
   def _record(self, result: results_store.TrialResult) -> None:
     self.store.record(result)
-    self._push_store()
-
-  def _push_store(self) -> None:
-    if self.remote:
-      storage.upload(self.store.path, self.store_url)
+    self.dir.push_store(self.store.path)
 
   def _config(self, trial: Trial):
     return sweep_config.trial_config(self.plain, self.base, trial.optimizer, trial.hparams,
@@ -232,66 +175,15 @@ class SweepRunner:
 
   def _result(self, trial: Trial, status: str, reason: str, summary: Mapping[str, Any],
               records: Sequence[Mapping[str, Any]]) -> results_store.TrialResult:
-    config = self._config(trial)
-    per_step = sweep_config.tokens_per_step(config)
-    curve = tuple((int(r["step"]), float(r["eval_loss"])) for r in records if "eval_loss" in r)
-    final = _number(summary.get("final_eval_loss"))
-    if status == results_store.COMPLETED and not math.isfinite(final):
-      status, reason = results_store.DIVERGED, f"final eval loss {final}"
-    return results_store.TrialResult(
-        trial_id=trial.trial_id, optimizer=trial.optimizer, budget_steps=trial.budget_steps,
-        seed=trial.seed, hparams=dict(trial.hparams), status=status, reason=reason,
-        final_eval_loss=final, eval_curve=curve,
-        wall_time_s=_number(summary.get("wall_time_s")),
-        steps=int(summary.get("steps", 0) or (records[-1].get("step", 0) if records else 0)),
-        tokens=int(summary.get("tokens", 0) or 0), budget_tokens=trial.budget_steps * per_step,
-        step_time_s=_step_time(records, summary or {}, per_step),
-        params=int(summary.get("params", 0) or 0),
-        loss_floor=_number(summary.get("loss_floor")),
-        workdir=self._trial_dir(trial), config=config.to_dict())
+    return trial_outcome.result(trial, status, reason, summary, records, self._config(trial),
+                                self._trial_dir(trial))
 
   def _classify(self, trial: Trial, trial_dir: str, returncode: int | None,
                 diverged: str | None, started: float) -> results_store.TrialResult | None:
-    """The result of a finished process, or None when it was interrupted (resume later)."""
-    records = workdir_files.read_metrics(trial_dir)
-    summary_path = workdir_files.path(trial_dir, workdir_files.SUMMARY)
-    summary, unreadable = {}, None
-    # A summary left by an earlier attempt says nothing about this one. (On GCS the
-    # object's time is the service's clock: 5 s of slack for skew with this host.)
-    slack = 5.0 if storage.is_remote(summary_path) else 1.0
-    if storage.exists(summary_path) and storage.mtime(summary_path) >= started - slack:
-      try:
-        summary = storage.read_json(summary_path)
-      except (OSError, ValueError) as e:   # e.g. an older trainer killed mid-write
-        unreadable = f"summary.json unreadable: {e}"
-    if diverged:
-      return self._result(trial, results_store.DIVERGED, diverged, summary, records)
-    status = summary.get("status")
-    if status == "completed":
-      rule = divergence.reason_in_records(
-          records, self.plain["divergence"]["loss_threshold"],
-          sweep_config.divergence_step(self.plain, trial.budget_steps), THRESHOLD_NAME)
-      if rule:
-        return self._result(trial, results_store.DIVERGED, rule, summary, records)
-      return self._result(trial, results_store.COMPLETED, "", summary, records)
-    if status == "diverged":
-      reason = (summary.get("message") or divergence.reason_in_records(records, math.inf)
-                or "trainer stopped: diverged")
-      return self._result(trial, results_store.DIVERGED, str(reason), summary, records)
-    if status == "preempted":
-      return None
-    tail = trial_process.log_tail(self._log_path(trial.trial_id, 0))
-    reason = f"exit code {returncode}" + (f"; log tail:\n{tail}" if tail else "")
-    for index in range(1, self.plain["hosts_per_trial"]):   # a multi-host trial's other hosts
-      line = trial_process.error_line(trial_process.log_tail(
-          self._log_path(trial.trial_id, index)))
-      if line:
-        reason += f"\nhost {index}: {line}"
-    if unreadable:
-      reason = f"{unreadable}; {reason}"
-    elif returncode == 0:
-      reason = f"exited 0 without a summary.json ({reason})"
-    return self._result(trial, results_store.FAILED, reason, summary, records)
+    """The result of a finished process, or None when it was interrupted (``trial_outcome``)."""
+    return trial_outcome.classify(trial, trial_dir, self._config(trial), self.plain, returncode,
+                                  diverged, started,
+                                  lambda host: self._log_path(trial.trial_id, host))
 
   # Main loop ----------------------------------------------------------------------------------
   def run(self) -> SweepOutcome:
@@ -418,29 +310,24 @@ class SweepRunner:
   def _preflight(self, trial: Trial) -> results_store.TrialResult | None:
     """A failed result if the trainer's own checks reject the trial's config, else None."""
     try:
-      sweep_config.preflight(self._config(trial), trial.trial_id, self.plain["hosts_per_trial"])
+      self.checker.check(self._config(trial), trial.trial_id, self.plain["hosts_per_trial"])
     except sweep_config.SweepConfigError as e:
       return self._result(trial, results_store.FAILED, str(e), {}, [])
     return None
 
   def _launch(self, trial: Trial) -> Any:
     trial_dir = self._trial_dir(trial)
-    local_dir = self._local_trial_dir(trial.trial_id)
+    local_dir = self.dir.local_trial_dir(trial.trial_id)
     storage.makedirs(trial_dir)
     os.makedirs(local_dir, exist_ok=True)
     config_path = os.path.join(local_dir, "config.json")   # always local: the launcher reads it
     with open(config_path, "w") as f:
       json.dump(self._config(trial).to_dict(), f, indent=1, sort_keys=True)
-    if self.remote:
-      storage.upload(config_path, storage.join(trial_dir, "config.json"))
+    self.dir.upload_trial_file(trial.trial_id, config_path)
     self.log(f"[sweep] launching {trial.trial_id} {trial.hparams}")
-    threshold = self.plain["divergence"]["loss_threshold"]
-    after_step = sweep_config.divergence_step(self.plain, trial.budget_steps)
     return self.executor.launch(
         trial, trial_dir, self.launcher(config_path, trial_dir),
-        lambda records: divergence.reason_in_records(records, threshold, after_step,
-                                                     THRESHOLD_NAME),
-        log_dir=local_dir)
+        trial_outcome.divergence_rule(self.plain, trial.budget_steps), log_dir=local_dir)
 
   def close(self) -> None:
     self.executor.close()

@@ -47,8 +47,10 @@ has these fields:
                        the local executor ignores it. Operational, like
                        hosts_per_trial
 
-Every check runs in :func:`validate` and raises one :class:`SweepConfigError`
-naming the culprit, before any trial starts.
+Every check of the sweep itself runs in :func:`validate` and raises one
+:class:`SweepConfigError` naming the culprit, before any trial starts; the
+trainer's own checks of the trials (and the contract for an optimizer from
+outside the package) are ``trial_preflight``'s.
 """
 
 from __future__ import annotations
@@ -66,7 +68,6 @@ import ml_collections
 
 from optbench_jax import config as config_lib
 from optbench_jax.bench import search_space
-from optbench_jax.optim import registry
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STRATEGIES = ("grid", "coordinate_descent")
@@ -273,8 +274,6 @@ def validate(plain: Mapping[str, Any], base: ml_collections.ConfigDict) -> None:
       _set_dotted(copy.deepcopy(base), dotted, plain[key][dotted], key)
   for name, spec in plain["optimizers"].items():
     search_space.validate(name, spec["grid"], spec["baseline"])
-    if name not in registry.builtin_names():
-      check_contract(name, spec["baseline"])
     search_space.validate_edge_extension(name, spec["grid"], plain["edge_extension"])
     if plain["strategy"] == "coordinate_descent":
       missing = sorted(set(spec["grid"]) - set(spec["baseline"]))
@@ -283,89 +282,18 @@ def validate(plain: Mapping[str, Any], base: ml_collections.ConfigDict) -> None:
             f"optimizers.{name}: coordinate descent starts from the baseline, which lacks "
             f"{', '.join(missing)}")
     for budget in plain["budgets"]:
-      for point in _one_at_a_time(spec["grid"], spec["baseline"]):
+      for point in grid_points(spec["grid"], spec["baseline"]):
         config = trial_config(plain, base, name, point, budget, plain["seeds"][0])
         warmup = int(config.optimizer.schedule.warmup_steps)
         if budget <= warmup:
           raise SweepConfigError(
               f"optimizers.{name}: budget {budget} steps is not longer than the warmup "
               f"({warmup} steps); shorten warmup_steps or drop the budget")
-        preflight(config, f"optimizers.{name} at {point}, {budget} steps", hosts)
 
 
-_TRACED: set[str] = set()      # trace signatures already checked in this process
-
-
-def _trace_signature(config: ml_collections.ConfigDict) -> str:
-  """What the train step's trace depends on: everything but float hyperparameter values."""
-  plain = _plain(config)
-  plain["optimizer"]["hparams"] = {
-      k: (type(v).__name__ if isinstance(v, float) else v)
-      for k, v in plain["optimizer"]["hparams"].items()}
-  for key in ("learning_rate", "weight_decay", "grad_clip"):
-    plain["optimizer"][key] = None
-  plain["train"] = plain["optimizer"]["schedule"] = plain["seed"] = None
-  plain["data"]["shuffle_seed"] = None
-  return json.dumps(plain, sort_keys=True, default=str)
-
-
-def check_hosts(config: ml_collections.ConfigDict, hosts: int, where: str) -> None:
-  """A trial of ``hosts`` processes needs a mesh that splits over them (the batch: build)."""
-  from optbench_jax.train import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
-  sizes = [int(config.mesh[a]) for a in mesh_lib.AXES]
-  if hosts > 1 and -1 not in sizes and math.prod(sizes) % hosts:
-    shape = " x ".join(f"{a}={n}" for a, n in zip(mesh_lib.AXES, sizes))
-    raise SweepConfigError(
-        f"{where}: hosts_per_trial={hosts} does not match the trial's mesh {shape} "
-        f"({math.prod(sizes)} devices cannot split evenly over {hosts} hosts)")
-
-
-def preflight(config: ml_collections.ConfigDict, where: str, hosts: int = 1) -> None:
-  """The trainer's own checks on one trial config; raises SweepConfigError with its message.
-
-  Every config gets ``train.build`` (abstract: config, model, mesh, batch split,
-  optimizer construction with its real values, state shardings; nothing
-  allocated). The train step is also traced (``train.check``) once per trace
-  signature -- the config up to float hyperparameter values, steps and seeds,
-  which change no shapes or code paths -- so a grid of learning rates costs one
-  trace. Run on the grid before a sweep starts, and on every trial right before
-  it is launched (edge extension and coordinate descent propose points not known
-  in advance).
-  """
-  from optbench_jax import train   # pylint: disable=import-outside-toplevel  (jax, models)
-  check_hosts(config, hosts, where)
-  signature = _trace_signature(config)
-  try:
-    if signature in _TRACED:
-      train.build(config, abstract=True, process_count=hosts)
-    else:
-      train.check(config, process_count=hosts)
-      _TRACED.add(signature)
-  except train.ConfigError as e:
-    raise SweepConfigError(f"{where}: the trainer rejects this trial: {e}") from None
-
-
-def check_contract(name: str, baseline: Mapping[str, Any]) -> None:
-  """An optimizer from outside the package must pass the contract suite before any trial.
-
-  All of ``optim.contract``'s checks but the timing; the sharded one only where this
-  process has the 8 devices it needs.
-  """
-  import jax  # pylint: disable=import-outside-toplevel
-  from optbench_jax.optim import contract  # pylint: disable=import-outside-toplevel
-  checks = [c for c in contract.FAST
-            if c != "sharded_equals_unsharded" or jax.device_count() >= 8]
-  hparams = {k: v for k, v in baseline.items() if k not in search_space.TRAINER_KEYS}
-  failed = [r for r in contract.run_checks(registry.factory(name), hparams, checks)
-            if not r.passed]
-  if failed:
-    raise SweepConfigError(
-        f"optimizers.{name} fails the optimizer contract (python -m optbench_jax.optim.check "
-        f"{name}): " + "; ".join(f"{r.name}: {r.note}" for r in failed))
-
-
-def _one_at_a_time(grid: Mapping[str, Any], baseline: Mapping[str, Any]) -> list[dict]:
-  """The baseline plus every single-value change: covers every grid value once."""
+def grid_points(grid: Mapping[str, Any], baseline: Mapping[str, Any]) -> list[dict]:
+  """The baseline plus every single-value change: covers every grid value once (what the
+  schema and the trainer's pre-flight check of a grid)."""
   start = {name: values[0] for name, values in grid.items()}
   start.update(baseline)
   points = [start]

@@ -28,7 +28,7 @@ from rich.table import Table
 from optbench_jax import storage
 from optbench_jax import workdir_files
 from optbench_jax import workdir_lock
-from optbench_jax.bench import analysis, results_store, trial_plan
+from optbench_jax.bench import results_store, sweep_dir, trial_plan
 
 RUNNING, INTERRUPTED, PENDING = "running", "interrupted", "pending"
 STATES = (results_store.COMPLETED, results_store.DIVERGED, RUNNING, INTERRUPTED,
@@ -54,15 +54,13 @@ class TrialRow:
 
 def collect(workdir: str) -> tuple[str, list[TrialRow]]:
   """(sweep name, one row per known trial: recorded ones, then the ones left)."""
-  from optbench_jax.bench import sweep   # pylint: disable=import-outside-toplevel  (cycle)
   workdir = storage.resolve(workdir)
-  snapshot_path = storage.join(workdir, sweep.SWEEP_SNAPSHOT)
-  if not storage.exists(snapshot_path):
-    raise StatusError(f"{workdir} holds no sweep (no {sweep.SWEEP_SNAPSHOT}); "
-                      "start one with --config")
-  plain = storage.read_json(snapshot_path)["sweep"]
-  store = (results_store.ResultsStore.open_existing(analysis.store_path(workdir))
-           if storage.exists(storage.join(workdir, results_store.STORE_FILENAME)) else None)
+  try:
+    plain = sweep_dir.read_snapshot(workdir)["sweep"]
+  except FileNotFoundError as e:
+    raise StatusError(f"{e}; start one with --config") from None
+  store = (results_store.ResultsStore.open_existing(sweep_dir.store_path(workdir))
+           if sweep_dir.has_store(workdir) else None)
   try:
     final = {}
     failures: dict[str, results_store.TrialResult] = {}
@@ -90,7 +88,7 @@ def collect(workdir: str) -> tuple[str, list[TrialRow]]:
   left = plan.propose(known)
   rows = []
   for trial in recorded + left:
-    trial_dir = storage.join(workdir, sweep.TRIALS_DIR, trial.trial_id)
+    trial_dir = sweep_dir.trial_dir(workdir, trial.trial_id)
     result = final.get(trial.trial_id)
     if result is not None:
       rows.append(TrialRow(trial.trial_id, trial.optimizer, trial.budget_steps, trial.seed,

@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
-import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor", "expert")
 BATCH_MESH_AXES = ("data", "fsdp", "expert")
@@ -67,28 +66,52 @@ def platform_of(mesh=None) -> str:
   return jax.default_backend()
 
 
+def axis_sizes(requested: Mapping[str, int], device_count: int) -> dict[str, int]:
+  """``{axis: size}`` for every mesh axis with the -1 (fill) axis filled; raises ValueError
+  naming the axis or the device count when the sizes cannot cover ``device_count`` devices."""
+  sizes = {axis: int(requested.get(axis, 1)) for axis in MESH_AXES}
+  bad = [axis for axis, size in sizes.items() if size == 0 or size < -1]
+  if bad:
+    raise ValueError(f"mesh.{bad[0]} must be a positive size or -1, got {sizes[bad[0]]}")
+  fill = [axis for axis, size in sizes.items() if size == -1]
+  if len(fill) > 1:
+    raise ValueError(f"at most one mesh axis may be -1 (fill), got {fill} (mesh sizes must be "
+                     f"positive with at most one -1)")
+  fixed = math.prod(size for size in sizes.values() if size != -1)
+  shape = " x ".join(f"{a}={s}" for a, s in sizes.items())
+  if fixed > device_count or device_count % fixed:
+    raise ValueError(
+        f"mesh {shape} needs {fixed} devices{' times the fill axis' if fill else ''}, "
+        f"but {device_count} device(s) are available")
+  if fill:
+    sizes[fill[0]] = device_count // fixed
+  elif fixed != device_count:
+    raise ValueError(
+        f"mesh {shape} has {fixed} devices but {device_count} are available; the product "
+        f"must equal the device count (set one axis to -1 to fill)")
+  return sizes
+
+
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, expert: int = 1,
               devices: Sequence[Any] | None = None) -> Mesh:
-  """A ``('data', 'fsdp', 'tensor', 'expert')`` mesh with Auto axis types (GSPMD propagation).
-
-  One size may be -1 (fill with the remaining devices). Raises ValueError when
-  the sizes do not multiply to the device count.
-  """
+  """The ``('data', 'fsdp', 'tensor', 'expert')`` mesh over ``devices`` (default: all) with
+  Auto axis types (GSPMD propagation). One size may be -1 (fill with the remaining devices);
+  ValueError when the sizes do not cover the devices (:func:`axis_sizes`)."""
   devices = list(jax.devices() if devices is None else devices)
-  sizes = [int(data), int(fsdp), int(tensor), int(expert)]
-  if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
-    raise ValueError(f"mesh sizes must be positive with at most one -1, got "
-                     f"{dict(zip(MESH_AXES, sizes))}")
-  known = math.prod(s for s in sizes if s != -1)
-  if -1 in sizes:
-    if len(devices) % known:
-      raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} cannot fill {len(devices)} devices")
-    sizes[sizes.index(-1)] = len(devices) // known
-  if math.prod(sizes) != len(devices):
-    raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
-                     f"{len(devices)} available")
-  return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES,
-              axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+  sizes = axis_sizes(dict(data=data, fsdp=fsdp, tensor=tensor, expert=expert), len(devices))
+  return jax.make_mesh(tuple(sizes[a] for a in MESH_AXES), MESH_AXES,
+                       axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
+
+
+def abstract_mesh(sizes: Mapping[str, int]) -> jax.sharding.AbstractMesh:
+  """A device-free mesh of ``sizes`` (every axis given), for dry runs of larger machines."""
+  return jax.sharding.AbstractMesh(tuple(int(sizes[a]) for a in MESH_AXES), MESH_AXES,
+                                   axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def batch_shards(mesh) -> int:
+  """Devices a batch is split over: the product of the batch mesh axes."""
+  return math.prod(int(mesh.shape[a]) for a in BATCH_MESH_AXES)
 
 
 def _as_tuple(axes) -> tuple[str, ...]:

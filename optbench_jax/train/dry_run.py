@@ -5,11 +5,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import numpy as np
-
 from optbench_jax import models
 from optbench_jax.config import ConfigError
 from optbench_jax.models import flops as flops_lib
+from optbench_jax.models import sharding as sharding_lib
 from optbench_jax.train import assembly
 from optbench_jax.train import memory as memory_lib
 from optbench_jax.train import mesh as mesh_lib
@@ -45,7 +44,7 @@ def dry_run(config: Any, devices: list | None = None, device: str | None = None)
                                                             shardings.opt_state),
       param_bytes_total=state_lib.total_bytes(abstract.params),
       opt_state_bytes_total=state_lib.total_bytes(abstract.opt_state))
-  batch_shards = int(np.prod([mesh.shape[a] for a in ("data", "fsdp", "expert")]))
+  batch_shards = sharding_lib.batch_shards(mesh)
   micro_per_device = d.global_batch_size / d.grad_accum_steps / batch_shards
   grads = report["param_bytes_per_device"] * (2 if d.grad_accum_steps > 1 else 1)
   fixed = report["param_bytes_per_device"] + report["opt_state_bytes_per_device"] + grads

@@ -54,6 +54,7 @@ from optbench_jax import config as config_lib
 from optbench_jax.train import mesh as mesh_lib
 from optbench_jax.train import metrics as metrics_lib
 from optbench_jax.train import preflight
+from optbench_jax.train import profiling
 from optbench_jax.train import run_record
 from optbench_jax.config import ConfigError
 
@@ -182,6 +183,7 @@ def _run(run_: assembly.Run, workdir: str, devices: list, allow_config_change: b
   if resumed_from is None:
     state = run_.create_state()
   step = int(jax.device_get(state.step))
+  profiler = profiling.StepProfiler(t.profile and is_writer, workdir, step, t.steps)
 
   writer = metrics_lib.MetricsWriter(workdir, enabled=is_writer)
   writer.truncate_after(step)
@@ -274,8 +276,10 @@ def _run(run_: assembly.Run, workdir: str, devices: list, allow_config_change: b
           status, message = PREEMPTED, f"stopped by signal at step {step}; checkpoint saved"
           break
         batch = _to_global(next(train_iter), batch_sharding)
+        profiler.before_step(step)
         state, device_metrics = train_step(state, batch)
         step += 1
+        profiler.after_step(step, state)
         if previous is not None:   # step - 1 is done or nearly: check it while `step` runs
           ok, message = check(previous)
           if not ok:
@@ -327,6 +331,7 @@ def _run(run_: assembly.Run, workdir: str, devices: list, allow_config_change: b
                        f"{t.eval_batches} batches")
       elif status == DIVERGED:
         step = diverged_at if diverged_at is not None else step
+      profiler.stop()
       checkpointer.wait()   # a SIGTERM now only sets the flag: the save completes
       kept = sorted(checkpointer.manager.all_steps())
       if status == DIVERGED:
@@ -336,6 +341,7 @@ def _run(run_: assembly.Run, workdir: str, devices: list, allow_config_change: b
   except BaseException:
     # Let orbax's background writes finish (or fail) before the error reaches the caller,
     # so their own error output cannot come after the run's one `error:` line.
+    profiler.stop()
     _drain(checkpointer)
     raise
 

@@ -8,16 +8,16 @@ and batch (``jax.make_mesh`` defaults to Explicit axes in this JAX).
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Mapping, Sequence
 
 import jax
-from jax.sharding import AxisType, Mesh
+from jax.sharding import Mesh
 
 from optbench_jax.config import ConfigError
+from optbench_jax.models import sharding as sharding_lib
 
-AXES = ("data", "fsdp", "tensor", "expert")
+AXES = sharding_lib.MESH_AXES
 
 # Environment variables that mean "this process is one of several" (set by a
 # launcher). Cloud TPU VMs with several workers are detected by JAX itself once
@@ -27,41 +27,22 @@ MULTIHOST_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES")
 
 def resolve_axis_sizes(mesh_config: Mapping[str, int], device_count: int) -> dict[str, int]:
   """``{axis: size}`` with the -1 axis filled; raises ConfigError if they cannot fit."""
-  sizes = {axis: int(mesh_config[axis]) for axis in AXES}
-  fill = [axis for axis, size in sizes.items() if size == -1]
-  bad = [axis for axis, size in sizes.items() if size == 0 or size < -1]
-  if bad:
-    raise ConfigError(f"config.mesh.{bad[0]} must be a positive size or -1, got {sizes[bad[0]]}")
-  if len(fill) > 1:
-    raise ConfigError(f"at most one mesh axis may be -1 (fill), got {fill}")
-  fixed = math.prod(size for size in sizes.values() if size != -1)
-  shape = " x ".join(f"{a}={s}" for a, s in sizes.items())
-  if fixed > device_count or device_count % fixed:
-    raise ConfigError(
-        f"mesh {shape} needs {fixed} devices{' times the fill axis' if fill else ''}, "
-        f"but {device_count} device(s) are available")
-  if fill:
-    sizes[fill[0]] = device_count // fixed
-  elif fixed != device_count:
-    raise ConfigError(
-        f"mesh {shape} has {fixed} devices but {device_count} are available; the product "
-        f"must equal the device count (set one axis to -1 to fill)")
-  return sizes
+  try:
+    return sharding_lib.axis_sizes({axis: mesh_config[axis] for axis in AXES}, device_count)
+  except ValueError as e:
+    raise ConfigError(f"config.{e}" if str(e).startswith("mesh.") else str(e)) from None
 
 
 def make_mesh(mesh_config: Mapping[str, int], devices: Sequence | None = None) -> Mesh:
-  """The (data, fsdp, tensor, expert) mesh over ``devices`` (default: all)."""
+  """The config's (data, fsdp, tensor, expert) mesh over ``devices`` (default: all)."""
   devices = list(jax.devices() if devices is None else devices)
   sizes = resolve_axis_sizes(mesh_config, len(devices))
-  return jax.make_mesh(tuple(sizes[a] for a in AXES), AXES,
-                       axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
+  return sharding_lib.make_mesh(**sizes, devices=devices)
 
 
 def abstract_mesh(mesh_config: Mapping[str, int], device_count: int) -> jax.sharding.AbstractMesh:
   """A device-free mesh of the config's shape, for dry runs of larger machines."""
-  sizes = resolve_axis_sizes(mesh_config, device_count)
-  return jax.sharding.AbstractMesh(tuple(sizes[a] for a in AXES), AXES,
-                                   axis_types=(AxisType.Auto,) * len(AXES))
+  return sharding_lib.abstract_mesh(resolve_axis_sizes(mesh_config, device_count))
 
 
 def multihost_requested(force: bool = False) -> bool:

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from optbench_jax.bench import sweep_config
+from optbench_jax.bench import sweep_config, trial_preflight
 from optbench_jax.optim import registry
 
 SWEEPS = sorted(p for p in glob.glob(os.path.join(sweep_config.REPO_ROOT, "configs", "sweeps", "*.py"))
@@ -14,7 +14,8 @@ SWEEPS = sorted(p for p in glob.glob(os.path.join(sweep_config.REPO_ROOT, "confi
 
 @pytest.mark.parametrize("path", SWEEPS, ids=os.path.basename)
 def test_shipped_sweep_config_is_valid(path):
-  plain, _, fingerprint = sweep_config.load(sweep_config.load_python_config(path))
+  plain, base, fingerprint = sweep_config.load(sweep_config.load_python_config(path))
+  trial_preflight.TrialChecker().check_grid(plain, base)   # the trainer accepts its grid
   assert len(fingerprint) == 64
   assert plain["reference_optimizer"] in plain["optimizers"]
 

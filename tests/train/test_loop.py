@@ -177,3 +177,12 @@ def test_dry_run_of_a_pod_mesh_on_few_devices(capsys):
   assert report["devices"] == 256
   assert report["param_bytes_per_device"] < report["param_bytes_total"] / 32
   assert "256 devices" in capsys.readouterr().out
+
+
+def test_profile_writes_a_trace_of_steady_steps(tmp_path):
+  """``train.profile``: a profiler trace of the steps after the compiling one, in the workdir."""
+  config = tiny.micro_config(tmp_path, steps=4, profile=True)
+  summary = train.run(config, str(tmp_path / "work"), devices=tiny.one_device())
+  assert summary["status"] == "completed"
+  traces = list((tmp_path / "work" / "profile").rglob("*.xplane.pb"))
+  assert traces, sorted(p.name for p in (tmp_path / "work").rglob("*"))

@@ -58,13 +58,13 @@ class Run:
 
   @functools.cached_property
   def model(self):
-    return models.build_model(self.config.model, mesh=self.mesh,
+    return models.build_model(self.model_spec, mesh=self.mesh,
                               report_max_logits=self.config.optimizer.qk_clip_tau > 0)
 
   @functools.cached_property
   def train_step(self) -> Callable:
-    return step_lib.make_train_step(self.model, self.optimizer, self.config, self.mesh,
-                                    self.state_shardings, self.batch_sharding)
+    return step_lib.make_train_step(self.model, self.model_spec, self.optimizer, self.config,
+                                    self.mesh, self.state_shardings, self.batch_sharding)
 
   @functools.cached_property
   def eval_step(self) -> Callable:
@@ -83,7 +83,7 @@ class Run:
 
   def create_state(self, seed: int | None = None) -> state_lib.TrainState:
     """A freshly initialised state, created directly in its shardings."""
-    return state_lib.create_sharded_state(self.config.model, self.optimizer.tx,
+    return state_lib.create_sharded_state(self.model_spec, self.optimizer.tx,
                                           self.state_shardings,
                                           self.config.seed if seed is None else seed)
 
@@ -115,11 +115,11 @@ def build(config: Any, devices: Sequence | None = None, *, abstract: bool = Fals
                 if a is not None}
   config_lib.check_batch_split(config, batch_axes,
                                   jax.process_count() if process_count is None else process_count)
-  abstract_params = models.abstract_params(config.model)
+  abstract_params = models.abstract_params(model_spec)
   optimizer = optimizer_lib.build(config, abstract_params,
                                   models.param_batch_axes(abstract_params), model_spec)
-  abstract_state = state_lib.abstract_state(config.model, optimizer.tx)
-  shardings = state_lib.state_shardings(config.model, abstract_state, mesh,
+  abstract_state = state_lib.abstract_state(model_spec, optimizer.tx)
+  shardings = state_lib.state_shardings(model_spec, abstract_state, mesh,
                                          config.mesh.factor_sharding)
   return Run(config=config, model_spec=model_spec, mesh=mesh, batch_sharding=batch_sharding,
              optimizer=optimizer, abstract_state=abstract_state, state_shardings=shardings,

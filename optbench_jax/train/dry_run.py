@@ -50,9 +50,9 @@ def dry_run(config: Any, devices: list | None = None, device: str | None = None)
   fixed = report["param_bytes_per_device"] + report["opt_state_bytes_per_device"] + grads
   qk_clip = config.optimizer.qk_clip_tau > 0
   tensor = int(mesh.shape["tensor"])
-  activations = memory_lib.activation_bytes(config.model, d.seq_len, micro_per_device,
+  activations = memory_lib.activation_bytes(run_.model_spec, d.seq_len, micro_per_device,
                                             run_.attention_impl, tensor, qk_clip)
-  fits = {name: memory_lib.check_fit(name, config.model, d.seq_len, micro_per_device, tensor,
+  fits = {name: memory_lib.check_fit(name, run_.model_spec, d.seq_len, micro_per_device, tensor,
                                      fixed, qk_clip)
           for name in ([device] if device else memory_lib.DEVICES)}
   report.update(grad_bytes_per_device=grads, attention_impl=run_.attention_impl,

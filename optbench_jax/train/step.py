@@ -120,17 +120,17 @@ def make_sampled_label_loss(model) -> Callable:
   return loss_fn
 
 
-def make_train_step(model, optimizer: Optimizer, config, mesh, state_shardings: TrainState,
-                    batch_sharding: NamedSharding) -> Callable:
+def make_train_step(model, model_spec: models.ModelSpec, optimizer: Optimizer, config, mesh,
+                    state_shardings: TrainState, batch_sharding: NamedSharding) -> Callable:
   """``train_step(state, batch) -> (state, TrainMetrics)``, jitted, state donated."""
   accum = config.data.grad_accum_steps
   batch_spec = batch_sharding.spec
   tau = float(config.optimizer.qk_clip_tau)
-  spec = models.ModelSpec.from_config(config.model)
+  spec = model_spec
   if tau > 0 and not getattr(model, "report_max_logits", False):
     raise ValueError("optimizer.qk_clip_tau > 0 needs a model built with "
                      "report_max_logits=True (train.build does this)")
-  loss_fn = make_loss_fn(model, config.model.z_loss)
+  loss_fn = make_loss_fn(model, spec.z_loss)
   value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
   sampled_grad_fn = jax.grad(make_sampled_label_loss(model))
   hessian_key = jax.random.PRNGKey(config.seed + 1)

@@ -54,6 +54,7 @@ import flax.linen as nn
 import jax
 
 from optbench_jax.models import flops, losses, sharding
+from optbench_jax.optim import labels
 from optbench_jax.models.llama import LanguageModel
 from optbench_jax.models.spec import ModelSpec
 
@@ -102,14 +103,10 @@ def logical_axes(model_cfg: Any) -> Any:
   return nn.get_partition_spec(_abstract_boxed(ModelSpec.from_config(model_cfg)))
 
 
-def _path_keys(path) -> tuple[str, ...]:
-  return tuple(str(getattr(p, "key", getattr(p, "name", p))) for p in path)
-
-
 def param_batch_axes(params: Any) -> Any:
   """Leading batch axes per leaf: 1 under 'layers', 2 under 'layers/.../experts', else 0."""
   def axes(path, _):
-    keys = _path_keys(path)
+    keys = labels.path_keys(path)
     if "layers" not in keys:
       return 0
     return 2 if "experts" in keys else 1
@@ -128,7 +125,7 @@ def count_params(model_cfg: Any) -> dict[str, int]:
   shapes = abstract_params(spec)
   total = embedding = experts = 0
   for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]:
-    keys = _path_keys(path)
+    keys = labels.path_keys(path)
     n = math.prod(leaf.shape)
     total += n
     if keys[0] in ("embed", "lm_head"):

@@ -41,6 +41,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from optbench_jax.optim import labels
+
 Q_PATH = ("layers", "attn", "q_proj", "kernel")
 K_PATH = ("layers", "attn", "k_proj", "kernel")
 
@@ -58,10 +60,6 @@ def head_scales(max_logits: jax.Array, tau: float, num_kv_heads: int
   return q_scale, k_scale
 
 
-def _path_keys(path) -> tuple[str, ...]:
-  return tuple(str(getattr(p, "key", getattr(p, "name", p))) for p in path)
-
-
 def clip(params: Any, max_logits: jax.Array, tau: float, num_heads: int, num_kv_heads: int
          ) -> Any:
   """``params`` with the q/k kernels of every head with S_h > tau rescaled (module doc)."""
@@ -71,7 +69,7 @@ def clip(params: Any, max_logits: jax.Array, tau: float, num_heads: int, num_kv_
   found = set()
 
   def scale(path, kernel):
-    keys = _path_keys(path)
+    keys = labels.path_keys(path)
     if keys not in (Q_PATH, K_PATH):
       return kernel
     found.add(keys)

@@ -36,9 +36,8 @@ import optax
 
 from optbench_jax.optim import hyperparams
 from optbench_jax.optim import labels
-from optbench_jax.optim.muon import (batch_axes_fn, check_common, ema_momentum, fan_in_out,
-                                     matrices_with_adamw, orthogonalize)
-from optbench_jax.optim.scaling import decay_and_scale
+from optbench_jax.optim.matrix import (check_common, ema_momentum, fan_in_out, matrix_optimizer,
+                                       orthogonalize)
 
 RMS_TARGET = 0.2  # Moonlight's AdamW-matching update RMS
 
@@ -60,7 +59,7 @@ def scale_by_adamuon(beta: float = 0.95, beta2: float | None = None, nesterov: b
     hyperparams.check_beta("beta2", beta2)
   hyperparams.check_positive("eps", eps)
   b2 = beta if beta2 is None else beta2
-  axes_of = batch_axes_fn(batch_axes)
+  axes_of = labels.batch_axes_fn(batch_axes)
 
   def init_fn(params):
     return ScaleByAdaMuonState(momentum=optax.tree.zeros_like(params, dtype=mu_dtype),
@@ -125,12 +124,10 @@ def adamuon(learning_rate: Any = 6e-4, beta: float = 0.95, beta2: float | None =
     batch_axes: leading batch axes of stacked leaves (see ``labels``).
   """
   check_common(learning_rate, beta, adam_b1, adam_b2, adam_eps, ns_steps,
-                    ns_coefficients, ns_eps, weight_decay)
-  axes = batch_axes_fn(batch_axes)
-  return matrices_with_adamw(
-      optax.chain(scale_by_adamuon(beta, beta2, nesterov, sign_momentum, eps, ns_steps,
-                                   ns_coefficients, ns_eps, ns_dtype, axes, mu_dtype),
-                  decay_and_scale(learning_rate, weight_decay)),
-      axes, learning_rate if adam_learning_rate is None else adam_learning_rate,
-      adam_b1, adam_b2, adam_eps,
-      weight_decay if adam_weight_decay is None else adam_weight_decay, adam_mask, mu_dtype)
+               ns_coefficients, ns_eps, weight_decay)
+  axes = labels.batch_axes_fn(batch_axes)
+  return matrix_optimizer(
+      scale_by_adamuon(beta, beta2, nesterov, sign_momentum, eps, ns_steps, ns_coefficients,
+                       ns_eps, ns_dtype, axes, mu_dtype),
+      axes, learning_rate, weight_decay, adam_learning_rate, adam_b1, adam_b2, adam_eps,
+      adam_weight_decay, adam_mask, mu_dtype)

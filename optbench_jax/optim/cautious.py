@@ -18,8 +18,10 @@ not magnitudes, makes the mask independent of the (positive) learning rate.
 ``c_adamw`` / ``c_lion`` mask the Adam / Lion direction only; decoupled weight
 decay is added afterwards, unmasked, exactly as the paper's C-AdamW code
 (which decays the weights separately and masks ``exp_avg / denom``). The mean
-of the mask is taken per parameter tensor as in that code (a stacked ``(L,
-...)`` leaf counts as one tensor). The paper's code normalises by
+of the mask is taken per parameter tensor as in that code, where every layer
+is a tensor of its own: a stacked ``(L, ...)`` leaf with ``batch_axes`` 1 is L
+tensors, each normalised by its own mean (a mean over the whole stack would
+let one layer's agreement rescale another's step). The paper's code normalises by
 ``numel / (sum + 1)``; we use ``1 / max(mean, eps)`` (the form of its Algorithm
 and of our REFERENCE), which differs only by the ``+1`` (< 1e-6 relative on
 real-sized tensors).
@@ -27,7 +29,8 @@ real-sized tensors).
 Cost: mean(phi) must be known before any coordinate is written, so the mask is
 one more pass over the tensor, not one more elementwise op. On XLA:CPU the bare
 C-AdamW update moves 60 bytes per parameter against AdamW's 40 (1.5x; 52 B, 1.3x,
-is the floor), and the full train step is 1.00-1.03x AdamW's (BUILD_NOTES, issue 12).
+is the floor), and the full train step is 1.00-1.03x AdamW's (BUILD_NOTES, the
+cautious step-time measurements).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optbench_jax.optim import hyperparams, sign
+from optbench_jax.optim import hyperparams, labels, sign
 from optbench_jax.optim.scaling import decay_and_scale
 
 
@@ -47,22 +50,25 @@ class CautiousState(NamedTuple):
 
 
 def cautious_mask(update: jax.Array, grad: jax.Array, eps: float = 1e-8,
-                  inner_is_step: bool = False, sign_source: jax.Array | None = None
-                  ) -> jax.Array:
+                  inner_is_step: bool = False, sign_source: jax.Array | None = None,
+                  n_batch: int = 0) -> jax.Array:
   """Returns ``update`` masked to the coordinates aligned with ``grad``, rescaled.
 
   ``sign_source``: an array with the signs of ``update`` (default ``update``
-  itself), e.g. Adam's first moment for the Adam direction.
+  itself), e.g. Adam's first moment for the Adam direction. ``n_batch``:
+  leading batch axes (stacked layers); the mean of the mask is taken over the
+  other axes, once per layer.
   """
   source = update if sign_source is None else sign_source
   agree = (source * grad < 0) if inner_is_step else (source * grad > 0)
-  scale = 1.0 / jnp.maximum(jnp.mean(agree.astype(jnp.float32)), eps)
-  return jnp.where(agree, update * scale, 0).astype(update.dtype)
+  axes = tuple(range(n_batch, update.ndim))
+  kept = jnp.mean(agree.astype(jnp.float32), axis=axes, keepdims=True)
+  return jnp.where(agree, update * (1.0 / jnp.maximum(kept, eps)), 0).astype(update.dtype)
 
 
 def cautious(inner: optax.GradientTransformation, eps: float = 1e-8, *,
-             inner_is_step: bool = False, sign_source: Callable[[Any], Any] | None = None
-             ) -> optax.GradientTransformationExtraArgs:
+             inner_is_step: bool = False, sign_source: Callable[[Any], Any] | None = None,
+             batch_axes: labels.BatchAxesSpec = None) -> optax.GradientTransformationExtraArgs:
   """Applies the Cautious mask to the output of any ``inner`` transformation.
 
   Args:
@@ -74,21 +80,24 @@ def cautious(inner: optax.GradientTransformation, eps: float = 1e-8, *,
       of ``inner``'s output (after its update), read instead of the output for
       the mask. A speed option: the mask pass then reads an array the update
       writes anyway (C-AdamW: Adam's first moment), so XLA need not store the
-      direction for a second pass (issue 12).
+      direction for a second pass (it saves a read and a write of the direction
+      per parameter on XLA:CPU).
+    batch_axes: leading stacked axes per leaf (int, pytree or callable, see
+      ``labels``); every layer of a stack is masked and rescaled on its own.
   """
   hyperparams.check_positive("eps", eps)
   inner = optax.with_extra_args_support(inner)
+  axes_of = labels.batch_axes_fn(batch_axes)
 
   def init_fn(params):
     return CautiousState(inner_state=inner.init(params))
 
   def update_fn(updates, state, params=None, **extra_args):
     out, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
-    if sign_source is None:
-      out = jax.tree.map(lambda u, g: cautious_mask(u, g, eps, inner_is_step), out, updates)
-    else:
-      out = jax.tree.map(lambda u, g, s: cautious_mask(u, g, eps, inner_is_step, s), out,
-                         updates, sign_source(inner_state))
+    sources = out if sign_source is None else sign_source(inner_state)
+    out = jax.tree_util.tree_map_with_path(
+        lambda path, u, g, s: cautious_mask(u, g, eps, inner_is_step, s, axes_of(path, u)),
+        out, updates, sources)
     return out, CautiousState(inner_state=inner_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -96,12 +105,13 @@ def cautious(inner: optax.GradientTransformation, eps: float = 1e-8, *,
 
 def c_adamw(learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
             eps_root: float = 0.0, mu_dtype: Any = None, weight_decay: Any = 1e-4,
-            mask: Any = None, cautious_eps: float = 1e-8
-            ) -> optax.GradientTransformationExtraArgs:
+            mask: Any = None, cautious_eps: float = 1e-8,
+            batch_axes: labels.BatchAxesSpec = None) -> optax.GradientTransformationExtraArgs:
   """C-AdamW: the Cautious mask on the Adam direction, then decoupled weight decay.
 
   Arguments as :func:`optbench_jax.optim.adamw`; ``cautious_eps`` floors the
-  fraction of kept coordinates.
+  fraction of kept coordinates; ``batch_axes`` (leading stacked axes, see
+  ``labels``) makes every layer of a stack a tensor of its own for the mask.
   """
   hyperparams.check_beta("b1", b1)
   hyperparams.check_beta("b2", b2)
@@ -115,22 +125,23 @@ def c_adamw(learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: float =
   return optax.chain(
       cautious(optax.scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root,
                                    mu_dtype=mu_dtype), cautious_eps,
-               sign_source=lambda state: state.mu),
+               sign_source=lambda state: state.mu, batch_axes=batch_axes),
       decay_and_scale(learning_rate, weight_decay, mask),
   )
 
 
 def c_lion(learning_rate: Any, b1: float = 0.9, b2: float = 0.99, mu_dtype: Any = None,
-           weight_decay: Any = 1e-3, mask: Any = None, cautious_eps: float = 1e-8
-           ) -> optax.GradientTransformationExtraArgs:
+           weight_decay: Any = 1e-3, mask: Any = None, cautious_eps: float = 1e-8,
+           batch_axes: labels.BatchAxesSpec = None) -> optax.GradientTransformationExtraArgs:
   """C-Lion: the Cautious mask on the Lion direction, then decoupled weight decay.
 
-  Arguments as :func:`optbench_jax.optim.lion`.
+  Arguments as :func:`optbench_jax.optim.lion`; ``cautious_eps`` and
+  ``batch_axes`` as in :func:`c_adamw`.
   """
   hyperparams.check_beta("b1", b1)
   hyperparams.check_beta("b2", b2)
   hyperparams.check_positive("cautious_eps", cautious_eps)
   return optax.chain(
-      cautious(sign.scale_by_lion(b1, b2, mu_dtype), cautious_eps),
+      cautious(sign.scale_by_lion(b1, b2, mu_dtype), cautious_eps, batch_axes=batch_axes),
       decay_and_scale(learning_rate, weight_decay, mask),
   )

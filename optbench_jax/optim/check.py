@@ -10,7 +10,9 @@ reason of each failure. Exit status: 0 when every check passes, 1 otherwise,
       [--hparams='{"b1": 0.9}'] [--tree=small] [--skip=memory_and_speed]
 
 ``--tree=124m`` (default) times the step against AdamW on a 124M-shaped tree
-(about 2 GB of memory); ``--tree=small`` uses the small test tree.
+(about 2 GB of memory); ``--tree=small`` uses the small test tree. A built-in
+optimizer runs with the contract's hyperparameters for it
+(``contract.CONTRACT_HPARAMS``, each with its reason) under ``--hparams``.
 """
 
 from __future__ import annotations
@@ -55,9 +57,10 @@ def main(argv: list[str] | None = None) -> int:
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  hparams = {**contract.hparams_for(args.optimizer), **hparams}
   results = contract.run_checks(factory, hparams,
                                 [n for n in contract.CHECKS if n not in skip], tree=args.tree)
-  print_table(args.optimizer, results)
+  print_table(args.optimizer + (f" {hparams}" if hparams else ""), results)
   return 0 if all(r.passed for r in results) else 1
 
 

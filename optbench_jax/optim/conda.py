@@ -43,7 +43,7 @@ import optax
 from optbench_jax.optim import hyperparams
 from optbench_jax.optim import labels
 from optbench_jax.optim import linalg
-from optbench_jax.optim.muon import batch_axes_fn, fan_in_out, matrices_with_adamw
+from optbench_jax.optim.matrix import fan_in_out, matrices_with_adamw
 from optbench_jax.optim.scaling import decay_and_scale
 
 
@@ -89,7 +89,7 @@ def scale_by_conda(b1: float = 0.9, b2: float = 0.99, eps: float = 1e-8,
   hyperparams.check_positive("eps", eps)
   hyperparams.check_positive("scale", scale)
   hyperparams.check_int_at_least("update_proj_gap", update_proj_gap, 1)
-  axes_of = batch_axes_fn(batch_axes)
+  axes_of = labels.batch_axes_fn(batch_axes)
 
   def geometry(path, x):
     """(n_batch, fan_in, fan_out, matrix view shape) of a leaf."""
@@ -174,7 +174,7 @@ def conda(learning_rate: Any = 0.01, b1: float = 0.9, b2: float = 0.99, eps: flo
   """
   hyperparams.check_learning_rate("learning_rate", learning_rate)
   hyperparams.check_non_negative("weight_decay", weight_decay)
-  axes = batch_axes_fn(batch_axes)
+  axes = labels.batch_axes_fn(batch_axes)
   direction = scale_by_conda(b1, b2, eps, scale, update_proj_gap, axes, mu_dtype)
   pick = lambda value, default: default if value is None else value
   adam_b1, adam_b2, adam_eps = pick(adam_b1, b1), pick(adam_b2, b2), pick(adam_eps, eps)

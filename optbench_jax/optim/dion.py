@@ -21,7 +21,11 @@ rank_multiple_of)`` (at most the short side), ``Q_0`` standard normal (drawn
 from ``seed``), and ``power_iters`` repetitions of the P, R pair (R feeding the
 next iteration unnormalised). An all-zero B leaves Q unchanged and gives a
 zero update (the reference's ``fix_all_zero_or_nan``). Leading batch axes
-(stacked layers, experts) are independent matrices.
+(stacked layers, experts) are independent matrices, with random draws of
+their own: matrix j in tree order (a stack counted matrix by matrix) draws
+its Q_0 from ``fold_in(key(seed), j)`` and its sketches from ``fold_in(step
+key, j)`` (``matrix.normal_per_matrix``), so a stacked ``(L, m, n)`` leaf
+follows exactly the trajectory of L separate ``(m, n)`` leaves in its place.
 
 ``orth`` (``qr_method``) is, as in the reference code:
 
@@ -43,7 +47,7 @@ gathers a whole matrix (Householder QR gathers P, an r x dim factor).
 Deviations from the reference code: Q and the power iteration are float32
 (the reference keeps Q in the parameter dtype; its QR steps run in float32);
 no ``cqr_warmup_steps`` (its async ``dion.py`` ignores it too); the sketch is
-drawn from a key folded from ``seed``, the step count and the leaf, where the
+drawn from a key folded from ``seed``, the step count and the matrix, where the
 reference advances one generator.
 
 On CPU, the QR / Cholesky / triangular-solve calls of different leaves are
@@ -63,7 +67,8 @@ import optax
 from optbench_jax.optim import hyperparams
 from optbench_jax.optim import labels
 from optbench_jax.optim.adam import adamw
-from optbench_jax.optim.muon import ADAM, batch_axes_fn, fan_in_out
+from optbench_jax.optim import matrix
+from optbench_jax.optim.matrix import ADAM, fan_in_out
 from optbench_jax.optim.scaling import decay_and_scale
 from optbench_jax.optim.linalg import serialize_after as _after
 
@@ -124,11 +129,16 @@ def _cholesky_qr(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   return _solve_upper_right(upper, x), upper
 
 
-def _rcqr(p: jax.Array, key: jax.Array, oversample: float, previous) -> jax.Array:
-  """Randomized Cholesky QR of a tall p (..., m, r), as the reference's ``orthogonalize``."""
+def _rcqr(p: jax.Array, key: jax.Array, oversample: float, previous, first: int = 0
+          ) -> jax.Array:
+  """Randomized Cholesky QR of a tall p (..., m, r), as the reference's ``orthogonalize``.
+
+  The sketch of the matrix numbered ``first + j`` (j its flat index in p's
+  batch) is drawn from ``fold_in(key, first + j)``.
+  """
   m, r = p.shape[-2:]
   k = 128 * math.ceil(oversample * r / 128)
-  sketch = jax.random.normal(key, p.shape[:-2] + (k, m), jnp.float32) / math.sqrt(k)
+  sketch = matrix.normal_per_matrix(key, first, p.shape[:-2], (k, m)) / math.sqrt(k)
   sp = _after(previous, jnp.einsum("...km,...mr->...kr", sketch, p))
   upper = jnp.linalg.qr(sp, mode="r")[..., :r, :]
   q = _solve_upper_right(upper, p)
@@ -136,28 +146,32 @@ def _rcqr(p: jax.Array, key: jax.Array, oversample: float, previous) -> jax.Arra
 
 
 def orthogonalize(p: jax.Array, method: str, key: jax.Array, oversample: float = 1.25,
-                  previous: jax.Array | None = None) -> jax.Array:
+                  previous: jax.Array | None = None, first: int = 0) -> jax.Array:
   """Orthonormal basis of the columns of every (..., m, r) matrix of ``p`` (float32).
 
   ``method``: ``"rcqr"``, ``"cqr"`` or ``"qr"`` (see the module doc); ``key``
-  draws the rcqr sketch; ``previous``: an array the first LAPACK call waits for.
+  draws the rcqr sketches (matrix ``first + j`` of p's batch from ``fold_in(key,
+  first + j)``); ``previous``: an array the first LAPACK call waits for.
   """
   m, r = p.shape[-2:]
   if method == "qr" or m <= r:
     return jnp.linalg.qr(_after(previous, p))[0]
   if method == "rcqr":
-    return _rcqr(p, key, oversample, previous)
+    return _rcqr(p, key, oversample, previous, first)
   q, upper = _cholesky_qr(_after(previous, p))
   return jax.lax.cond(jnp.all(jnp.isfinite(upper)), lambda: q,
-                      lambda: _rcqr(p, key, oversample, upper))
+                      lambda: _rcqr(p, key, oversample, upper, first))
 
 
-def _dion_matrix(b, q, mu, power_iters, method, key, oversample, eps, previous):
-  """One Dion step on tall B (..., m, n) with Q (..., n, r): (P, new Q, new B)."""
+def _dion_matrix(b, q, mu, power_iters, method, key, oversample, eps, previous, first):
+  """One Dion step on tall B (..., m, n) with Q (..., n, r): (P, new Q, new B).
+
+  ``first``: the number of B's first matrix (keys its sketches, see ``_rcqr``).
+  """
   q_in = q
   for i in range(power_iters):
     p = orthogonalize(jnp.einsum("...mn,...nr->...mr", b, q), method,
-                      jax.random.fold_in(key, i), oversample, previous)
+                      jax.random.fold_in(key, i), oversample, previous, first)
     previous = p
     q = jnp.einsum("...mn,...mr->...nr", b, p)
   # All-zero B: P = 0 and Q kept (P, R would be NaN or zero otherwise).
@@ -179,19 +193,20 @@ def scale_by_dion(mu: float = 0.95, rank_fraction: float = 1.0, rank_multiple_of
   elsewhere); ``batch_axes`` says how many leading axes are stacked matrices.
   """
   _check_dion(mu, rank_fraction, rank_multiple_of, power_iters, qr_method, oversample, eps)
-  axes_of = batch_axes_fn(batch_axes)
+  axes_of = labels.batch_axes_fn(batch_axes)
 
   def init_fn(params):
     base = jax.random.key(seed)
 
-    def init_q(i, path, p):
+    def init_q(first, path, p):
       n_batch = axes_of(path, p)
       _, short, _ = _tall(p.shape, n_batch)
-      shape = p.shape[:n_batch] + (short, rank_of(short, rank_fraction, rank_multiple_of))
-      return jax.random.normal(jax.random.fold_in(base, i), shape, jnp.float32)
+      rank = rank_of(short, rank_fraction, rank_multiple_of)
+      return matrix.normal_per_matrix(base, first, p.shape[:n_batch], (short, rank))
 
     paths, treedef = jax.tree_util.tree_flatten_with_path(params)
-    qs = [init_q(i, path, p) for i, (path, p) in enumerate(paths)]
+    offsets = matrix.matrix_offsets([p.shape[:axes_of(path, p)] for path, p in paths])
+    qs = [init_q(first, path, p) for first, (path, p) in zip(offsets, paths)]
     return ScaleByDionState(count=jnp.zeros([], jnp.int32),
                             momentum=optax.tree.zeros_like(params, dtype=mu_dtype),
                             q=treedef.unflatten(qs))
@@ -200,14 +215,15 @@ def scale_by_dion(mu: float = 0.95, rank_fraction: float = 1.0, rank_multiple_of
     del params
     paths, treedef = jax.tree_util.tree_flatten_with_path(updates)
     step_key = jax.random.fold_in(jax.random.key(seed), state.count)
+    offsets = matrix.matrix_offsets([g.shape[:axes_of(path, g)] for path, g in paths])
     out, momenta, qs, previous = [], [], [], None
-    for i, ((path, g), m, q) in enumerate(zip(paths, treedef.flatten_up_to(state.momentum),
-                                              treedef.flatten_up_to(state.q))):
+    for first, (path, g), m, q in zip(offsets, paths, treedef.flatten_up_to(state.momentum),
+                                      treedef.flatten_up_to(state.q)):
       n_batch = axes_of(path, g)
       fan_in, fan_out = fan_in_out(g.shape, n_batch)
       b = _to_tall(m.astype(jnp.float32) + g.astype(jnp.float32), n_batch)
-      p, q_new, b = _dion_matrix(b, q, mu, power_iters, qr_method,
-                                 jax.random.fold_in(step_key, i), oversample, eps, previous)
+      p, q_new, b = _dion_matrix(b, q, mu, power_iters, qr_method, step_key, oversample, eps,
+                                 previous, first)
       previous = q_new
       u = math.sqrt(fan_out / fan_in) * jnp.einsum("...mr,...nr->...mn", p, q_new)
       out.append(_from_tall(u, g.shape, n_batch).astype(g.dtype))
@@ -275,7 +291,7 @@ def dion(learning_rate: Any = 0.01, mu: float = 0.95, rank_fraction: float = 1.0
   hyperparams.check_beta("adam_b2", adam_b2)
   hyperparams.check_positive("adam_eps", adam_eps)
   hyperparams.check_non_negative("adam_weight_decay", adam_weight_decay)
-  axes = batch_axes_fn(batch_axes)
+  axes = labels.batch_axes_fn(batch_axes)
   if adam_learning_rate is None:
     adam_learning_rate = learning_rate
   if adam_mask is None:
@@ -290,3 +306,9 @@ def dion(learning_rate: Any = 0.01, mu: float = 0.95, rank_fraction: float = 1.0
        ADAM: adamw(adam_learning_rate, adam_b1, adam_b2, adam_eps, mu_dtype=mu_dtype,
                    weight_decay=adam_weight_decay, mask=adam_mask)},
       routing)
+
+
+# Floats that fix a shape (the rank; the sketch's rows per rank): under
+# ``optax.inject_hyperparams`` they must be ``static_args``, like the integer
+# arguments (``contract.static_arguments`` reads this).
+dion.static_args = ("rank_fraction", "oversample")

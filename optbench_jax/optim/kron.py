@@ -40,7 +40,12 @@ Deviations from psgd_jax, and why:
 * the PRNG key lives in the state (seeded by ``seed``), so a run is
   reproducible and a checkpoint resumes the same random stream.
 
-Stacked leaves (``batch_axes``) get one set of factors per matrix.
+Stacked leaves (``batch_axes``) get one set of factors per matrix, and one
+probe per matrix: matrix j in tree order (a stack counted matrix by matrix)
+draws V from ``fold_in(probe_key, j)`` (``matrix.normal_per_matrix``), so a
+stacked ``(L, m, n)`` leaf follows exactly the trajectory of L separate
+``(m, n)`` leaves in its place, as in psgd_torch where every layer is a
+parameter of its own.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ import optax
 
 from optbench_jax.optim import hyperparams
 from optbench_jax.optim import labels as labels_lib
+from optbench_jax.optim import matrix
 from optbench_jax.optim.scaling import decay_and_scale
 
 _TINY = 1e-30
@@ -273,12 +279,14 @@ def scale_by_kron(b1: float = 0.9, preconditioner_lr: float = 0.1,
     do_update = jax.random.uniform(draw_key) < probability(count)
 
     fit_one = lambda qs, g, v: update_factors(qs, g, v, preconditioner_lr)  # pylint: disable=unnecessary-lambda-assignment
+    offsets = matrix.matrix_offsets([m.shape[:lay.n_batch] for lay, m in zip(lays, momenta)])
     new_factors = []
-    for i, (lay, m, qs) in enumerate(zip(lays, momenta, factors)):
+    for first, lay, m, qs in zip(offsets, lays, momenta, factors):
       if not qs:
         new_factors.append(qs)
         continue
-      probe = jax.random.normal(jax.random.fold_in(probe_key, i), m.shape, jnp.float32)
+      probe = matrix.normal_per_matrix(probe_key, first, m.shape[:lay.n_batch],
+                                       m.shape[lay.n_batch:])
       fit = _batched(fit_one, lay.n_batch)
       # One cond per leaf: a single cond around every leaf's triangular solves
       # deadlocks XLA:CPU's concurrent thunk executor (jax 0.10.2, seen on 2 cores).

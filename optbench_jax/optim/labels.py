@@ -64,6 +64,31 @@ def resolve_batch_axes(params: Any, batch_axes: BatchAxesSpec = None) -> Any:
   return jax.tree.map(lambda _, b: int(b), params, batch_axes)
 
 
+def batch_axes_fn(batch_axes: BatchAxesSpec = None) -> Callable[[tuple, Any], int]:
+  """Any ``batch_axes`` form (None, int, pytree, callable) as ``(path, leaf) -> int``.
+
+  :func:`resolve_batch_axes` needs the whole parameter tree; this form answers
+  for one leaf at a time, so it also works on the masked sub-trees
+  ``optax.partition`` hands to each branch (a pytree of ints no longer matches
+  their structure). Pytrees are looked up by key path.
+  """
+  if batch_axes is None or isinstance(batch_axes, int):
+    n = int(batch_axes or 0)
+    return lambda path, leaf: n
+  if callable(batch_axes):
+    return lambda path, leaf: int(batch_axes(path, leaf))
+  table = {jax.tree_util.keystr(path): int(n)
+           for path, n in jax.tree_util.tree_leaves_with_path(batch_axes)}
+
+  def lookup(path, leaf):
+    del leaf
+    key = jax.tree_util.keystr(path)
+    if key not in table:
+      raise ValueError(f"batch_axes has no entry for parameter {key}")
+    return table[key]
+  return lookup
+
+
 def _label_leaf(path, leaf, n_batch: int) -> str:
   ndim = len(getattr(leaf, "shape", ()))
   if n_batch < 0 or n_batch > ndim:

@@ -35,49 +35,14 @@ import math
 from typing import Any, Callable, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from optbench_jax.optim import hyperparams
 from optbench_jax.optim import labels
 from optbench_jax.optim import linalg
-from optbench_jax.optim.adam import adamw
+from optbench_jax.optim.matrix import (ADAM, MUON, check_common, fan_in_out, matrix_optimizer,
+                                       matrix_routing, orthogonalize)
 from optbench_jax.optim.scaling import decay_and_scale
-
-MUON = "muon"
-ADAM = "adam"
-
-
-def batch_axes_fn(batch_axes: labels.BatchAxesSpec) -> Callable[[tuple, Any], int]:
-  """Any ``batch_axes`` form (None, int, pytree, callable) as ``(path, leaf) -> int``.
-
-  A callable works on the masked sub-trees ``optax.partition`` hands to each
-  branch (a pytree of ints no longer matches their structure); pytrees are
-  looked up by key path.
-  """
-  if batch_axes is None or isinstance(batch_axes, int):
-    n = int(batch_axes or 0)
-    return lambda path, leaf: n
-  if callable(batch_axes):
-    return lambda path, leaf: int(batch_axes(path, leaf))
-  table = {jax.tree_util.keystr(path): int(n)
-           for path, n in jax.tree_util.tree_leaves_with_path(batch_axes)}
-
-  def lookup(path, leaf):
-    key = jax.tree_util.keystr(path)
-    if key not in table:
-      raise ValueError(f"batch_axes has no entry for parameter {key}")
-    return table[key]
-  return lookup
-
-
-def fan_in_out(shape: tuple[int, ...], n_batch: int) -> tuple[int, int]:
-  """(fan_in, fan_out) of a Flax kernel: all non-batch dims but the last, and the last."""
-  matrix = shape[n_batch:]
-  if len(matrix) < 2:
-    raise ValueError(f"a matrix needs >= 2 non-batch dims, got shape {shape} "
-                     f"with {n_batch} batch axes")
-  return math.prod(matrix[:-1]), matrix[-1]
 
 
 def muon_scale(fan_in: int, fan_out: int) -> float:
@@ -88,31 +53,6 @@ def muon_scale(fan_in: int, fan_out: int) -> float:
 def d_muon_scale(fan_in: int, fan_out: int) -> float:
   """Moonlight's RMS-matching scale 0.2 sqrt(max(fan_in, fan_out))."""
   return 0.2 * math.sqrt(max(fan_in, fan_out))
-
-
-def orthogonalize(x: jax.Array, n_batch: int, ns_steps: int = 5,
-                  ns_coefficients="classic", ns_eps: float = 1e-7,
-                  ns_dtype="float32") -> jax.Array:
-  """NS of every matrix in a kernel leaf, >2-D kernels flattened to (fan_in, fan_out)."""
-  fan_in, fan_out = fan_in_out(x.shape, n_batch)
-  flat = x.reshape(x.shape[:n_batch] + (fan_in, fan_out))
-  out = linalg.newton_schulz(flat, ns_steps, ns_coefficients, ns_eps, ns_dtype)
-  return out.reshape(x.shape)
-
-
-def ema_momentum(g: jax.Array, m: jax.Array, beta, nesterov: bool
-                 ) -> tuple[jax.Array, jax.Array]:
-  """(direction, new momentum) of the EMA form (modded-nanogpt's ``lerp``).
-
-  ``m_t = beta m_{t-1} + (1 - beta) g_t`` in ``m.dtype``; the direction is
-  ``(1 - beta) g_t + beta m_t`` (Nesterov) or ``m_t``, in float32. NorMuon's
-  and AdaMuon's reference code use this form; Muon's ``buf = mu buf + g`` is
-  the same direction up to a scale factor (which NS removes).
-  """
-  g32 = g.astype(jnp.float32)
-  m = (beta * m.astype(jnp.float32) + (1 - beta) * g32).astype(m.dtype)
-  m32 = m.astype(jnp.float32)
-  return ((1 - beta) * g32 + beta * m32 if nesterov else m32), m
 
 
 class ScaleByMuonState(NamedTuple):
@@ -133,7 +73,7 @@ def scale_by_muon(beta: float = 0.95, nesterov: bool = True, ns_steps: int = 5,
   hyperparams.check_beta("beta", beta)
   linalg.newton_schulz_schedule(ns_coefficients, ns_steps)
   hyperparams.check_positive("ns_eps", ns_eps)
-  axes_of = batch_axes_fn(batch_axes)
+  axes_of = labels.batch_axes_fn(batch_axes)
 
   def init_fn(params):
     return ScaleByMuonState(momentum=optax.tree.zeros_like(params, dtype=mu_dtype))
@@ -157,54 +97,6 @@ def scale_by_muon(beta: float = 0.95, nesterov: bool = True, ns_steps: int = 5,
     return out, ScaleByMuonState(momentum=momentum)
 
   return optax.GradientTransformation(init_fn, update_fn)
-
-
-def matrix_routing(batch_axes: labels.BatchAxesSpec) -> Callable[[Any], Any]:
-  """params -> 'muon' for hidden matrices, 'adam' for embeddings, head and vectors.
-
-  The ``optax.partition`` labels of every Muon-family optimizer (Muon, D-Muon,
-  NorMuon, AdaMuon, Conda): the matrix branch is keyed ``MUON``, the AdamW
-  branch ``ADAM``.
-  """
-  axes = batch_axes_fn(batch_axes)
-  return lambda params: jax.tree.map(
-      lambda label: MUON if label == labels.MATRIX else ADAM,
-      labels.label_params(params, axes))
-
-
-def check_common(learning_rate, beta, adam_b1, adam_b2, adam_eps, ns_steps,
-                 ns_coefficients, ns_eps, weight_decay):
-  """Construction-time checks shared by the Muon-family factories."""
-  hyperparams.check_learning_rate("learning_rate", learning_rate)
-  hyperparams.check_beta("beta", beta)
-  hyperparams.check_beta("adam_b1", adam_b1)
-  hyperparams.check_beta("adam_b2", adam_b2)
-  hyperparams.check_positive("adam_eps", adam_eps)
-  hyperparams.check_positive("ns_eps", ns_eps)
-  hyperparams.check_non_negative("weight_decay", weight_decay)
-  linalg.newton_schulz_schedule(ns_coefficients, ns_steps)
-
-
-def matrices_with_adamw(matrix_tx: optax.GradientTransformation, batch_axes,
-                        adam_learning_rate: Any, adam_b1: float, adam_b2: float,
-                        adam_eps: float, adam_weight_decay: Any, adam_mask: Any,
-                        mu_dtype: Any = None) -> optax.GradientTransformationExtraArgs:
-  """``matrix_tx`` on hidden matrices, AdamW on embeddings, head and vectors.
-
-  ``matrix_tx`` is the whole matrix branch (direction, decay, learning rate).
-  The AdamW branch decays the leaves of ``adam_mask`` (default
-  ``labels.weight_decay_mask``: an untied head, never embeddings or vectors).
-  """
-  hyperparams.check_learning_rate("adam_learning_rate", adam_learning_rate)
-  hyperparams.check_non_negative("adam_weight_decay", adam_weight_decay)
-  axes = batch_axes_fn(batch_axes)
-  if adam_mask is None:
-    adam_mask = lambda params: labels.weight_decay_mask(params, axes)
-  return optax.partition(
-      {MUON: matrix_tx,
-       ADAM: adamw(adam_learning_rate, adam_b1, adam_b2, adam_eps, mu_dtype=mu_dtype,
-                   weight_decay=adam_weight_decay, mask=adam_mask)},
-      matrix_routing(axes))
 
 
 def muon(learning_rate: Any = 0.02, beta: float = 0.95, nesterov: bool = True,
@@ -234,13 +126,12 @@ def muon(learning_rate: Any = 0.02, beta: float = 0.95, nesterov: bool = True,
   """
   check_common(learning_rate, beta, adam_b1, adam_b2, adam_eps, ns_steps,
                ns_coefficients, ns_eps, weight_decay)
-  axes = batch_axes_fn(batch_axes)
-  return matrices_with_adamw(
-      optax.chain(scale_by_muon(beta, nesterov, ns_steps, ns_coefficients, ns_eps, ns_dtype,
-                                axes, muon_scale, mu_dtype),
-                  decay_and_scale(learning_rate, weight_decay)),
-      axes, learning_rate if adam_learning_rate is None else adam_learning_rate,
-      adam_b1, adam_b2, adam_eps, adam_weight_decay, adam_mask, mu_dtype)
+  axes = labels.batch_axes_fn(batch_axes)
+  return matrix_optimizer(
+      scale_by_muon(beta, nesterov, ns_steps, ns_coefficients, ns_eps, ns_dtype, axes,
+                    muon_scale, mu_dtype),
+      axes, learning_rate, weight_decay, adam_learning_rate, adam_b1, adam_b2, adam_eps,
+      adam_weight_decay, adam_mask, mu_dtype)
 
 
 def d_muon(learning_rate: Any = 1e-3, beta: float = 0.95, nesterov: bool = True,
@@ -258,7 +149,7 @@ def d_muon(learning_rate: Any = 1e-3, beta: float = 0.95, nesterov: bool = True,
   """
   check_common(learning_rate, beta, adam_b1, adam_b2, adam_eps, ns_steps,
                ns_coefficients, ns_eps, weight_decay)
-  axes = batch_axes_fn(batch_axes)
+  axes = labels.batch_axes_fn(batch_axes)
   if mask is None:
     mask = lambda params: labels.weight_decay_mask(params, axes)
   return optax.chain(

@@ -41,9 +41,9 @@ import optax
 
 from optbench_jax.optim import hyperparams
 from optbench_jax.optim import labels
-from optbench_jax.optim.muon import (batch_axes_fn, check_common, ema_momentum, fan_in_out,
-                                     matrices_with_adamw, muon_scale, orthogonalize)
-from optbench_jax.optim.scaling import decay_and_scale
+from optbench_jax.optim.matrix import (check_common, ema_momentum, fan_in_out, matrix_optimizer,
+                                       orthogonalize)
+from optbench_jax.optim.muon import muon_scale
 
 RESCALES = ("muon", "rms")
 RMS_TARGET = 0.2  # Moonlight's AdamW-matching update RMS
@@ -68,7 +68,7 @@ def scale_by_normuon(beta: float = 0.95, beta2: float = 0.95, nesterov: bool = T
   hyperparams.check_beta("beta2", beta2)
   hyperparams.check_positive("eps", eps)
   hyperparams.check_choice("rescale", rescale, RESCALES)
-  axes_of = batch_axes_fn(batch_axes)
+  axes_of = labels.batch_axes_fn(batch_axes)
 
   def nu_shape(path, p):
     n_batch = axes_of(path, p)
@@ -91,8 +91,7 @@ def scale_by_normuon(beta: float = 0.95, beta2: float = 0.95, nesterov: bool = T
       n_batch = axes_of(path, g)
       fan_in, fan_out = fan_in_out(g.shape, n_batch)
       direction, m = ema_momentum(g, m, beta, nesterov)
-      ortho = orthogonalize(direction, n_batch, ns_steps, ns_coefficients, ns_eps,
-                                 ns_dtype)
+      ortho = orthogonalize(direction, n_batch, ns_steps, ns_coefficients, ns_eps, ns_dtype)
       o = ortho.reshape(g.shape[:n_batch] + (fan_in, fan_out)).astype(jnp.float32)
       v = beta2 * v + (1 - beta2) * jnp.mean(jnp.square(o), axis=-2, keepdims=True)
       o_hat = o / (jnp.sqrt(v) + eps)
@@ -144,12 +143,10 @@ def normuon(learning_rate: Any = 0.02, beta: float = 0.95, beta2: float = 0.95,
     batch_axes: leading batch axes of stacked leaves (see ``labels``).
   """
   check_common(learning_rate, beta, adam_b1, adam_b2, adam_eps, ns_steps,
-                    ns_coefficients, ns_eps, weight_decay)
-  axes = batch_axes_fn(batch_axes)
-  return matrices_with_adamw(
-      optax.chain(scale_by_normuon(beta, beta2, nesterov, eps, rescale, ns_steps,
-                                   ns_coefficients, ns_eps, ns_dtype, axes, mu_dtype),
-                  decay_and_scale(learning_rate, weight_decay)),
-      axes, learning_rate if adam_learning_rate is None else adam_learning_rate,
-      adam_b1, adam_b2, adam_eps,
-      weight_decay if adam_weight_decay is None else adam_weight_decay, adam_mask, mu_dtype)
+               ns_coefficients, ns_eps, weight_decay)
+  axes = labels.batch_axes_fn(batch_axes)
+  return matrix_optimizer(
+      scale_by_normuon(beta, beta2, nesterov, eps, rescale, ns_steps, ns_coefficients,
+                       ns_eps, ns_dtype, axes, mu_dtype),
+      axes, learning_rate, weight_decay, adam_learning_rate, adam_b1, adam_b2, adam_eps,
+      adam_weight_decay, adam_mask, mu_dtype)

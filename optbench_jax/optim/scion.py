@@ -42,7 +42,7 @@ import optax
 from optbench_jax.optim import hyperparams
 from optbench_jax.optim import labels
 from optbench_jax.optim import linalg
-from optbench_jax.optim.muon import batch_axes_fn, fan_in_out, orthogonalize
+from optbench_jax.optim.matrix import fan_in_out, orthogonalize
 from optbench_jax.optim.scaling import decay_and_scale
 
 _EPS = 1e-8
@@ -103,7 +103,7 @@ def scale_by_scion(beta: float = 0.9, hidden_radius: float = 50.0,
     embedding_radius = 60.0 * hidden_radius if embedding_lmo == "sign" else hidden_radius
   if head_radius is None:
     head_radius = 60.0 * hidden_radius if head_lmo == "sign" else hidden_radius
-  axes_of = batch_axes_fn(batch_axes)
+  axes_of = labels.batch_axes_fn(batch_axes)
 
   def lmo(path, m, label):
     n_batch = axes_of(path, m)
@@ -161,7 +161,7 @@ def scion(learning_rate: Any = 2.0**-12, beta: float = 0.9, hidden_radius: float
   hyperparams.check_learning_rate("learning_rate", learning_rate)
   hyperparams.check_non_negative("weight_decay", weight_decay)
   hyperparams.check_positive("ns_eps", ns_eps)
-  axes = batch_axes_fn(batch_axes)
+  axes = labels.batch_axes_fn(batch_axes)
   if constrained:
     weight_decay, mask = 1.0, None
   elif mask is None:

@@ -53,7 +53,7 @@ import optax
 from optbench_jax.optim import hyperparams
 from optbench_jax.optim import labels
 from optbench_jax.optim import linalg
-from optbench_jax.optim.muon import batch_axes_fn, fan_in_out
+from optbench_jax.optim.matrix import fan_in_out
 from optbench_jax.optim.scaling import decay_and_scale
 from optbench_jax.optim.linalg import serialize_after as _after
 
@@ -104,7 +104,7 @@ def scale_by_splus(b1: float = 0.9, b2: float = 0.999, ema_rate: float = 0.999,
   ``update`` needs ``params`` (the EMA averages them).
   """
   _check(b1, b2, ema_rate, eps, inverse_every, max_dim)
-  axes_of = batch_axes_fn(batch_axes)
+  axes_of = labels.batch_axes_fn(batch_axes)
 
   def init_fn(params):
     def factors(path, p, fill):
@@ -191,7 +191,7 @@ def shape_scale(label: str, shape: tuple[int, ...], n_batch: int, max_dim: int,
 def scale_by_shape(max_dim: int = 10000, nonstandard_constant: float = 0.001,
                    batch_axes: labels.BatchAxesSpec = None) -> optax.GradientTransformation:
   """Multiplies every leaf by its SPlus shape scale (``shape_scale``)."""
-  axes_of = batch_axes_fn(batch_axes)
+  axes_of = labels.batch_axes_fn(batch_axes)
 
   def update_fn(updates, state, params=None):
     del params

@@ -1,4 +1,7 @@
-"""AdaMuon against a float64 NumPy reference, AdamW on the rest, and on a sharded mesh.
+"""AdaMuon against a float64 NumPy reference, and AdamW on the rest.
+
+The generic properties are in test_contract_builtins, the sharded transformer layout
+in test_muon (the Muon family).
 
 The reference is written from Si et al. 2025 (arXiv:2507.11005, Algorithm 1:
 sign-stabilised momentum, NS, element-wise second moment of O without bias
@@ -19,8 +22,7 @@ import pytest
 
 import optbench_jax.optim as O
 from optbench_jax.optim import linalg
-from tests.optim import harness
-from optbench_jax.optim import sharding_check
+from optbench_jax.optim import testing
 from tests.optim.test_linalg_newton_schulz import reference_newton_schulz
 from tests.optim.test_muon import transformer_tree
 
@@ -53,21 +55,21 @@ def reference_adamuon(kernel, grads, lr, beta, beta2, wd, sign=True, nesterov=Tr
 def test_matches_reference(shape, sign, nesterov, beta2):
   rng = np.random.default_rng(0)
   params = {"w": {"kernel": jnp.asarray(rng.normal(size=shape), jnp.float32)}}
-  grads = harness.make_grads(params)  # 20 steps
+  grads = testing.make_grads(params, 20)  # 20 steps
   tx = O.adamuon(3e-3, beta=0.9, beta2=beta2, sign_momentum=sign, nesterov=nesterov,
                  weight_decay=0.1)
-  traj = harness.run_trajectory(tx, params, grads)
+  traj = testing.run_trajectory(tx, params, grads)
   ref = reference_adamuon(params["w"]["kernel"], [g["w"]["kernel"] for g in grads],
                           3e-3, 0.9, 0.9 if beta2 is None else beta2, 0.1, sign, nesterov)
-  harness.assert_trajectory_close(traj, [{"w": {"kernel": r}} for r in ref],
+  testing.assert_trajectory_close(traj, [{"w": {"kernel": r}} for r in ref],
                                   rtol=2e-5, atol=2e-6)
 
 
 def test_update_rms_is_aligned_to_adam_per_matrix():
   rng = np.random.default_rng(1)
   stack = jnp.asarray(rng.normal(size=(3, 7, 5)), jnp.float32)
-  grads = harness.make_grads({"k": stack}, 4)
-  traj = harness.run_trajectory(O.adamuon(1e-2, weight_decay=0.0, batch_axes=1),
+  grads = testing.make_grads({"k": stack}, 4)
+  traj = testing.run_trajectory(O.adamuon(1e-2, weight_decay=0.0, batch_axes=1),
                                 {"k": stack}, grads)
   previous = stack
   for step in traj:
@@ -76,47 +78,19 @@ def test_update_rms_is_aligned_to_adam_per_matrix():
     previous = step["k"]
 
 
-def test_stacked_leaf_equals_loop_over_matrices():
-  rng = np.random.default_rng(2)
-  stack = jnp.asarray(rng.normal(size=(3, 5, 9)), jnp.float32)
-  grads = harness.make_grads({"k": stack})
-  stacked = harness.run_trajectory(O.adamuon(3e-3, batch_axes=1), {"k": stack}, grads)
-  for i in range(3):
-    single = harness.run_trajectory(O.adamuon(3e-3), {"k": stack[i]},
-                                    [{"k": g["k"][i]} for g in grads])
-    harness.assert_trajectory_close([{"k": s["k"][i]} for s in stacked], single,
-                                    rtol=1e-6, atol=1e-6)
-
-
 def test_non_matrix_leaves_follow_adamw_with_the_shared_lr_and_weight_decay():
   params, batch_axes, _ = transformer_tree(layers=4)
-  grads = harness.make_grads(params, 5)
-  traj = harness.run_trajectory(O.adamuon(2e-3, weight_decay=0.1, batch_axes=batch_axes),
+  grads = testing.make_grads(params, 5)
+  traj = testing.run_trajectory(O.adamuon(2e-3, weight_decay=0.1, batch_axes=batch_axes),
                                 params, grads)
   pick = lambda t: {"embed": t["embed"], "final_norm": t["final_norm"],
                     "lm_head": t["lm_head"], "norm": t["layers"]["attn_norm"]}
   mask = {"embed": {"embedding": False}, "final_norm": {"scale": False},
           "lm_head": {"kernel": True}, "norm": {"scale": False}}
-  expected = harness.run_trajectory(
+  expected = testing.run_trajectory(
       optax.adamw(2e-3, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, mask=mask),
       pick(params), [pick(g) for g in grads])
-  harness.assert_trajectory_close([pick(t) for t in traj], expected, rtol=1e-7, atol=0)
-
-
-def test_common_properties():
-  harness.check_common_properties(
-      O.adamuon, dict(learning_rate=3e-3, weight_decay=0.1, beta2=0.9,
-                      batch_axes=harness.BATCH_AXES), rtol=1e-5)
-
-
-def test_trains_mlp():
-  harness.check_trains_mlp(O.adamuon(1e-2, weight_decay=0.0), steps=150, max_ratio=0.3)
-
-
-def test_sharded_matches_unsharded():
-  params, batch_axes, specs = transformer_tree()
-  tx = O.create("adamuon", learning_rate=3e-3, weight_decay=0.1, batch_axes=batch_axes)
-  sharding_check.check_sharded_matches_unsharded(tx, params, specs, rtol=2e-5, atol=2e-6)
+  testing.assert_trajectory_close([pick(t) for t in traj], expected, rtol=1e-7, atol=0)
 
 
 @pytest.mark.parametrize("bad, match", [

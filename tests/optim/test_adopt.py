@@ -6,15 +6,15 @@ import optax
 import pytest
 
 import optbench_jax.optim as O
-from tests.optim import harness
+from optbench_jax.optim import testing
 
 
 def reference_adopt(params, grads, lr, b1, b2, eps, wd, nesterov=False):
-  flat, treedef = jax.tree.flatten(harness.to_numpy(params))
+  flat, treedef = jax.tree.flatten(testing.to_numpy(params))
   m = [np.zeros_like(x) for x in flat]
   v = [np.zeros_like(x) for x in flat]
   out = []
-  for t, g_tree in enumerate(harness.to_numpy(grads)):  # t = earlier steps
+  for t, g_tree in enumerate(testing.to_numpy(grads)):  # t = earlier steps
     for i, g in enumerate(jax.tree.leaves(g_tree)):
       if t == 0:  # step 1 only initialises v (and decays the weights)
         v[i] = g**2
@@ -31,34 +31,26 @@ def reference_adopt(params, grads, lr, b1, b2, eps, wd, nesterov=False):
 
 @pytest.mark.parametrize("nesterov", [False, True])
 def test_matches_reference_and_optax(nesterov):
-  params = harness.make_params()
-  grads = harness.make_grads(params)
+  params = testing.make_params()
+  grads = testing.make_grads(params, 20)
   kwargs = dict(learning_rate=1e-2, b1=0.8, b2=0.99, eps=1e-6)
-  traj = harness.run_trajectory(O.adopt(**kwargs, weight_decay=0.0, nesterov=nesterov),
+  traj = testing.run_trajectory(O.adopt(**kwargs, weight_decay=0.0, nesterov=nesterov),
                                 params, grads)
-  theirs = harness.run_trajectory(optax.contrib.adopt(**kwargs, nesterov=nesterov), params, grads)
-  harness.assert_trajectory_close(traj, theirs, 0, 0)
-  harness.assert_trajectory_close(
+  theirs = testing.run_trajectory(optax.contrib.adopt(**kwargs, nesterov=nesterov), params, grads)
+  testing.assert_trajectory_close(traj, theirs, 0, 0)
+  testing.assert_trajectory_close(
       traj, reference_adopt(params, grads, 1e-2, 0.8, 0.99, 1e-6, 0.0, nesterov))
 
 
 def test_weight_decay_matches_reference():
-  params = harness.make_params()
-  grads = harness.make_grads(params)
-  traj = harness.run_trajectory(O.adopt(1e-2, b1=0.9, b2=0.999, weight_decay=0.1), params, grads)
-  harness.assert_trajectory_close(
+  params = testing.make_params()
+  grads = testing.make_grads(params, 20)
+  traj = testing.run_trajectory(O.adopt(1e-2, b1=0.9, b2=0.999, weight_decay=0.1), params, grads)
+  testing.assert_trajectory_close(
       traj, reference_adopt(params, grads, 1e-2, 0.9, 0.999, 1e-6, 0.1))
   # The first step is weight decay only (the ADOPT update is zero).
   np.testing.assert_allclose(traj[0]["dense"]["kernel"], params["dense"]["kernel"] * (1 - 1e-3),
                              rtol=1e-6)
-
-
-def test_common_properties():
-  harness.check_common_properties(O.adopt, dict(learning_rate=1e-2, weight_decay=0.1))
-
-
-def test_trains_mlp():
-  harness.check_trains_mlp(O.adopt(learning_rate=1e-2))
 
 
 @pytest.mark.parametrize("bad, match", [

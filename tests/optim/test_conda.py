@@ -1,4 +1,7 @@
-"""Conda against a float64 NumPy reference, AdamW on the rest, and on a sharded mesh.
+"""Conda against a float64 NumPy reference, and AdamW on the rest.
+
+The generic properties are in test_contract_builtins, the sharded transformer layout
+in test_muon (the Muon family).
 
 The reference is written from Wang et al. 2025 (arXiv:2509.24218): Adam's
 moments with the second moment taken of the gradient projected onto the
@@ -19,8 +22,7 @@ import optax
 import pytest
 
 import optbench_jax.optim as O
-from tests.optim import harness
-from optbench_jax.optim import sharding_check
+from optbench_jax.optim import testing
 from tests.optim.test_muon import transformer_tree
 
 
@@ -51,12 +53,12 @@ def reference_conda(kernel, grads, lr, b1, b2, eps, scale, gap, wd):
 def test_matches_reference(shape):
   rng = np.random.default_rng(0)
   params = {"w": {"kernel": jnp.asarray(rng.normal(size=shape), jnp.float32)}}
-  grads = harness.make_grads(params)  # 20 steps: SVD refreshes at t = 1, 6, 11, 16
+  grads = testing.make_grads(params, 20)  # 20 steps: SVD refreshes at t = 1, 6, 11, 16
   tx = O.conda(1e-2, b1=0.9, b2=0.99, scale=0.25, update_proj_gap=5, weight_decay=0.1)
-  traj = harness.run_trajectory(tx, params, grads)
+  traj = testing.run_trajectory(tx, params, grads)
   ref = reference_conda(params["w"]["kernel"], [g["w"]["kernel"] for g in grads],
                         1e-2, 0.9, 0.99, 1e-8, 0.25, 5, 0.1)
-  harness.assert_trajectory_close(traj, [{"w": {"kernel": r}} for r in ref],
+  testing.assert_trajectory_close(traj, [{"w": {"kernel": r}} for r in ref],
                                   rtol=2e-5, atol=2e-6)
 
 
@@ -67,7 +69,7 @@ def test_basis_refreshes_only_every_update_proj_gap_steps():
   state = tx.init(params)
   update = jax.jit(tx.update)
   bases = []
-  for g in harness.make_grads(params, 7):
+  for g in testing.make_grads(params, 7):
     _, state = update(g, state, params)
     bases.append(np.asarray(optax.tree.get(state, "basis")["w"]["kernel"]))
   changed = [not np.allclose(a, b) for a, b in zip(bases, bases[1:])]
@@ -75,50 +77,19 @@ def test_basis_refreshes_only_every_update_proj_gap_steps():
   np.testing.assert_allclose(bases[0] @ bases[0].T, np.eye(6), atol=1e-5)  # orthogonal
 
 
-def test_stacked_leaf_equals_loop_over_matrices():
-  rng = np.random.default_rng(2)
-  stack = jnp.asarray(rng.normal(size=(3, 5, 9)), jnp.float32)
-  grads = harness.make_grads({"k": stack})
-  build = lambda axes: O.conda(1e-2, update_proj_gap=4, batch_axes=axes)
-  stacked = harness.run_trajectory(build(1), {"k": stack}, grads)
-  for i in range(3):
-    single = harness.run_trajectory(build(0), {"k": stack[i]},
-                                    [{"k": g["k"][i]} for g in grads])
-    harness.assert_trajectory_close([{"k": s["k"][i]} for s in stacked], single,
-                                    rtol=1e-5, atol=1e-6)
-
-
 def test_non_matrix_leaves_follow_adamw_with_the_shared_settings():
   params, batch_axes, _ = transformer_tree(layers=4)
-  grads = harness.make_grads(params, 5)
-  traj = harness.run_trajectory(
+  grads = testing.make_grads(params, 5)
+  traj = testing.run_trajectory(
       O.conda(1e-2, b1=0.8, b2=0.95, weight_decay=0.1, batch_axes=batch_axes), params, grads)
   pick = lambda t: {"embed": t["embed"], "final_norm": t["final_norm"],
                     "lm_head": t["lm_head"], "norm": t["layers"]["attn_norm"]}
   mask = {"embed": {"embedding": False}, "final_norm": {"scale": False},
           "lm_head": {"kernel": True}, "norm": {"scale": False}}
-  expected = harness.run_trajectory(
+  expected = testing.run_trajectory(
       optax.adamw(1e-2, b1=0.8, b2=0.95, eps=1e-8, weight_decay=0.1, mask=mask),
       pick(params), [pick(g) for g in grads])
-  harness.assert_trajectory_close([pick(t) for t in traj], expected, rtol=1e-7, atol=0)
-
-
-def test_common_properties():
-  harness.check_common_properties(
-      O.conda, dict(learning_rate=1e-2, weight_decay=0.1, update_proj_gap=3,
-                    batch_axes=harness.BATCH_AXES), rtol=1e-5)
-
-
-def test_trains_mlp():
-  harness.check_trains_mlp(O.conda(3e-2, update_proj_gap=20), steps=150, max_ratio=0.3)
-
-
-def test_sharded_matches_unsharded():
-  params, batch_axes, specs = transformer_tree()
-  tx = O.create("conda", learning_rate=1e-2, weight_decay=0.1, update_proj_gap=2,
-                batch_axes=batch_axes)
-  sharding_check.check_sharded_matches_unsharded(tx, params, specs, rtol=2e-5, atol=2e-6,
-                                                   pin_state="other")
+  testing.assert_trajectory_close([pick(t) for t in traj], expected, rtol=1e-7, atol=0)
 
 
 @pytest.mark.parametrize("bad, match", [

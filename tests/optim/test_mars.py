@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import optbench_jax.optim as O
-from tests.optim import harness
+from optbench_jax.optim import testing
 
 # make_params leaves in tree order: dense/kernel (matrix), layers/kernel (3 stacked
 # matrices), norm/scale (vector).
@@ -19,12 +19,12 @@ def clip_per_matrix(c, n_batch):
 
 
 def reference_mars(params, grads, lr, b1, b2, eps, gamma, wd, variant, lr_1d, b1_1d, b2_1d):
-  flat, treedef = jax.tree.flatten(harness.to_numpy(params))
+  flat, treedef = jax.tree.flatten(testing.to_numpy(params))
   m = [np.zeros_like(x) for x in flat]
   v = [np.zeros_like(x) for x in flat]
   prev = [None] * len(flat)
   out = []
-  for t, g_tree in enumerate(harness.to_numpy(grads), start=1):
+  for t, g_tree in enumerate(testing.to_numpy(grads), start=1):
     for i, g in enumerate(jax.tree.leaves(g_tree)):
       if N_BATCH[i] is None:  # vector: AdamW with the 1-D betas and learning rate
         m[i] = b1_1d * m[i] + (1 - b1_1d) * g
@@ -48,48 +48,35 @@ def reference_mars(params, grads, lr, b1, b2, eps, gamma, wd, variant, lr_1d, b1
 
 @pytest.mark.parametrize("variant", ["adamw", "lion"])
 def test_matches_reference(variant):
-  params = harness.make_params()
+  params = testing.make_params()
   # Gradients of norm ~ 0.3 per matrix so that both sides of the unit-norm clip occur.
-  grads = [jax.tree.map(lambda g: 0.15 * g, g) for g in harness.make_grads(params)]
+  grads = [jax.tree.map(lambda g: 0.15 * g, g) for g in testing.make_grads(params, 20)]
   grads[3] = jax.tree.map(lambda g: 10.0 * g, grads[3])
   tx = O.mars(3e-3, b1=0.95, b2=0.99, gamma=0.025, variant=variant, weight_decay=0.1,
-              learning_rate_1d=1e-3, b1_1d=0.8, b2_1d=0.999, batch_axes=harness.BATCH_AXES)
-  traj = harness.run_trajectory(tx, params, grads)
+              learning_rate_1d=1e-3, b1_1d=0.8, b2_1d=0.999, batch_axes=testing.BATCH_AXES)
+  traj = testing.run_trajectory(tx, params, grads)
   expected = reference_mars(params, grads, 3e-3, 0.95, 0.99, 1e-8, 0.025, 0.1, variant,
                             1e-3, 0.8, 0.999)
-  harness.assert_trajectory_close(traj, expected)
+  testing.assert_trajectory_close(traj, expected)
 
 
 def test_single_learning_rate_and_gamma_zero_is_adamw_on_clipped_gradients():
-  params = harness.make_params()
-  grads = [jax.tree.map(lambda g: 0.05 * g, g) for g in harness.make_grads(params)]  # no clip
+  params = testing.make_params()
+  grads = [jax.tree.map(lambda g: 0.05 * g, g) for g in testing.make_grads(params, 20)]  # no clip
   tx = O.mars(1e-2, b1=0.9, b2=0.99, gamma=0.0, weight_decay=0.1, b1_1d=0.9, b2_1d=0.99,
-              batch_axes=harness.BATCH_AXES)
+              batch_axes=testing.BATCH_AXES)
   ref = O.adamw(1e-2, b1=0.9, b2=0.99, weight_decay=0.1)
-  harness.assert_trajectory_close(harness.run_trajectory(tx, params, grads),
-                                  harness.run_trajectory(ref, params, grads))
+  testing.assert_trajectory_close(testing.run_trajectory(tx, params, grads),
+                                  testing.run_trajectory(ref, params, grads))
 
 
 def test_state_has_previous_gradient_for_matrices_only():
-  params = harness.make_params()
-  state = O.mars(1e-3, batch_axes=harness.BATCH_AXES).init(params)[0]
+  params = testing.make_params()
+  state = O.mars(1e-3, batch_axes=testing.BATCH_AXES).init(params)[0]
   assert state.prev_grad["layers"]["kernel"].shape == (3, 5, 4)
   assert state.prev_grad["norm"]["scale"].shape == ()
   lion_state = O.mars(1e-3, variant="lion").init(params)[0]
   assert lion_state.nu["dense"]["kernel"].shape == ()  # MARS-Lion keeps no v for matrices
-
-
-@pytest.mark.parametrize("hparams", [
-    dict(learning_rate=1e-2, weight_decay=0.1, batch_axes=harness.BATCH_AXES),
-    dict(learning_rate=1e-2, learning_rate_1d=1e-3, variant="lion"),
-])
-def test_common_properties(hparams):
-  harness.check_common_properties(O.mars, hparams)
-
-
-@pytest.mark.parametrize("variant, lr", [("adamw", 1e-2), ("lion", 3e-3)])
-def test_trains_mlp(variant, lr):
-  harness.check_trains_mlp(O.mars(lr, variant=variant))
 
 
 @pytest.mark.parametrize("bad, match", [
@@ -110,4 +97,4 @@ def test_bad_hyperparameters(bad, match):
 
 def test_impossible_batch_axes_fail_at_init():
   with pytest.raises(ValueError, match="batch_axes"):
-    O.mars(1e-3, batch_axes=4).init(harness.make_params())
+    O.mars(1e-3, batch_axes=4).init(testing.make_params())

@@ -1,4 +1,5 @@
-"""Muon and D-Muon against float64 NumPy references, optax, and on a sharded mesh."""
+"""Muon and D-Muon against float64 NumPy references and optax; the Muon family on a
+sharded transformer layout. The generic properties are in test_contract_builtins."""
 
 import math
 
@@ -11,7 +12,7 @@ from jax.sharding import PartitionSpec as P
 
 import optbench_jax.optim as O
 from optbench_jax.optim import linalg
-from tests.optim import harness
+from optbench_jax.optim import testing
 from optbench_jax.optim import sharding_check
 from tests.optim.test_linalg_newton_schulz import reference_newton_schulz
 
@@ -65,42 +66,30 @@ def transformer_tree(seed=0, layers=8):
 def test_matches_reference_on_2d_matrix(shape, nesterov):
   rng = np.random.default_rng(0)
   params = {"w": {"kernel": jnp.asarray(rng.normal(size=shape), jnp.float32)}}
-  grads = harness.make_grads(params, 4)
+  grads = testing.make_grads(params, 4)
   tx = O.muon(learning_rate=0.05, beta=0.9, nesterov=nesterov, weight_decay=0.1)
-  traj = harness.run_trajectory(tx, params, grads)
+  traj = testing.run_trajectory(tx, params, grads)
   scale = math.sqrt(max(1.0, shape[1] / shape[0]))
   ref = reference_muon_matrix(params["w"]["kernel"], [g["w"]["kernel"] for g in grads],
                               0.05, 0.9, scale, wd=0.1, nesterov=nesterov)
-  harness.assert_trajectory_close(traj, [{"w": {"kernel": r}} for r in ref], rtol=1e-5, atol=1e-6)
-
-
-def test_stacked_leaf_equals_loop_over_matrices():
-  rng = np.random.default_rng(1)
-  stack = jnp.asarray(rng.normal(size=(3, 5, 9)), jnp.float32)
-  grads = harness.make_grads({"k": stack}, 3)
-  stacked = harness.run_trajectory(O.muon(0.03, batch_axes=1), {"k": stack}, grads)
-  for i in range(3):
-    single = harness.run_trajectory(O.muon(0.03), {"k": stack[i]},
-                                    [{"k": g["k"][i]} for g in grads])
-    harness.assert_trajectory_close([{"k": s["k"][i]} for s in stacked], single,
-                                    rtol=1e-6, atol=1e-6)
+  testing.assert_trajectory_close(traj, [{"w": {"kernel": r}} for r in ref], rtol=1e-5, atol=1e-6)
 
 
 def test_non_matrix_leaves_follow_adamw_exactly():
   params, batch_axes, _ = transformer_tree(layers=4)
-  grads = harness.make_grads(params, 5)
+  grads = testing.make_grads(params, 5)
   kw = dict(adam_learning_rate=3e-3, adam_b1=0.8, adam_b2=0.99, adam_eps=1e-8,
             adam_weight_decay=0.1)
-  traj = harness.run_trajectory(O.muon(0.02, batch_axes=batch_axes, **kw), params, grads)
+  traj = testing.run_trajectory(O.muon(0.02, batch_axes=batch_axes, **kw), params, grads)
   pick = lambda t: {"embed": t["embed"], "final_norm": t["final_norm"],
                     "lm_head": t["lm_head"], "norm": t["layers"]["attn_norm"]}
   # The untied head is decayed, the embedding and norms are not.
   mask = {"embed": {"embedding": False}, "final_norm": {"scale": False},
           "lm_head": {"kernel": True}, "norm": {"scale": False}}
-  expected = harness.run_trajectory(
+  expected = testing.run_trajectory(
       optax.adamw(3e-3, b1=0.8, b2=0.99, eps=1e-8, weight_decay=0.1, mask=mask),
       pick(params), [pick(g) for g in grads])
-  harness.assert_trajectory_close([pick(t) for t in traj], expected, rtol=1e-7, atol=0)
+  testing.assert_trajectory_close([pick(t) for t in traj], expected, rtol=1e-7, atol=0)
   # Hidden matrices did not take Adam steps: their update is a scaled orthogonal matrix.
   delta = np.asarray(traj[0]["layers"]["attn"]["q_proj"]["kernel"][0]
                      - params["layers"]["attn"]["q_proj"]["kernel"][0]) / -0.02
@@ -112,24 +101,24 @@ def test_d_muon_scale_shared_lr_and_weight_decay():
   rng = np.random.default_rng(2)
   params = {"hidden": {"kernel": jnp.asarray(rng.normal(size=(6, 10)), jnp.float32)},
             "norm": {"scale": jnp.asarray(rng.normal(size=(10,)), jnp.float32)}}
-  grads = harness.make_grads(params, 3)
+  grads = testing.make_grads(params, 3)
   lr, wd, mu = 1e-2, 0.1, 0.95
-  traj = harness.run_trajectory(
+  traj = testing.run_trajectory(
       O.d_muon(lr, beta=mu, weight_decay=wd, adam_b1=0.8, adam_b2=0.999), params, grads)
   scale = 0.2 * math.sqrt(10)
   ref = reference_muon_matrix(params["hidden"]["kernel"], [g["hidden"]["kernel"] for g in grads],
                               lr, mu, scale, wd=wd)
-  norm_ref = harness.run_trajectory(optax.adam(lr, b1=0.8, b2=0.999), params["norm"],
+  norm_ref = testing.run_trajectory(optax.adam(lr, b1=0.8, b2=0.999), params["norm"],
                                     [g["norm"] for g in grads])
   expected = [{"hidden": {"kernel": r}, "norm": n} for r, n in zip(ref, norm_ref)]
-  harness.assert_trajectory_close(traj, expected, rtol=1e-5, atol=1e-6)
+  testing.assert_trajectory_close(traj, expected, rtol=1e-5, atol=1e-6)
   # With an explicit mask that decays everything, the vector is decayed with the same lr.
   all_decay = O.d_muon(lr, beta=mu, weight_decay=wd, adam_b1=0.8, mask=lambda p: jax.tree.map(
       lambda _: True, p))
-  decayed = harness.run_trajectory(all_decay, params, grads[:1])
-  norm_wd = harness.run_trajectory(optax.adamw(lr, b1=0.8, weight_decay=wd), params["norm"],
+  decayed = testing.run_trajectory(all_decay, params, grads[:1])
+  norm_wd = testing.run_trajectory(optax.adamw(lr, b1=0.8, weight_decay=wd), params["norm"],
                                    [grads[0]["norm"]])
-  harness.assert_trajectory_close([decayed[0]["norm"]], norm_wd, rtol=1e-6, atol=1e-7)
+  testing.assert_trajectory_close([decayed[0]["norm"]], norm_wd, rtol=1e-6, atol=1e-7)
 
 
 def test_agrees_with_optax_contrib_muon_without_nesterov():
@@ -138,34 +127,28 @@ def test_agrees_with_optax_contrib_muon_without_nesterov():
   rng = np.random.default_rng(3)
   params = {"a": {"kernel": jnp.asarray(rng.normal(size=(8, 12)), jnp.float32)},
             "b": {"kernel": jnp.asarray(rng.normal(size=(12, 8)), jnp.float32)}}
-  grads = harness.make_grads(params, 5)
-  ours = harness.run_trajectory(O.muon(0.02, beta=0.9, nesterov=False), params, grads)
-  theirs = harness.run_trajectory(
+  grads = testing.make_grads(params, 5)
+  ours = testing.run_trajectory(O.muon(0.02, beta=0.9, nesterov=False), params, grads)
+  theirs = testing.run_trajectory(
       optax.contrib.muon(0.02, beta=0.9, nesterov=False, eps=1e-7), params, grads)
-  harness.assert_trajectory_close(ours, theirs, rtol=1e-5, atol=1e-6)
+  testing.assert_trajectory_close(ours, theirs, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("build", [O.muon, O.d_muon])
-def test_common_properties(build):
-  harness.check_common_properties(
-      build, dict(learning_rate=0.02, weight_decay=0.1, batch_axes=harness.BATCH_AXES),
-      rtol=1e-5)
-
-
-@pytest.mark.parametrize("tx", [
-    O.muon(0.02, adam_learning_rate=1e-2),
-    O.muon(0.02, adam_learning_rate=1e-2, ns_coefficients="polar_express"),
-    O.d_muon(3e-2, weight_decay=0.0),
-], ids=["muon", "muon_polar_express", "d_muon"])
-def test_trains_mlp(tx):
-  harness.check_trains_mlp(tx, steps=150, max_ratio=0.3)
-
-
-@pytest.mark.parametrize("name", ["muon", "d_muon"])
-def test_sharded_matches_unsharded(name):
+@pytest.mark.parametrize("name, hparams, pin_state", [
+    ("muon", dict(learning_rate=0.01), "none"),
+    ("d_muon", dict(learning_rate=0.01), "none"),
+    ("normuon", dict(learning_rate=0.01), "other"),
+    ("adamuon", dict(learning_rate=3e-3), "none"),
+    ("conda", dict(learning_rate=1e-2, update_proj_gap=2), "other"),
+])
+def test_muon_family_sharded_on_a_transformer_layout(name, hparams, pin_state):
+  """The layout the contract's sharded tree lacks: MoE experts with two batch axes, a
+  down projection sharded (tensor, fsdp), the embedding and untied head (AdamW branch)
+  sharded over both mesh axes."""
   params, batch_axes, specs = transformer_tree()
-  tx = O.create(name, learning_rate=0.01, weight_decay=0.1, batch_axes=batch_axes)
-  sharding_check.check_sharded_matches_unsharded(tx, params, specs, rtol=2e-5, atol=2e-6)
+  tx = O.create(name, weight_decay=0.1, batch_axes=batch_axes, **hparams)
+  sharding_check.check_sharded_matches_unsharded(tx, params, specs, rtol=2e-5, atol=2e-6,
+                                                 pin_state=pin_state)
 
 
 def test_stacked_newton_schulz_is_distributed_not_gathered():

@@ -1,4 +1,7 @@
-"""NorMuon against a float64 NumPy reference, AdamW on the rest, and on a sharded mesh.
+"""NorMuon against a float64 NumPy reference, and AdamW on the rest.
+
+The generic properties are in test_contract_builtins, the sharded transformer layout
+in test_muon (the Muon family).
 
 The reference is written from Li et al. 2025 (arXiv:2510.05491) in the
 PyTorch orientation of the authors' code (weights ``(out, in)``, neurons =
@@ -18,8 +21,7 @@ import pytest
 
 import optbench_jax.optim as O
 from optbench_jax.optim import linalg
-from tests.optim import harness
-from optbench_jax.optim import sharding_check
+from optbench_jax.optim import testing
 from tests.optim.test_linalg_newton_schulz import reference_newton_schulz
 from tests.optim.test_muon import transformer_tree
 
@@ -55,13 +57,13 @@ def reference_normuon(kernel, grads, lr, beta, beta2, wd, rescale, nesterov=True
 def test_matches_reference(shape, rescale, nesterov):
   rng = np.random.default_rng(0)
   params = {"w": {"kernel": jnp.asarray(rng.normal(size=shape), jnp.float32)}}
-  grads = harness.make_grads(params)  # 20 steps
+  grads = testing.make_grads(params, 20)  # 20 steps
   tx = O.normuon(0.03, beta=0.9, beta2=0.8, nesterov=nesterov, rescale=rescale,
                  weight_decay=0.1)
-  traj = harness.run_trajectory(tx, params, grads)
+  traj = testing.run_trajectory(tx, params, grads)
   ref = reference_normuon(params["w"]["kernel"], [g["w"]["kernel"] for g in grads],
                           0.03, 0.9, 0.8, 0.1, rescale, nesterov)
-  harness.assert_trajectory_close(traj, [{"w": {"kernel": r}} for r in ref],
+  testing.assert_trajectory_close(traj, [{"w": {"kernel": r}} for r in ref],
                                   rtol=2e-5, atol=2e-6)
 
 
@@ -69,8 +71,8 @@ def test_neurons_are_columns_of_a_flax_kernel():
   """With beta2 = 0 every output neuron (column) of the update has the same norm."""
   rng = np.random.default_rng(1)
   kernel = jnp.asarray(rng.normal(size=(6, 10)), jnp.float32)
-  grads = harness.make_grads({"k": kernel}, 1)
-  traj = harness.run_trajectory(O.normuon(0.1, beta2=0.0, weight_decay=0.0),
+  grads = testing.make_grads({"k": kernel}, 1)
+  traj = testing.run_trajectory(O.normuon(0.1, beta2=0.0, weight_decay=0.0),
                                 {"k": kernel}, grads)
   delta = np.asarray(traj[0]["k"] - kernel, np.float64)
   column_norms = np.linalg.norm(delta, axis=0)
@@ -78,22 +80,10 @@ def test_neurons_are_columns_of_a_flax_kernel():
   assert np.ptp(np.linalg.norm(delta, axis=1)) > 1e-3  # the rows are not equalised
 
 
-def test_stacked_leaf_equals_loop_over_matrices():
-  rng = np.random.default_rng(2)
-  stack = jnp.asarray(rng.normal(size=(3, 5, 9)), jnp.float32)
-  grads = harness.make_grads({"k": stack})
-  stacked = harness.run_trajectory(O.normuon(0.03, batch_axes=1), {"k": stack}, grads)
-  for i in range(3):
-    single = harness.run_trajectory(O.normuon(0.03), {"k": stack[i]},
-                                    [{"k": g["k"][i]} for g in grads])
-    harness.assert_trajectory_close([{"k": s["k"][i]} for s in stacked], single,
-                                    rtol=1e-6, atol=1e-6)
-
-
 def test_non_matrix_leaves_follow_adamw_with_the_shared_weight_decay():
   params, batch_axes, _ = transformer_tree(layers=4)
-  grads = harness.make_grads(params, 5)
-  traj = harness.run_trajectory(
+  grads = testing.make_grads(params, 5)
+  traj = testing.run_trajectory(
       O.normuon(0.02, weight_decay=0.1, adam_learning_rate=3e-3, batch_axes=batch_axes),
       params, grads)
   pick = lambda t: {"embed": t["embed"], "final_norm": t["final_norm"],
@@ -101,32 +91,10 @@ def test_non_matrix_leaves_follow_adamw_with_the_shared_weight_decay():
   # adam_weight_decay=None takes weight_decay; the untied head is decayed, the rest not.
   mask = {"embed": {"embedding": False}, "final_norm": {"scale": False},
           "lm_head": {"kernel": True}, "norm": {"scale": False}}
-  expected = harness.run_trajectory(
+  expected = testing.run_trajectory(
       optax.adamw(3e-3, b1=0.9, b2=0.95, eps=1e-10, weight_decay=0.1, mask=mask),
       pick(params), [pick(g) for g in grads])
-  harness.assert_trajectory_close([pick(t) for t in traj], expected, rtol=1e-7, atol=0)
-
-
-@pytest.mark.parametrize("rescale", ["muon", "rms"])
-def test_common_properties(rescale):
-  harness.check_common_properties(
-      O.normuon, dict(learning_rate=0.02, weight_decay=0.1, rescale=rescale,
-                      batch_axes=harness.BATCH_AXES), rtol=1e-5)
-
-
-@pytest.mark.parametrize("tx", [
-    O.normuon(0.02, adam_learning_rate=1e-2),
-    O.normuon(3e-2, rescale="rms", weight_decay=0.0),
-], ids=["muon_rescale", "rms_rescale"])
-def test_trains_mlp(tx):
-  harness.check_trains_mlp(tx, steps=150, max_ratio=0.3)
-
-
-def test_sharded_matches_unsharded():
-  params, batch_axes, specs = transformer_tree()
-  tx = O.create("normuon", learning_rate=0.01, weight_decay=0.1, batch_axes=batch_axes)
-  sharding_check.check_sharded_matches_unsharded(tx, params, specs, rtol=2e-5, atol=2e-6,
-                                                   pin_state="other")
+  testing.assert_trajectory_close([pick(t) for t in traj], expected, rtol=1e-7, atol=0)
 
 
 @pytest.mark.parametrize("bad, match", [

@@ -7,19 +7,19 @@ import optax
 import pytest
 
 import optbench_jax.optim as O
-from tests.optim import harness
+from optbench_jax.optim import testing
 
 
 def reference_prodigy(params, grads, lr, b1, b2, eps, d0, wd, bias_correction=True,
                       safeguard_warmup=False, coef=1.0):
-  flat, treedef = jax.tree.flatten(harness.to_numpy(params))
+  flat, treedef = jax.tree.flatten(testing.to_numpy(params))
   x0 = [x.copy() for x in flat]
   m = [np.zeros_like(x) for x in flat]
   v = [np.zeros_like(x) for x in flat]
   s = [np.zeros_like(x) for x in flat]
   b3, d, r = np.sqrt(b2), d0, 0.0
   out = []
-  for t, g_tree in enumerate(harness.to_numpy(grads), start=1):
+  for t, g_tree in enumerate(testing.to_numpy(grads), start=1):
     g = jax.tree.leaves(g_tree)
     eta = lr(t - 1) if callable(lr) else lr
     bc = np.sqrt(1 - b2**t) / (1 - b1**t) if bias_correction else 1.0
@@ -38,18 +38,18 @@ def reference_prodigy(params, grads, lr, b1, b2, eps, d0, wd, bias_correction=Tr
 
 
 def test_matches_reference_and_optax():
-  params = harness.make_params()
-  grads = harness.make_grads(params, 25)
-  traj = harness.run_trajectory(O.prodigy(1.0, b1=0.9, b2=0.999, weight_decay=0.1), params, grads)
+  params = testing.make_params()
+  grads = testing.make_grads(params, 25)
+  traj = testing.run_trajectory(O.prodigy(1.0, b1=0.9, b2=0.999, weight_decay=0.1), params, grads)
   theirs = optax.contrib.prodigy(1.0, betas=(0.9, 0.999), weight_decay=0.1)
-  harness.assert_trajectory_close(traj, harness.run_trajectory(theirs, params, grads))
+  testing.assert_trajectory_close(traj, testing.run_trajectory(theirs, params, grads))
   expected = reference_prodigy(params, grads, 1.0, 0.9, 0.999, 1e-8, 1e-6, 0.1)
-  harness.assert_trajectory_close(traj, expected)
+  testing.assert_trajectory_close(traj, expected)
 
 
 def test_step_size_estimate_grows():
   """On f(x) = |x|^2 / 2 (gradient x) d rises from d0 by >= two orders of magnitude, monotonically."""
-  params = harness.make_params()
+  params = testing.make_params()
   tx = O.prodigy(1.0)
   state, update = tx.init(params), jax.jit(tx.update)
   estimates = []
@@ -62,45 +62,37 @@ def test_step_size_estimate_grows():
 
 
 def test_schedule_and_safeguard_match_optax():
-  params = harness.make_params()
-  grads = harness.make_grads(params)
+  params = testing.make_params()
+  grads = testing.make_grads(params, 20)
   schedule = optax.linear_schedule(1.0, 0.2, 20)
   ours = O.prodigy(schedule, b1=0.8, b2=0.99, safeguard_warmup=True, estim_lr_coef=0.5)
   theirs = optax.contrib.prodigy(schedule, betas=(0.8, 0.99), safeguard_warmup=True,
                                  estim_lr_coef=0.5)
-  traj = harness.run_trajectory(ours, params, grads)
-  harness.assert_trajectory_close(traj, harness.run_trajectory(theirs, params, grads))
-  harness.assert_trajectory_close(
+  traj = testing.run_trajectory(ours, params, grads)
+  testing.assert_trajectory_close(traj, testing.run_trajectory(theirs, params, grads))
+  testing.assert_trajectory_close(
       traj, reference_prodigy(params, grads, schedule, 0.8, 0.99, 1e-8, 1e-6, 0.0,
                               safeguard_warmup=True, coef=0.5))
 
 
 def test_without_bias_correction_matches_reference():
-  params = harness.make_params()
-  grads = harness.make_grads(params)
-  traj = harness.run_trajectory(O.prodigy(1.0, use_bias_correction=False), params, grads)
-  harness.assert_trajectory_close(
+  params = testing.make_params()
+  grads = testing.make_grads(params, 20)
+  traj = testing.run_trajectory(O.prodigy(1.0, use_bias_correction=False), params, grads)
+  testing.assert_trajectory_close(
       traj, reference_prodigy(params, grads, 1.0, 0.9, 0.999, 1e-8, 1e-6, 0.0, False))
 
 
 def test_weight_decay_mask():
-  params = harness.make_params()
-  grads = harness.make_grads(params, 5)
-  mask = O.weight_decay_mask(params, harness.BATCH_AXES)
-  masked = harness.run_trajectory(O.prodigy(1.0, weight_decay=0.5, mask=mask), params, grads)
-  plain = harness.run_trajectory(O.prodigy(1.0, weight_decay=0.0), params, grads)
-  decayed = harness.run_trajectory(O.prodigy(1.0, weight_decay=0.5), params, grads)
+  params = testing.make_params()
+  grads = testing.make_grads(params, 5)
+  mask = O.weight_decay_mask(params, testing.BATCH_AXES)
+  masked = testing.run_trajectory(O.prodigy(1.0, weight_decay=0.5, mask=mask), params, grads)
+  plain = testing.run_trajectory(O.prodigy(1.0, weight_decay=0.0), params, grads)
+  decayed = testing.run_trajectory(O.prodigy(1.0, weight_decay=0.5), params, grads)
   np.testing.assert_allclose(masked[-1]["norm"]["scale"], plain[-1]["norm"]["scale"], rtol=1e-6)
   np.testing.assert_allclose(masked[-1]["dense"]["kernel"], decayed[-1]["dense"]["kernel"],
                              rtol=1e-6)
-
-
-def test_common_properties():
-  harness.check_common_properties(O.prodigy, dict(learning_rate=1.0, weight_decay=0.1))
-
-
-def test_trains_mlp():
-  harness.check_trains_mlp(O.prodigy(learning_rate=1.0))
 
 
 @pytest.mark.parametrize("bad, match", [
@@ -120,10 +112,10 @@ def test_bad_hyperparameters(bad, match):
 
 def test_zero_learning_rate_at_start_keeps_d_finite():
   """A warmup that starts at lr 0 must not turn the d estimate into 0/0 = NaN."""
-  params = harness.make_params()
-  grads = harness.make_grads(params, 6)
+  params = testing.make_params()
+  grads = testing.make_grads(params, 6)
   tx = O.prodigy(learning_rate=O.schedules.cosine(1.0, total_steps=10, warmup_steps=2))
-  traj = harness.run_trajectory(tx, params, grads)
+  traj = testing.run_trajectory(tx, params, grads)
   for p in traj:
     for leaf in jax.tree.leaves(p):
       assert bool(jnp.all(jnp.isfinite(leaf)))

@@ -6,19 +6,19 @@ import optax
 import pytest
 
 import optbench_jax.optim as O
-from tests.optim import harness
+from optbench_jax.optim import testing
 
 
 def reference_sf_adamw(params, grads, lr, b1, b2, eps, wd, power=2.0, warmup=0):
   """The paper's y / z / x recursion; z-steps read the warmup at t-1, weights at t (optax)."""
   schedule = lambda step: lr * min(step / warmup, 1.0) if warmup else lr
-  y, treedef = jax.tree.flatten(harness.to_numpy(params))
+  y, treedef = jax.tree.flatten(testing.to_numpy(params))
   z = [a.copy() for a in y]
   x = [a.copy() for a in y]
   v = [np.zeros_like(a) for a in y]
   max_lr, weight_sum = 0.0, 0.0
   out = []
-  for t, g_tree in enumerate(harness.to_numpy(grads), start=1):
+  for t, g_tree in enumerate(testing.to_numpy(grads), start=1):
     max_lr = max(max_lr, schedule(t))
     weight = max_lr**power
     weight_sum += weight
@@ -35,20 +35,20 @@ def reference_sf_adamw(params, grads, lr, b1, b2, eps, wd, power=2.0, warmup=0):
 
 @pytest.mark.parametrize("warmup", [None, 5])
 def test_matches_reference_and_optax(warmup):
-  params = harness.make_params()
-  grads = harness.make_grads(params)
+  params = testing.make_params()
+  grads = testing.make_grads(params, 20)
   kwargs = dict(learning_rate=1e-2, warmup_steps=warmup, b1=0.9, b2=0.99, weight_decay=0.1)
   ours = O.schedule_free_adamw(**kwargs)
-  traj = harness.run_trajectory(ours, params, grads)
-  harness.assert_trajectory_close(
-      traj, harness.run_trajectory(optax.contrib.schedule_free_adamw(**kwargs), params, grads))
+  traj = testing.run_trajectory(ours, params, grads)
+  testing.assert_trajectory_close(
+      traj, testing.run_trajectory(optax.contrib.schedule_free_adamw(**kwargs), params, grads))
   expected = reference_sf_adamw(params, grads, 1e-2, 0.9, 0.99, 1e-8, 0.1, warmup=warmup or 0)
-  harness.assert_trajectory_close(traj, [y for y, _ in expected], rtol=1e-5, atol=2e-6)
+  testing.assert_trajectory_close(traj, [y for y, _ in expected], rtol=1e-5, atol=2e-6)
 
 
 def test_eval_params_is_the_average_x():
-  params = harness.make_params()
-  grads = harness.make_grads(params)
+  params = testing.make_params()
+  grads = testing.make_grads(params, 20)
   tx = O.schedule_free_adamw(1e-2, b1=0.9, b2=0.99)
   state, y = tx.init(params), params
   update = jax.jit(tx.update)
@@ -56,10 +56,10 @@ def test_eval_params_is_the_average_x():
     u, state = update(g, state, y)
     y = optax.apply_updates(y, u)
   expected_x = reference_sf_adamw(params, grads, 1e-2, 0.9, 0.99, 1e-8, 0.0)[-1][1]
-  harness.assert_trajectory_close([O.schedule_free_eval_params(state, y)], [expected_x],
+  testing.assert_trajectory_close([O.schedule_free_eval_params(state, y)], [expected_x],
                                   rtol=1e-5, atol=2e-6)
   theirs = optax.contrib.schedule_free_eval_params(state, y)
-  harness.assert_trajectory_close([O.schedule_free_eval_params(state, y)], [theirs], 1e-7, 1e-7)
+  testing.assert_trajectory_close([O.schedule_free_eval_params(state, y)], [theirs], 1e-7, 1e-7)
   # Also through a chain (gradient clipping first) and inject_hyperparams.
   wrapped = optax.chain(optax.clip_by_global_norm(1.0), optax.inject_hyperparams(
       O.schedule_free_adamw)(learning_rate=1e-2))
@@ -71,24 +71,14 @@ def test_eval_params_is_the_average_x():
 
 
 def test_mask_skips_decay():
-  params = harness.make_params()
-  grads = harness.make_grads(params, 5)
-  mask = O.weight_decay_mask(params, harness.BATCH_AXES)
-  masked = harness.run_trajectory(O.schedule_free_adamw(1e-2, weight_decay=0.5, mask=mask),
+  params = testing.make_params()
+  grads = testing.make_grads(params, 5)
+  mask = O.weight_decay_mask(params, testing.BATCH_AXES)
+  masked = testing.run_trajectory(O.schedule_free_adamw(1e-2, weight_decay=0.5, mask=mask),
                                   params, grads)
-  plain = harness.run_trajectory(O.schedule_free_adamw(1e-2), params, grads)
+  plain = testing.run_trajectory(O.schedule_free_adamw(1e-2), params, grads)
   np.testing.assert_allclose(masked[-1]["norm"]["scale"], plain[-1]["norm"]["scale"], rtol=1e-6)
   assert not np.allclose(masked[-1]["dense"]["kernel"], plain[-1]["dense"]["kernel"])
-
-
-def test_common_properties():
-  harness.check_common_properties(O.schedule_free_adamw,
-                                  dict(learning_rate=1e-2, warmup_steps=3, weight_decay=0.1))
-
-
-def test_trains_mlp():
-  tx = O.schedule_free_adamw(learning_rate=1e-2, warmup_steps=10)
-  harness.check_trains_mlp(tx)
 
 
 @pytest.mark.parametrize("bad, match", [

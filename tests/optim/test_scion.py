@@ -8,7 +8,7 @@ import pytest
 
 import optbench_jax.optim as O
 from optbench_jax.optim import linalg
-from tests.optim import harness
+from optbench_jax.optim import testing
 from optbench_jax.optim import sharding_check
 from tests.optim.test_linalg_newton_schulz import reference_newton_schulz
 from tests.optim.test_muon import transformer_tree
@@ -56,7 +56,7 @@ def reference_scion(params, grads, lr, beta, wd, decayed, embedding_lmo, head_lm
     ("sign", "sign", False), ("row_norm", "col_norm", False), ("sign", "sign", True)])
 def test_matches_reference(embedding_lmo, head_lmo, constrained):
   params, batch_axes, _ = transformer_tree(layers=4)
-  grads = harness.make_grads(params, 3)
+  grads = testing.make_grads(params, 3)
   lr, beta, wd = 2e-3, 0.9, 0.1
   tx = O.scion(lr, beta=beta, hidden_radius=5.0, vector_radius=0.5, weight_decay=wd,
                embedding_lmo=embedding_lmo, head_lmo=head_lmo, constrained=constrained,
@@ -70,19 +70,8 @@ def test_matches_reference(embedding_lmo, head_lmo, constrained):
     decayed = lambda k: not (k.endswith("embedding") or "scale" in k)
   expected = reference_scion(params, grads, lr, beta, wd, decayed, embedding_lmo, head_lmo,
                              radii)
-  harness.assert_trajectory_close(harness.run_trajectory(tx, params, grads), expected,
+  testing.assert_trajectory_close(testing.run_trajectory(tx, params, grads), expected,
                                   rtol=2e-5, atol=2e-6)
-
-
-def test_common_properties():
-  harness.check_common_properties(
-      O.scion, dict(learning_rate=1e-2, hidden_radius=2.0, weight_decay=0.1,
-                    batch_axes=harness.BATCH_AXES), rtol=1e-5)
-
-
-def test_trains_mlp():
-  harness.check_trains_mlp(O.scion(2e-2, hidden_radius=1.0, vector_radius=0.1),
-                           steps=150, max_ratio=0.3)
 
 
 def test_sharded_matches_unsharded():

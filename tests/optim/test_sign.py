@@ -6,14 +6,14 @@ import optax
 import pytest
 
 import optbench_jax.optim as O
-from tests.optim import harness
+from optbench_jax.optim import testing
 
 
 def reference_lion(params, grads, lr, b1, b2, wd):
-  flat, treedef = jax.tree.flatten(harness.to_numpy(params))
+  flat, treedef = jax.tree.flatten(testing.to_numpy(params))
   m = [np.zeros_like(x) for x in flat]
   out = []
-  for g_tree in harness.to_numpy(grads):
+  for g_tree in testing.to_numpy(grads):
     for i, g in enumerate(jax.tree.leaves(g_tree)):
       u = np.sign(b1 * m[i] + (1 - b1) * g)
       m[i] = b2 * m[i] + (1 - b2) * g
@@ -24,10 +24,10 @@ def reference_lion(params, grads, lr, b1, b2, wd):
 
 def reference_signum(params, grads, lr, momentum, nesterov, wd):
   """Sum-form heavy ball (torch SGD buffer) starting at zero; the update is its sign."""
-  flat, treedef = jax.tree.flatten(harness.to_numpy(params))
+  flat, treedef = jax.tree.flatten(testing.to_numpy(params))
   buf = [np.zeros_like(x) for x in flat]
   out = []
-  for g_tree in harness.to_numpy(grads):
+  for g_tree in testing.to_numpy(grads):
     for i, g in enumerate(jax.tree.leaves(g_tree)):
       buf[i] = momentum * buf[i] + g
       u = np.sign(g + momentum * buf[i]) if nesterov else np.sign(buf[i])
@@ -37,49 +37,35 @@ def reference_signum(params, grads, lr, momentum, nesterov, wd):
 
 
 def test_lion_matches_reference_and_optax():
-  params = harness.make_params()
-  grads = harness.make_grads(params)
+  params = testing.make_params()
+  grads = testing.make_grads(params, 20)
   kwargs = dict(learning_rate=1e-2, b1=0.8, b2=0.95, weight_decay=0.1)
-  traj = harness.run_trajectory(O.lion(**kwargs), params, grads)
-  harness.assert_trajectory_close(
-      traj, harness.run_trajectory(optax.lion(**kwargs), params, grads), 0, 0)
-  harness.assert_trajectory_close(traj, reference_lion(params, grads, 1e-2, 0.8, 0.95, 0.1))
+  traj = testing.run_trajectory(O.lion(**kwargs), params, grads)
+  testing.assert_trajectory_close(
+      traj, testing.run_trajectory(optax.lion(**kwargs), params, grads), 0, 0)
+  testing.assert_trajectory_close(traj, reference_lion(params, grads, 1e-2, 0.8, 0.95, 0.1))
 
 
 @pytest.mark.parametrize("nesterov", [False, True])
 def test_signum_matches_reference(nesterov):
-  params = harness.make_params()
-  grads = harness.make_grads(params)
-  traj = harness.run_trajectory(O.signum(1e-2, momentum=0.9, nesterov=nesterov,
+  params = testing.make_params()
+  grads = testing.make_grads(params, 20)
+  traj = testing.run_trajectory(O.signum(1e-2, momentum=0.9, nesterov=nesterov,
                                          weight_decay=0.1), params, grads)
-  harness.assert_trajectory_close(
+  testing.assert_trajectory_close(
       traj, reference_signum(params, grads, 1e-2, 0.9, nesterov, 0.1))
 
 
 def test_signum_matches_optax_and_starts_at_zero():
-  params = harness.make_params()
-  grads = harness.make_grads(params)
-  traj = harness.run_trajectory(O.signum(1e-2, momentum=0.9), params, grads)
-  harness.assert_trajectory_close(
-      traj, harness.run_trajectory(optax.signum(1e-2, beta=0.9), params, grads), 0, 0)
+  params = testing.make_params()
+  grads = testing.make_grads(params, 20)
+  traj = testing.run_trajectory(O.signum(1e-2, momentum=0.9), params, grads)
+  testing.assert_trajectory_close(
+      traj, testing.run_trajectory(optax.signum(1e-2, beta=0.9), params, grads), 0, 0)
   # Momentum starts at zero: the first step is exactly -lr * sign(g_1).
   np.testing.assert_allclose(
       traj[0]["dense"]["kernel"],
       params["dense"]["kernel"] - 1e-2 * np.sign(grads[0]["dense"]["kernel"]), rtol=1e-6)
-
-
-@pytest.mark.parametrize("build, hparams", [
-    (O.lion, dict(learning_rate=1e-2, weight_decay=0.1)),
-    (O.signum, dict(learning_rate=1e-2, momentum=0.9, weight_decay=0.1)),
-    (O.signum, dict(learning_rate=1e-2, momentum=0.9, nesterov=True)),
-])
-def test_common_properties(build, hparams):
-  harness.check_common_properties(build, hparams)
-
-
-@pytest.mark.parametrize("tx", [O.lion(3e-3, weight_decay=0.0), O.signum(3e-3)])
-def test_trains_mlp(tx):
-  harness.check_trains_mlp(tx)
 
 
 @pytest.mark.parametrize("build, bad, match", [

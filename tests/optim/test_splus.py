@@ -8,9 +8,8 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 import optbench_jax.optim as O
-from tests.optim import harness
+from optbench_jax.optim import testing
 from optbench_jax.optim import sharding_check
-from optbench_jax.optim import state_sharding
 
 
 class ReferenceLeaf:
@@ -69,7 +68,7 @@ SQUARE_AXES = {"dense": {"kernel": 0}, "embed": {"embedding": 0}, "wide": {"kern
 
 def test_matches_reference_with_refreshes_and_eval_params():
   params = square_tree()
-  grads = harness.make_grads(params, harness.N_STEPS)
+  grads = testing.make_grads(params, 20)
   lr, wd, b1, b2, rate, k, c = 0.3, 0.1, 0.9, 0.95, 0.9, 5, 1e-3
   tx = O.splus(lr, b1=b1, b2=b2, ema_rate=rate, inverse_every=k, weight_decay=wd,
                nonstandard_constant=c, max_dim=10, batch_axes=SQUARE_AXES)
@@ -100,10 +99,10 @@ def test_matches_reference_with_refreshes_and_eval_params():
     u, state = update(g, state, p)
     p = optax.apply_updates(p, u)
     traj.append(p)
-  harness.assert_trajectory_close(traj, expected, rtol=1e-5, atol=1e-5)
+  testing.assert_trajectory_close(traj, expected, rtol=1e-5, atol=1e-5)
   ev = {name: {key[name]: (np.stack([leaf.eval() for leaf in leaves]) if name == "layers"
                            else leaves[0].eval())} for name, leaves in refs.items()}
-  harness.assert_trajectory_close([state[0].eval_params(p)], [ev], rtol=1e-5, atol=1e-6)
+  testing.assert_trajectory_close([state[0].eval_params(p)], [ev], rtol=1e-5, atol=1e-6)
 
 
 def eval_nodes(state):
@@ -120,7 +119,7 @@ def test_eval_params_is_the_bias_corrected_ema_of_the_iterates():
   (node,) = eval_nodes(state)
   np.testing.assert_array_equal(node.eval_params(params)["w"]["kernel"], params["w"]["kernel"])
   iterates, p = [], params
-  for g in harness.make_grads(params, 6):
+  for g in testing.make_grads(params, 6):
     iterates.append(np.asarray(p["w"]["kernel"], np.float64))
     u, state = jax.jit(tx.update)(g, state, p)
     p = optax.apply_updates(p, u)
@@ -139,50 +138,18 @@ def test_bases_refresh_only_at_step_one_and_every_k():
   state = tx.init(params)
   update = jax.jit(tx.update)
   changed = []
-  for g in harness.make_grads(params, 7):
+  for g in testing.make_grads(params, 7):
     before = state[0].bases["w"]["kernel"][0]
     _, state = update(g, state, params)
     changed.append(not np.allclose(before, state[0].bases["w"]["kernel"][0]))
   assert changed == [True, False, True, False, False, True, False]  # steps 1, 3, 6
 
 
-def test_stacked_leaf_equals_loop_over_matrices():
-  rng = np.random.default_rng(1)
-  stack = jnp.asarray(rng.normal(size=(3, 5, 5)), jnp.float32)
-  grads = harness.make_grads({"k": stack}, 8)
-  stacked = harness.run_trajectory(O.splus(0.2, inverse_every=3, batch_axes=1), {"k": stack},
-                                   grads)
-  for i in range(3):
-    single = harness.run_trajectory(O.splus(0.2, inverse_every=3), {"k": stack[i]},
-                                    [{"k": g["k"][i]} for g in grads])
-    harness.assert_trajectory_close([{"k": s["k"][i]} for s in stacked], single,
-                                    rtol=1e-5, atol=1e-6)
-
-
-def traceable_splus(learning_rate, b1, b2, ema_rate, weight_decay, batch_axes):
-  """SPlus with only traceable arguments (max_dim fixes shapes: a static_arg)."""
-  return O.splus(learning_rate, b1=b1, b2=b2, ema_rate=ema_rate, weight_decay=weight_decay,
-                 inverse_every=2, batch_axes=batch_axes)
-
-
-def test_common_properties():
-  params = {k: v for k, v in square_tree().items() if k in ("dense", "norm", "layers")}
-  axes = {k: v for k, v in SQUARE_AXES.items() if k in params}
-  harness.check_common_properties(
-      traceable_splus, dict(learning_rate=0.2, b1=0.9, b2=0.95, ema_rate=0.99,
-                            weight_decay=0.1, batch_axes=axes), params=params, rtol=1e-5)
-
-
-def test_trains_mlp():
-  harness.check_trains_mlp(O.splus(1.0, b2=0.95, weight_decay=0.0, inverse_every=10),
-                           steps=150, max_ratio=0.3)
-
-
-def test_sharded_matches_unsharded():
-  """(fsdp 4, tensor 2) mesh; state shardings as the trainer derives them
-  (moments and EMA like their parameter, factors/bases by matched dimensions).
-  Square kernels: a rank-deficient factor has a degenerate null space whose
-  eigenbasis (and so sign()) moves with the reduction order of the sharded sums."""
+def test_sharded_refreshes_on_a_transformer_layout():
+  """The layout and schedule the contract's sharded check lacks: an embedding sharded
+  (tensor, fsdp), an output projection sharded (tensor, fsdp), eigenbases refreshed
+  every 2 steps under sharding; factors and bases sharded by matched dimensions, the
+  EMA like its parameter. Square kernels (see ``contract.square_params``)."""
   rng = np.random.default_rng(5)
   f = lambda *s: jnp.asarray(rng.normal(size=s), jnp.float32)
   params = {"embed": {"embedding": f(16, 16)}, "layers": {"q": {"kernel": f(4, 16, 16)},
@@ -196,28 +163,12 @@ def test_sharded_matches_unsharded():
   batch_axes = lambda path, leaf: 1 if "layers" in jax.tree_util.keystr(path) else 0
   tx = O.create("splus", learning_rate=0.2, weight_decay=0.1, inverse_every=2,
                 batch_axes=batch_axes)
-  mesh = sharding_check.make_mesh()
-  shardings = sharding_check.param_shardings(mesh, specs)
-  state_sh = state_sharding.derive_opt_state_shardings(jax.eval_shape(tx.init, params), params,
-                                                  shardings, mesh)
-  grads = harness.make_grads(params, 4, seed=7)
-
-  def step(p, s, g):
-    updates, s = tx.update(g, s, p)
-    return optax.apply_updates(p, updates), s
-
-  with jax.set_mesh(mesh):
-    p = jax.device_put(params, shardings)
-    state = jax.jit(tx.init, out_shardings=state_sh)(p)
-    update = jax.jit(step, in_shardings=(shardings, state_sh, shardings),
-                     out_shardings=(shardings, state_sh))
-    for g in grads:
-      p, state = update(p, state, jax.device_put(g, shardings))
-  expected_tx = harness.run_trajectory(tx, params, grads)[-1]
-  harness.assert_trajectory_close([p], [expected_tx], rtol=1e-5, atol=1e-5)
-  for leaf, want in zip(jax.tree.leaves(state), jax.tree.leaves(state_sh)):
+  run = sharding_check.check_sharded_matches_unsharded(
+      tx, params, specs, n_steps=4, rtol=1e-5, atol=1e-5, pin_state="all",
+      factor_sharding="matched")
+  for leaf, want in zip(jax.tree.leaves(run.state), jax.tree.leaves(run.state_shardings)):
     assert leaf.sharding.is_equivalent_to(want, leaf.ndim), (leaf.sharding, want)
-  assert state[0].ema["layers"]["q"]["kernel"].sharding.spec == P(None, "fsdp", "tensor")
+  assert run.state[0].ema["layers"]["q"]["kernel"].sharding.spec == P(None, "fsdp", "tensor")
 
 
 @pytest.mark.parametrize("bad, match", [

@@ -77,8 +77,7 @@ def main(argv):
         flags.FLAGS["config"]).split(":")[0]))[0]
     workdir = os.path.join("runs", f"{name}_{config.optimizer.name}")
   summary = train.run(config, workdir, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
-  print(f"{summary['status']}: {summary['steps']} steps, final eval loss "
-        f"{summary['final_eval_loss']}, workdir {summary['workdir']}")
+  print(train.outcome_line(summary))
   return 1 if summary["status"] == "diverged" else 0
 
 

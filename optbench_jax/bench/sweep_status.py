@@ -121,10 +121,14 @@ def render(workdir: str, console: Console | None = None) -> dict[str, int]:
   name, rows = collect(workdir)
   console = console or Console()
   table = Table(title=f"sweep {name!r} in {workdir}", box=box.SIMPLE)
-  for column in ("trial", "optimizer", "budget", "seed", "state", "steps", "final eval loss",
-                 "note"):
-    table.add_column(column, justify="right" if column in ("budget", "seed", "steps",
-                                                           "final eval loss") else "left")
+  # A trial id is the only column that tells rows apart: it is never cut; on a narrow
+  # terminal (or a pipe, 80 columns) the other columns wrap instead.
+  id_width = max((len(r.trial_id) for r in rows), default=5)
+  table.add_column("trial", no_wrap=True, min_width=id_width)
+  for column in ("optimizer", "budget", "seed", "state", "steps", "final eval loss", "note"):
+    table.add_column(column, overflow="fold",
+                     justify="right" if column in ("budget", "seed", "steps",
+                                                   "final eval loss") else "left")
   for r in rows:
     table.add_row(r.trial_id, r.optimizer, str(r.budget_steps), str(r.seed), r.state,
                   f"{r.steps_done}/{r.budget_steps}",

@@ -67,7 +67,7 @@ def check_contract(name: str, baseline: Mapping[str, Any]) -> None:
   if failed:
     raise SweepConfigError(
         f"optimizers.{name} fails the optimizer contract (python -m optbench_jax.optim.check "
-        f"{name}): " + "; ".join(f"{r.name}: {r.note}" for r in failed))
+        f"{name}): " + contract.failure_summary(failed))
 
 
 class TrialChecker:

@@ -9,8 +9,11 @@ reason of each failure. Exit status: 0 when every check passes, 1 otherwise,
   python -m optbench_jax.optim.check my_pkg.my_module:make_optimizer \
       [--hparams='{"b1": 0.9}'] [--tree=small] [--skip=memory_and_speed]
 
-``--tree=124m`` (default) times the step against AdamW on a 124M-shaped tree
-(about 2 GB of memory); ``--tree=small`` uses the small test tree. A built-in
+Each check's result is printed as soon as it finishes, then the table. The
+last check, ``memory_and_speed``, measures optimizer-state bytes per parameter
+and the step time against AdamW's: by default on the small test tree (seconds,
+little memory); ``--tree=124m`` measures on a 124M-shaped tree (about 2 GB of
+memory and minutes for the matrix optimizers), on request. A built-in
 optimizer runs with the contract's hyperparameters for it
 (``contract.CONTRACT_HPARAMS``, each with its reason) under ``--hparams``.
 """
@@ -33,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
                                    description=__doc__.split("\n")[0])
   parser.add_argument("optimizer", help="import path 'pkg.module:factory' or a registered name")
   parser.add_argument("--hparams", default="{}", help="JSON dict of extra factory kwargs")
-  parser.add_argument("--tree", choices=("124m", "small"), default="124m",
-                      help="tree for the memory/speed measurement")
+  parser.add_argument("--tree", choices=("small", "124m"), default="small",
+                      help="tree for the memory/speed measurement (124m: ~2 GB, minutes)")
   parser.add_argument("--skip", default="", help="comma-separated checks to skip")
   args = parser.parse_args(argv)
 
@@ -58,8 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   hparams = {**contract.hparams_for(args.optimizer), **hparams}
-  results = contract.run_checks(factory, hparams,
-                                [n for n in contract.CHECKS if n not in skip], tree=args.tree)
+  names = [n for n in contract.CHECKS if n not in skip]
+  print(f"optimizer contract: {args.optimizer}, {len(names)} checks", flush=True)
+
+  def report(result) -> None:
+    print(f"  {'PASS' if result.passed else 'FAIL'} {result.name}: {result.note}", flush=True)
+
+  results = contract.run_checks(factory, hparams, names, tree=args.tree, on_result=report)
   print_table(args.optimizer + (f" {hparams}" if hparams else ""), results)
   return 0 if all(r.passed for r in results) else 1
 
@@ -72,8 +80,13 @@ def print_table(title: str, results) -> None:
   table.add_column("check")
   table.add_column("result")
   table.add_column("detail", overflow="fold")
+  first_with = {}
   for r in results:
-    table.add_row(r.name, "PASS" if r.passed else "FAIL", r.note)
+    repeated = not r.passed and r.note in first_with
+    table.add_row(r.name, "PASS" if r.passed else "FAIL",
+                  f"(the reason above, as {first_with[r.note]})" if repeated else r.note)
+    if not r.passed:
+      first_with.setdefault(r.note, r.name)
   Console(width=max(100, Console().width)).print(table)
   failed = [r.name for r in results if not r.passed]
   print(f"{len(results) - len(failed)} passed, {len(failed)} failed")

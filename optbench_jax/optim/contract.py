@@ -327,6 +327,11 @@ def check_learning_rates_follow_schedule(factory, hparams, **extra_args) -> str:
     return out
 
   unit, scheduled = moved(peaks), moved(schedules_)
+  doubled = moved({**peaks, "learning_rate": 2.0 * peaks["learning_rate"]})
+  if all(np.array_equal(a, b) for t in probes
+         for a, b in zip(jax.tree.leaves(doubled[t]), jax.tree.leaves(unit[t]))):
+    raise AssertionError("learning_rate has no effect: doubling it leaves every update "
+                         "unchanged (the factory ignores it, so no schedule can reach it)")
   shape = lambda t: float(schedules_["learning_rate"](t)) / peaks["learning_rate"]  # pylint: disable=unnecessary-lambda-assignment
   for t in probes:
     for (path, s), u in zip(jax.tree_util.tree_leaves_with_path(scheduled[t]),
@@ -475,11 +480,23 @@ CHECKS: dict[str, Callable[..., str]] = {
 FAST = tuple(name for name in CHECKS if name != "memory_and_speed")
 
 
+def failure_summary(results: list[CheckResult]) -> str:
+  """The failed checks, each distinct reason said once: ``"a, b: reason; c: other"``."""
+  by_reason: dict[str, list[str]] = {}
+  for r in results:
+    if not r.passed:
+      by_reason.setdefault(r.note, []).append(r.name)
+  return "; ".join(f"{', '.join(names)}: {reason}" for reason, names in by_reason.items())
+
+
 def run_checks(factory: Callable, hparams: dict | None = None, names=None,
-               tree: str = "124m") -> list[CheckResult]:
+               tree: str = "small",
+               on_result: Callable[[CheckResult], None] | None = None) -> list[CheckResult]:
   """Runs the named checks (default: all) on ``factory``; never raises for a failing check.
 
   ``learning_rate`` not given: the factory's default, else ``DEFAULT_LEARNING_RATE``.
+  ``on_result`` is called with each result as soon as its check finishes. A failure's
+  reason is kept whole (whitespace collapsed).
   """
   hparams = dict(hparams or {})
   default = inspect.signature(factory).parameters.get("learning_rate")
@@ -492,11 +509,16 @@ def run_checks(factory: Callable, hparams: dict | None = None, names=None,
     try:
       note = CHECKS[name](factory, hparams, **kwargs)
       results.append(CheckResult(name, True, note))
+      if on_result is not None:
+        on_result(results[-1])
+      continue
     except Exception as e:  # pylint: disable=broad-except  (any failure is a result)
       message = str(e).strip() or type(e).__name__
       if not isinstance(e, AssertionError):
         message = f"{type(e).__name__}: {message}"
         frame = traceback.extract_tb(e.__traceback__)[-1]
         message += f" (at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno})"
-      results.append(CheckResult(name, False, " ".join(message.split())[:400]))
+      results.append(CheckResult(name, False, " ".join(message.split())))
+      if on_result is not None:
+        on_result(results[-1])
   return results

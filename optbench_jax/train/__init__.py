@@ -14,4 +14,4 @@ library's trainer-owned arguments), ``optimizer`` (the bound factory + clipping)
 from optbench_jax.config import ConfigError
 from optbench_jax.train.assembly import Run, build, check
 from optbench_jax.train.dry_run import dry_run
-from optbench_jax.train.loop import run
+from optbench_jax.train.loop import outcome_line, run

@@ -326,9 +326,12 @@ def _run(run_: assembly.Run, workdir: str, devices: list, allow_config_change: b
                                         "the final checkpoint is saved: rerun to evaluate")
         else:
           writer.write(step, {"eval_loss": final_eval, "full_eval": bool(t.full_eval_at_end)})
-          logging.info("final eval loss %.4f (%s)", final_eval,
+          floor = manifest.loss_floor_nats
+          logging.info("final eval loss %.4f (%s)%s", final_eval,
                        "full validation split" if t.full_eval_at_end else
-                       f"{t.eval_batches} batches")
+                       f"{t.eval_batches} batches",
+                       "" if floor is None else
+                       f"; loss floor {floor:.4f}, gap {final_eval - floor:.4f}")
       elif status == DIVERGED:
         step = diverged_at if diverged_at is not None else step
       profiler.stop()
@@ -368,3 +371,18 @@ def _run(run_: assembly.Run, workdir: str, devices: list, allow_config_change: b
     storage.write_json(workdir_files.path(workdir, workdir_files.SUMMARY), summary, indent=2, default=str)
   writer.close()
   return summary
+
+
+def outcome_line(summary: dict) -> str:
+  """The run's outcome in one line: status, steps, final eval loss and its gap to the loss
+  floor when the corpus has one (4 decimals, as the log lines)."""
+  line = f"{summary['status']}: {summary['steps']} steps"
+  final, floor = summary.get("final_eval_loss"), summary.get("loss_floor")
+  if final is not None:
+    line += f", final eval loss {final:.4f}"
+    if floor is not None:
+      line += f" (loss floor {floor:.4f}, gap {final - floor:.4f})"
+  elif summary.get("message"):
+    line += f" ({summary['message']})"
+  return line + f", workdir {summary['workdir']}"
+

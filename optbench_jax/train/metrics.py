@@ -237,25 +237,48 @@ def read_records(path: str) -> list[dict]:
 
 def plot_loss_curve(records: Iterable[dict], out_path: str, loss_floor: float | None = None,
                     title: str = "") -> None:
-  """Train and eval loss against step, with the corpus's entropy floor when known."""
+  """Train and eval loss against step, with the corpus's entropy floor when known.
+
+  The loss falls by most of its range in the first steps, which on a linear axis
+  squeezes the approach to the floor into a thin band: the loss is drawn on a
+  log axis, and with a known floor a second panel shows the gap to it (loss -
+  floor, log scale), the part that tells optimizers apart.
+  """
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   records = list(records)
   train = [(r["step"], r["loss"]) for r in records if "loss" in r]
   evals = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
-  fig, ax = plt.subplots(figsize=(7, 4.5))
+  panels = 2 if loss_floor is not None else 1
+  fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 4.5), squeeze=False)
+  ax = axes[0][0]
   if train:
     ax.plot(*zip(*train), label="train loss", lw=1.2)
   if evals:
     ax.plot(*zip(*evals), "o-", label="eval loss", lw=1.2, ms=4)
   if loss_floor is not None:
     ax.axhline(loss_floor, color="k", ls="--", lw=0.8, label=f"entropy floor {loss_floor:.3f}")
+  if all(v > 0 for _, v in train + evals):
+    ax.set_yscale("log")
   ax.set_xlabel("step")
   ax.set_ylabel("loss (nats/token)")
   ax.set_title(title)
-  ax.grid(alpha=0.3)
+  ax.grid(alpha=0.3, which="both")
   ax.legend()
+  if loss_floor is not None:
+    gap_ax = axes[0][1]
+    for points, style, label in ((train, "-", "train"), (evals, "o-", "eval")):
+      gaps = [(s, v - loss_floor) for s, v in points if v - loss_floor > 0]
+      if gaps:
+        gap_ax.plot(*zip(*gaps), style, label=f"{label} loss - floor", lw=1.2, ms=4)
+    gap_ax.set_yscale("log")
+    gap_ax.set_xlabel("step")
+    gap_ax.set_ylabel("gap to the entropy floor (nats/token)")
+    gap_ax.set_title("gap to the floor")
+    gap_ax.grid(alpha=0.3, which="both")
+    if gap_ax.lines:
+      gap_ax.legend()
   fig.tight_layout()
   with storage.local_file_for_writing(out_path) as local:
     fig.savefig(local, dpi=120, format="png")

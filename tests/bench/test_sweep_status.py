@@ -45,6 +45,20 @@ def test_status_of_a_fresh_sweep_lists_the_grid_as_pending(tmp_path):
   assert [r.state for r in rows] == ["pending"] * 5   # the grid on seeds[0]; replicas later
 
 
+def test_status_in_80_columns_never_cuts_a_trial_id(tmp_path):
+  """Piped or on a narrow terminal, every trial id is printed whole (the ids are what tell
+  the rows apart); the other columns wrap instead."""
+  from rich.console import Console   # pylint: disable=import-outside-toplevel
+  from optbench_jax.bench import sweep   # pylint: disable=import-outside-toplevel
+  sweep.SweepRunner(sweep_tests.make_sweep(), str(tmp_path),
+                    launcher=sweep_tests.never_launch).close()
+  out = io.StringIO()
+  sweep_status.render(str(tmp_path), Console(file=out, width=80, force_terminal=False))
+  _, rows = sweep_status.collect(str(tmp_path))
+  assert rows and all(r.trial_id in out.getvalue() for r in rows), out.getvalue()
+  assert "…" not in out.getvalue()
+
+
 def test_status_of_a_directory_without_a_sweep_is_one_error(tmp_path):
   result = subprocess.run([sys.executable, "-m", "trainers.sweep", f"--workdir={tmp_path}",
                            "--status"], cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -1,6 +1,7 @@
 """Optimizers from outside the package: import paths, entry points, ``register``, the contract."""
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -104,7 +105,21 @@ def test_the_contract_catches_a_learning_rate_that_ignores_the_schedule(user_mod
   results = {r.name: r for r in contract.run_checks(registry.factory("user_opts:fixed_lr"), {},
                                                     ["learning_rates_follow_schedule"])}
   check = results["learning_rates_follow_schedule"]
-  assert not check.passed and "at step 0 moves at 1 x its rate" in check.note
+  assert not check.passed and "learning_rate has no effect" in check.note
+
+
+def test_a_factory_that_raises_gives_its_reason_once(capsys):
+  """Every check fails for the same reason: the table and a sweep's error line say it once."""
+  def broken(learning_rate, weight_decay=0.0):
+    raise ValueError("this factory always fails (a distinctive reason)")
+  results = contract.run_checks(broken, {}, contract.FAST)
+  assert not any(r.passed for r in results)
+  assert contract.failure_summary(results).count("a distinctive reason") == 1
+  from optbench_jax.optim import check  # pylint: disable=import-outside-toplevel
+  check.print_table("broken", results)
+  out = re.sub(r"[│┃\s]+", " ", capsys.readouterr().out)   # the table's folded cells, joined
+  assert out.count("a distinctive reason") == 1
+  assert out.count("the reason above") == len(results) - 1
 
 
 def test_check_cli_prints_a_table_and_exits_by_result(user_module):
@@ -113,6 +128,8 @@ def test_check_cli_prints_a_table_and_exits_by_result(user_module):
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert good.returncode == 0, good.stdout + good.stderr
   assert "10 passed, 0 failed" in good.stdout and "memory_and_speed" in good.stdout
+  # each result is printed as its check finishes, before the table
+  assert good.stdout.index("PASS returns_transformation:") < good.stdout.index("passed, 0 failed")
   bad = subprocess.run([sys.executable, "-m", "optbench_jax.optim.check", "user_opts:no_weight_decay",
                         "--skip=memory_and_speed"], cwd=REPO, env=env, capture_output=True,
                        text=True, timeout=300)

@@ -26,6 +26,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from optbench_jax import cli_errors
+from optbench_jax import cli_logging
 from optbench_jax import host_memory
 
 if __name__ == "__main__":   # --config.x=v overrides are applied (and can fail) right below
@@ -82,5 +83,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  logging.set_verbosity(logging.INFO)
+  cli_logging.configure(logging.INFO)
   app.run(lambda argv: sys.exit(cli_errors.run(main, argv, verbose=_VERBOSE.value)))

@@ -60,21 +60,26 @@ def dry_run(config: Any, devices: list | None = None, device: str | None = None)
                 total_bytes_per_device=fixed + activations["total"],
                 fits={name: dataclasses.asdict(f) for name, f in fits.items()})
   gib = 2.0**30
-  print(f"model: {config.model.kind}, {report['params']:,} parameters, "
+  counts = models.count_params(run_.model_spec)
+  print(f"model: {config.model.kind}, {counts['total']:,} parameters "
+        f"({counts['non_embedding'] / 1e6:.1f}M non-embedding), "
         f"{report['flops_per_token']:.4g} FLOPs/token (seq_len {config.data.seq_len})\n"
-        f"mesh: {report['mesh']} ({device_count} devices)\n"
-        f"per device: params {report['param_bytes_per_device'] / gib:.3f} GiB, "
+        f"mesh: {report['mesh']} ({device_count} devices), micro-batch {micro_per_device:g} x "
+        f"{d.seq_len} tokens per device, remat={config.model.remat}\n"
+        f"per device, any accelerator: params {report['param_bytes_per_device'] / gib:.3f} GiB, "
         f"optimizer state ({config.optimizer.name}) "
-        f"{report['opt_state_bytes_per_device'] / gib:.3f} GiB, gradients {grads / gib:.3f} GiB, "
-        f"activations {activations['total'] / gib:.3f} GiB (remat={config.model.remat}, "
-        f"attention={run_.attention_impl}, micro-batch {micro_per_device:g} x {d.seq_len} "
-        f"tokens), total {report['total_bytes_per_device'] / gib:.3f} GiB")
+        f"{report['opt_state_bytes_per_device'] / gib:.3f} GiB, gradients {grads / gib:.3f} GiB "
+        f"= {fixed / gib:.3f} GiB, plus activations:")
+  if device is None:
+    print(f"  this machine ({sharding_lib.platform_of(mesh)}, attention={run_.attention_impl}): "
+          f"activations {activations['total'] / gib:.3f} GiB, "
+          f"{report['total_bytes_per_device'] / gib:.3f} GiB per device in all")
   for name, fit in fits.items():
+    where = f"{name} ({fit.hbm_bytes / gib:.0f} GiB HBM, {memory_lib.USABLE_FRACTION:.0%} usable)"
     if fit.fits:
-      print(f"{name} ({fit.hbm_bytes / gib:.0f} GiB): fits ({fit.needed_bytes / gib:.1f} GiB "
-            f"with the attention for its platform)")
+      print(f"  {where}: {fit.needed_bytes / gib:.1f} GiB per device in all, with the attention "
+            f"for its platform: fits")
     else:
-      print(f"WARNING: {name} ({fit.hbm_bytes / gib:.0f} GiB HBM) will not fit this run "
-            f"({fit.needed_bytes / gib:.1f} GiB needed, {memory_lib.USABLE_FRACTION:.0%} "
-            f"usable): {fit.advice}")
+      print(f"WARNING: {where}: {fit.needed_bytes / gib:.1f} GiB per device in all, with the "
+            f"attention for its platform: does not fit; {fit.advice}")
   return report

@@ -89,3 +89,16 @@ def test_dry_run_reports_activations_and_warns(capsys):
   assert "WARNING: v5e" in out and "fits with model.remat=" in out, out
   with pytest.raises(ConfigError, match="dry_run_device"):
     train.dry_run(_config(), device="tpu9")
+
+
+def test_dry_run_says_where_each_total_holds(capsys):
+  """Every per-device total names the machine it is for; the parameter counts include the
+  non-embedding one the papers' size names use."""
+  train.dry_run(_config())
+  out = capsys.readouterr().out
+  assert "non-embedding" in out
+  totals = [line for line in out.splitlines() if "in all" in line]
+  assert len(totals) == 1 + len(memory.DEVICES)
+  for line in totals:
+    where = line.split(":")[0].replace("WARNING", "").strip()
+    assert where.startswith("this machine") or where.split(" ")[0] in memory.DEVICES, line

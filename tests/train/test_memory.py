@@ -100,5 +100,5 @@ def test_dry_run_says_where_each_total_holds(capsys):
   totals = [line for line in out.splitlines() if "in all" in line]
   assert len(totals) == 1 + len(memory.DEVICES)
   for line in totals:
-    where = line.split(":")[0].replace("WARNING", "").strip()
-    assert where.startswith("this machine") or where.split(" ")[0] in memory.DEVICES, line
+    where = line.removeprefix("WARNING:").strip().split(" ")[0]
+    assert where == "this" and "this machine" in line or where in memory.DEVICES, line

@@ -12,7 +12,9 @@ with ranged reads at most every ``REMOTE_POLL_S``.
 Tie to the driver. A trial must neither outlive a dead driver nor
 run twice. Design:
 
-* every trial is started with ``PR_SET_PDEATHSIG = SIGTERM`` (Linux): when the
+* every trial is started with ``PR_SET_PDEATHSIG = SIGTERM`` (Linux, set by
+  ``optbench_jax.parent_death`` in the child, not by a ``preexec_fn``: no Python
+  runs in a forked copy of the multithreaded driver): when the
   driver dies, even by SIGKILL, the kernel sends its trials SIGTERM, and the
   trainer checkpoints and exits ``preempted`` -- the rerun resumes it;
 * where that is unavailable (other OSes) or a trial survives its driver anyway,
@@ -28,15 +30,14 @@ on divergence or a timeout with the same guarantees.
 
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
 import sys
 import tempfile
 import time
 from typing import Any, Callable, Mapping, Sequence
 
 from optbench_jax import process_group
+from optbench_jax import parent_death
 from optbench_jax import storage
 from optbench_jax import workdir_files
 from optbench_jax import workdir_lock
@@ -46,7 +47,6 @@ LOG_TAIL_LINES = 15
 STOP_GRACE_S = 30.0        # SIGTERM lets a trainer checkpoint; SIGKILL after this long
 LIVE_TRIAL_WAIT_S = STOP_GRACE_S + 30.0   # for a trial of a dead driver to checkpoint and exit
 BROKEN_GRACE_S = 120.0     # a multi-host trial with a dead process: stop the rest after this
-_PR_SET_PDEATHSIG = 1      # <linux/prctl.h>
 REMOTE_POLL_S = 5.0        # a gs:// trial's metrics.jsonl is read at most this often
 
 
@@ -63,27 +63,6 @@ def error_line(tail: str) -> str:
   lines = [l.strip() for l in tail.splitlines() if l.strip()]
   errors = [l for l in lines if l.startswith("error:")]
   return errors[-1] if errors else (lines[-1] if lines else "")
-
-
-def die_with_parent() -> Callable[[], None] | None:
-  """A ``preexec_fn``: the child gets SIGTERM when the calling thread's process dies.
-
-  Linux only (None elsewhere). The death signal fires when the *thread* that
-  forked exits, so trials are launched from the driver's main thread.
-  """
-  if not sys.platform.startswith("linux"):
-    return None
-  try:
-    libc = ctypes.CDLL(None, use_errno=True)   # loaded in the parent, before fork
-  except OSError:
-    return None
-  parent = os.getpid()
-
-  def preexec():
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() != parent:   # the driver died before prctl took effect
-      os.kill(os.getpid(), signal.SIGTERM)
-  return preexec
 
 
 def wait_until_unlocked(trial_dir: str, poll_s: float) -> dict[str, Any] | None:
@@ -172,8 +151,8 @@ class TrialProcess:
       log.write(f"\n=== attempt at {time.ctime()}: {' '.join(argv)}\n")
       log.flush()
     self.group = process_group.ProcessGroup(
-        list(argv), hosts, local_device_count=local_devices, env=trial_env(),
-        cwd=sweep_config.REPO_ROOT, outputs=self._logs, preexec_fn=die_with_parent(),
+        parent_death.wrap(list(argv)), hosts, local_device_count=local_devices, env=trial_env(),
+        cwd=sweep_config.REPO_ROOT, outputs=self._logs,
         coordinator=coordinator, process_ids=ids)
     self._metrics_offset = 0
 

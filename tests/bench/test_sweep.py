@@ -315,3 +315,18 @@ def test_a_second_driver_and_a_bad_corpus_are_refused_before_any_trial(tmp_path)
     run(spec, tmp_path / "other", launcher=never_launch)
   with pytest.raises(sweep_config.SweepConfigError, match="--workdir is empty"):
     run(make_sweep(), "", launcher=never_launch)
+
+
+def test_launching_trials_never_forks_a_copy_that_runs_python(tmp_path):
+  """Trials start without a ``preexec_fn`` (the parent-death signal is set by
+  ``optbench_jax.parent_death`` in the child), so JAX's "os.fork() was called ... will
+  likely lead to a deadlock" warning cannot arise in the multithreaded driver."""
+  import warnings  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  jax.devices()   # the driver is a multithreaded JAX process, as in `trainers.sweep`
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    out = run(make_sweep(seeds=[0]), tmp_path)
+  assert out.launched >= 1
+  forks = [str(w.message) for w in caught if "os.fork()" in str(w.message)]
+  assert not forks, forks[0]

@@ -48,8 +48,6 @@ from optbench_jax import workdir_lock
 from optbench_jax.bench import (results_store, sweep_config, sweep_dir, sweep_progress,
                                 trial_outcome, trial_plan, trial_preflight, trial_process)
 
-SWEEP_SNAPSHOT = sweep_dir.SNAPSHOT      # re-exported names of the sweep directory's files
-TRIALS_DIR = sweep_dir.TRIALS
 
 Launcher = Callable[[str, str], Sequence[str]]
 

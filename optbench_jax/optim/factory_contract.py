@@ -125,8 +125,9 @@ def bind(name: str, hparams: Mapping[str, Any], *, learning_rate: float,
     raise BindError(str(e)) from None
   parameters = inspect.signature(factory).parameters
   accepted = list(parameters)
-  foreign = tuple(sorted(k for k in hparams
-                         if k not in accepted and k in _taken_by_another(name)))
+  unaccepted = [k for k in hparams if k not in accepted]
+  others = _taken_by_another(name) if unaccepted else set()
+  foreign = tuple(sorted(k for k in unaccepted if k in others))
   if foreign:
     logging.getLogger(__name__).warning(
         "optimizer %r does not take hparams %s (set for another optimizer); ignoring them",

@@ -25,6 +25,7 @@ import os
 import re
 import sys
 import traceback
+import warnings
 from typing import Callable
 
 USER_ERROR, INTERNAL_ERROR = 2, 1
@@ -120,10 +121,13 @@ def report(error: BaseException, verbose: bool = False) -> int:
   if verbose or not is_user:
     traceback.print_exception(error)
   # A failed async write (orbax/tensorstore) leaves asyncio futures whose "exception was never
-  # retrieved" is logged when they are collected: collect them now, before our line, and
-  # silence the same report at interpreter exit, so `error: ...` stays the last line.
+  # retrieved" is logged when they are collected, and coroutines that were never awaited,
+  # warned about when collected: collect them now, before our line, and silence both
+  # reports at interpreter exit, so `error: ...` stays the last line.
   gc.collect()
   pylogging.getLogger("asyncio").disabled = True
+  warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited",
+                          category=RuntimeWarning)
   print(f"error: {message}", file=sys.stderr, flush=True)
   return USER_ERROR if is_user else INTERNAL_ERROR
 

@@ -99,6 +99,13 @@ def base_config() -> ml_collections.ConfigDict:
       full_eval_at_end=True,
       checkpoint_every=1000,
       keep_checkpoints=2,
+      # Checkpoints kept whatever keep_checkpoints says: the points where runs of the same
+      # settings but shorter budgets leave this run's stable phase (train/branching.py).
+      keep_steps=[],
+      # Start from another run's checkpoint at branch_step instead of from scratch, when this
+      # work directory has no checkpoint yet; checked to compute exactly the same steps.
+      branch_from="",
+      branch_step=0,
       profile=False,           # a jax.profiler trace of 5 steady steps (train/profiling.py)
   ))
 
@@ -201,6 +208,15 @@ def check_values(config: ml_collections.ConfigDict) -> None:
   _positive_int("train.eval_batches", t.eval_batches)
   _positive_int("train.checkpoint_every", t.checkpoint_every, 0)
   _positive_int("train.keep_checkpoints", t.keep_checkpoints)
+  keep_steps = list(t.keep_steps)
+  _require(all(isinstance(k, int) and not isinstance(k, bool) and 0 < k < t.steps
+               for k in keep_steps),
+           f"config.train.keep_steps must hold integers in (0, train.steps={t.steps}), "
+           f"got {keep_steps!r}")
+  if t.branch_from:
+    _require(isinstance(t.branch_step, int) and 0 < t.branch_step < t.steps,
+             f"config.train.branch_step must be an integer in (0, train.steps={t.steps}) when "
+             f"train.branch_from is set, got {t.branch_step!r}")
   _choice("mesh.factor_sharding", config.mesh.factor_sharding, FACTOR_SHARDINGS)
 
 

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import grain.checkpoint as grain_checkpoint
 import jax
 import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as cm
 
 from optbench_jax import storage
 
@@ -51,15 +52,28 @@ class Checkpointer:
   finished step with ``commit_success.txt`` instead of renaming a temp dir.
   """
 
-  def __init__(self, workdir: str, keep: int, async_save: bool = True):
+  def __init__(self, workdir: str, keep: int, async_save: bool = True,
+               keep_steps: Sequence[int] = (), read_only: bool = False):
+    """Keeps the newest ``keep`` checkpoints, and those at ``keep_steps`` for good.
+
+    ``read_only``: only restores (another run's checkpoints, e.g. a branch source).
+    """
     self.directory = storage.join(storage.resolve(workdir), "checkpoints")
+    self.keep_steps = sorted(set(int(s) for s in keep_steps))
+    preserve = cm.LatestN(keep)
+    if self.keep_steps:
+      preserve = cm.AnyPreservationPolicy([preserve, cm.CustomSteps(self.keep_steps)])
     self.manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                             enable_async_checkpointing=async_save))
+        options=ocp.CheckpointManagerOptions(
+            create=not read_only, read_only=read_only, preservation_policy=preserve,
+            enable_async_checkpointing=async_save))
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
 
   def save(self, step: int, state: Any, data_iterator: Any) -> None:
     """Starts an asynchronous save of ``state`` and the iterator position at ``step``."""
@@ -96,6 +110,19 @@ class Checkpointer:
         state=ocp.args.StandardRestore(abstract_state)))
     data_iterator.set_state(next(iter(states.values())))
     return restored["state"]
+
+  def restore_params(self, step: int, abstract_params: Any) -> Any:
+    """Only the parameters of the state at ``step``, laid out as ``abstract_params``
+    (ShapeDtypeStruct leaves carrying shardings).
+
+    A partial restore: the optimizer state (2-3x the parameters) and the data
+    iterator are never read, so no optimizer or data pipeline is needed.
+    """
+    item = {"params": abstract_params}
+    restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+        partial_restore=True)))
+    return restored["state"]["params"]
 
   def restore_latest(self, abstract_state: Any, data_iterator: Any,
                      log: Callable[[str], None], primary: bool = True) -> tuple[int | None, Any]:

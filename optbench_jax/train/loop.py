@@ -49,6 +49,7 @@ from optbench_jax import workdir_files
 from optbench_jax import workdir_lock
 from optbench_jax.models import flops as flops_lib
 from optbench_jax.train import assembly
+from optbench_jax.train import branching
 from optbench_jax.train import checkpoint as checkpoint_lib
 from optbench_jax import config as config_lib
 from optbench_jax.train import mesh as mesh_lib
@@ -163,8 +164,11 @@ def _run(run_: assembly.Run, workdir: str, devices: list, allow_config_change: b
       process_count=jax.process_count(), prefetch_threads=d.prefetch_threads)
   if is_writer:
     preflight.check_writable(storage.join(workdir, "checkpoints"))
-  checkpointer = checkpoint_lib.Checkpointer(workdir, keep=t.keep_checkpoints)
+  checkpointer = checkpoint_lib.Checkpointer(workdir, keep=t.keep_checkpoints,
+                                             keep_steps=t.keep_steps)
   latest = checkpointer.latest_step()
+  if latest is None and t.branch_from:
+    branching.check(config)   # before anything is compiled or restored
   run_record.check(workdir, config.to_dict(), latest, allow_config_change, logging.warning,
                    write=is_writer)
   preflight.check_resume_step(latest, t.steps)
@@ -180,7 +184,14 @@ def _run(run_: assembly.Run, workdir: str, devices: list, allow_config_change: b
   resumed_from, state = checkpointer.restore_latest(
       run_.state_target(), train_iter, log=logging.error,
       primary=is_writer)
-  if resumed_from is None:
+  if resumed_from is None and t.branch_from:
+    state = branching.restore(config, run_.state_target(), train_iter)
+    logging.info("branching from step %d of %s", t.branch_step, t.branch_from)
+    if is_writer:
+      branching.copy_metrics(config, workdir)
+      run_record.note_branch(workdir, dict(workdir=storage.resolve(t.branch_from),
+                                           step=t.branch_step))
+  elif resumed_from is None:
     state = run_.create_state()
   step = int(jax.device_get(state.step))
   profiler = profiling.StepProfiler(t.profile and is_writer, workdir, step, t.steps)
@@ -290,7 +301,8 @@ def _run(run_: assembly.Run, workdir: str, devices: list, allow_config_change: b
         is_last = step == t.steps
         log_now = step % t.log_every == 0 or is_last
         eval_now = t.eval_every > 0 and step % t.eval_every == 0 and not is_last
-        save_now = (t.checkpoint_every > 0 and step % t.checkpoint_every == 0) or is_last
+        save_now = ((t.checkpoint_every > 0 and step % t.checkpoint_every == 0) or is_last
+                    or step in checkpointer.keep_steps)
         if not (log_now or eval_now or save_now or compile_time is None):
           continue
         ok, message = check(previous)
@@ -354,6 +366,7 @@ def _run(run_: assembly.Run, workdir: str, devices: list, allow_config_change: b
       status=status, message=message, final_eval_loss=final_eval, last_eval_loss=last_eval,
       steps=step, tokens=step * tokens_per_step, wall_time_s=time.time() - start_time,
       compile_time_s=compile_time, resumed_from_step=resumed_from, params=n_params,
+      branched_from=(run_record.read_record(workdir) or {}).get("branched_from"),
       loss_floor=manifest.loss_floor_nats, flops_per_token=flops_per_token,
       tokens_per_s=mean_tps, mfu=mean_tps * flops_per_token / peak if mean_tps else None,
       peak_flops=peak, peak_flops_source=peak_source, devices=len(devices),

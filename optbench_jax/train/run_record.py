@@ -11,7 +11,8 @@ with the step it applies from, to the record's ``changes``.
 Operational keys do not change what is computed and are not compared: the mesh
 (a checkpoint restores onto any mesh), the attention kernel (exact attention
 either way: a run may resume on another backend), the data prefetch threads, and how often
-the run logs and checkpoints and how many checkpoints it keeps.
+the run logs and checkpoints and how many checkpoints it keeps, and where a run
+branched from (``branching`` checks that the branch computes the same steps).
 
 Also here: what a rerun of a finished run does (a completed run is reported as
 it stands, not re-evaluated), and the summary fields a rerun that trains no
@@ -32,7 +33,8 @@ from optbench_jax.config import ConfigError
 RECORD_NAME = workdir_files.RUN_RECORD
 SUMMARY_NAME = workdir_files.SUMMARY
 OPERATIONAL_KEYS = ("mesh", "model.attention_impl", "model.scan_layers", "data.prefetch_threads",
-                    "train.log_every", "train.checkpoint_every", "train.keep_checkpoints")
+                    "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+                    "train.keep_steps", "train.branch_from", "train.branch_step")
 # Measured by the process that trained; a rerun that only reports keeps them.
 CARRIED_OVER = ("tokens_per_s", "mfu", "compile_time_s", "peak_flops", "peak_flops_source")
 
@@ -115,6 +117,19 @@ def check(workdir: str, config: Mapping[str, Any], resumed_step: int | None,
   record.update(fingerprint=fingerprint(config), config=config)
   if write:
     storage.write_json(path, record, indent=1, sort_keys=True)
+
+
+def read_record(workdir: str) -> dict[str, Any] | None:
+  """The run record of ``workdir`` (None when there is none)."""
+  return _read_json(storage.join(workdir, RECORD_NAME))
+
+
+def note_branch(workdir: str, branched_from: Mapping[str, Any]) -> None:
+  """Records that the run started from another run's checkpoint (kept across resumes)."""
+  path = storage.join(workdir, RECORD_NAME)
+  record = _read_json(path) or {}
+  record["branched_from"] = dict(branched_from)
+  storage.write_json(path, record, indent=1, sort_keys=True)
 
 
 def previous_summary(workdir: str) -> dict[str, Any] | None:

@@ -53,9 +53,12 @@ USER_ERROR_NAMES = frozenset({
     "StoreMismatchError",   # optbench_jax.bench.results_store
     "CheckpointError",      # optbench_jax.train.checkpoint
     "ReportError",          # optbench_jax.bench.report
+    "StudyInputError",      # optbench_jax.bench.study_table
     "WorkdirLockedError",   # optbench_jax.workdir_lock
     "StatusError",          # optbench_jax.bench.sweep_status
     "StorageError",         # optbench_jax.storage (gs:// extra, endpoint, bucket)
+    "ModelLoadError",       # optbench_jax.inference
+    "ExportError",          # optbench_jax.export
 })
 
 

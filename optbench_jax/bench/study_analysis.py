@@ -185,18 +185,22 @@ def rank_flip_parts(curves: Sequence[Mapping[str, Any]]) -> tuple[list, list, di
   return rows, crossings, lowest
 
 
-def strict(value, replaced: list | None = None):
-  """``value`` with numpy scalars made Python, tuples lists, inf "inf" and nan None."""
+def strict(value, replaced: list | None = None, where: str = ""):
+  """``value`` with numpy scalars made Python, tuples lists, inf "inf" and nan None.
+
+  The location (``key[index].key``) of every nan replaced is appended to ``replaced``.
+  """
   if isinstance(value, dict):
-    return {str(k): strict(v, replaced) for k, v in value.items()}
+    return {str(k): strict(v, replaced, f"{where}.{k}" if where else str(k))
+            for k, v in value.items()}
   if isinstance(value, (list, tuple)):
-    return [strict(v, replaced) for v in value]
+    return [strict(v, replaced, f"{where}[{i}]") for i, v in enumerate(value)]
   if isinstance(value, np.generic):
     value = value.item()
   if isinstance(value, float) and not math.isfinite(value):
     if math.isnan(value):
       if replaced is not None:
-        replaced.append(value)
+        replaced.append(where)
       return None
     return "inf" if value > 0 else "-inf"
   return value
@@ -291,6 +295,8 @@ def analyse(rows: Sequence[Mapping[str, Any]], curves: Sequence[Mapping[str, Any
   replaced: list = []
   study = strict(study, replaced)
   if replaced:
-    study["notes"].append(f"{len(replaced)} value(s) could not be computed and are null (e.g. "
-                          "an interval with no successful bootstrap replicate)")
+    study["notes"].append(
+        f"{len(replaced)} value(s) could not be computed and are null (a bootstrap interval "
+        "with no replicate that could be refitted; Kendall's tau where every optimizer has the "
+        "same loss): " + ", ".join(replaced[:20]) + (", ..." if len(replaced) > 20 else ""))
   return study

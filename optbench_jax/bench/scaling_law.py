@@ -249,7 +249,7 @@ def extrapolate(cells_by_optimizer: Mapping[str, Cells], reference: str,
     if isinstance(law, JointLaw):
       laws[name] = law
   if reference not in laws:
-    why = fit(cells_by_optimizer.get(reference, {}))
+    why = fit(cells_by_optimizer[reference]) if reference in cells_by_optimizer else "no cells"
     return f"the reference {reference}'s joint law cannot be fitted: {why}"
   multi_seed = any(sum(math.isfinite(x) for x in losses) >= 2
                    for name in laws for losses in cells_by_optimizer[name].values())

@@ -269,7 +269,7 @@ def analyse(rows: Sequence[Mapping[str, Any]], curves: Sequence[Mapping[str, Any
                  "tokens": s["tokens"], "d_eff": s["value"] * s["tokens"]} for s in speedups],
       "joint_laws": {n: (law.as_dict() if isinstance(law, scaling_law.JointLaw)
                          else {"reason": law}) for n, law in laws.items()},
-      "extrapolation": extrapolation_rows({n: cells[n] for n in fitted}, reference, sizes,
+      "extrapolation": extrapolation_rows(cells, reference, sizes,
                                           seen, multiples, num_bootstrap, seed, notes)
                        if fitted else [],
       "winners": [{"params": round(n), "chinchilla": k, "optimizer": name, "predicted_loss": loss}

@@ -102,3 +102,20 @@ def test_speedup_beyond_the_reference_floor_is_infinite():
   below = scaling_law.JointLaw(E=1.5, A=400, a=0.34, B=410, b=0.28, rmse=0, r2=1, cells=12)
   assert math.isinf(scaling_law.speedup_at(below, law, 7e9, 1e6))
   assert scaling_law.speedup_at(law, law, 7e9, 4.0) == pytest.approx(1.0)
+
+
+def test_two_budgets_fix_gamma_to_the_reference_joint_law_floor():
+  rows = planted.rows(multiples=(1.0, 4.0))       # 3 sizes x 2 budgets = 6 cells: law fits
+  study = study_analysis.analyse(rows, reference="adamw", num_bootstrap=20)
+  assert "reason" not in study["joint_laws"]["adamw"]
+  assert sum("gamma fixed to the reference joint law" in n for n in study["notes"]) == 3
+  for r in study["speedup"]:
+    truth = planted.true_speedup(planted.LAWS[r["optimizer"]], r["params"], r["tokens"])
+    assert r["value"] == pytest.approx(truth, rel=0.1)
+
+
+def test_refused_reference_law_is_said_in_the_notes():
+  study = study_analysis.analyse(planted.rows(sizes=(3e8,)), reference="adamw", num_bootstrap=20)
+  assert study["joint_laws"]["adamw"] == {"reason": "needs >= 2 distinct model sizes N, got 1"}
+  assert study["extrapolation"] == [] and study["winners"] == []
+  assert any("extrapolation and winners not computed" in n for n in study["notes"])

@@ -65,7 +65,8 @@ DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.f
 MAPPED = ("kind", "num_layers", "d_model", "num_heads", "num_kv_heads", "ffn_dim", "vocab_size",
           "tie_embeddings", "rope_theta", "norm_eps", "init_std", "num_experts", "experts_top_k",
           "moe_aux_loss_coef")
-# Fields that change how training computes or stores, never what the trained model computes.
+# Fields that change how training computes or stores, never what the trained model computes
+# (a model trained in bfloat16 computes in whatever dtype transformers is asked for).
 TRAINING_ONLY = ("z_loss", "scan_layers", "remat", "attention_impl", "compute_dtype",
                  "param_dtype", "moe_z_loss_coef")
 # Fields exported only at the value Hugging Face's classes reproduce, and why.

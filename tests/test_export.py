@@ -76,7 +76,8 @@ def test_layout_of_every_setting_that_is_mapped(kind, tmp_path):
                         params)   # norms away from 1
   export.write_model(spec, params, str(tmp_path), max_positions=32)
   weights = export.hf_weights(spec, params, "float32")
-  np.testing.assert_array_equal(weights["lm_head.weight"], np.asarray(params["lm_head"]["kernel"]).T)
+  np.testing.assert_array_equal(weights["lm_head.weight"],
+                                np.asarray(params["lm_head"]["kernel"]).T)
   tokens = np.random.RandomState(2).randint(0, 96, (2, 32))
   ours = np.asarray(models.build_model(spec).apply({"params": params}, tokens)[0])
   assert np.abs(hf_logits(str(tmp_path), tokens, kind) - ours).max() < 1e-4
@@ -110,6 +111,14 @@ def test_unsupported_config_is_refused_with_one_line(tmp_path_factory, tmp_path)
   assert errors == [result.stderr.strip().splitlines()[-1]] and len(errors) == 1, result.stderr
   assert "model.capacity_factor=1.25 cannot be exported" in errors[0]
   assert not (tmp_path / "hf").exists()
+
+
+def test_command_line(tmp_path_factory, tmp_path):
+  workdir = tiny_runs.trained(tmp_path_factory, "llama")
+  result = _cli(f"--workdir={workdir}", f"--out={tmp_path}", "--dtype=float16", "--step=2")
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.strip() == f"wrote {tmp_path}: config.json, model.safetensors"
+  assert json.loads((tmp_path / "config.json").read_text())["torch_dtype"] == "float16"
 
 
 def test_missing_step_is_one_line(tmp_path_factory, tmp_path):

@@ -54,6 +54,7 @@ USER_ERROR_NAMES = frozenset({
     "CheckpointError",      # optbench_jax.train.checkpoint
     "ReportError",          # optbench_jax.bench.report
     "StudyInputError",      # optbench_jax.bench.study_table
+    "StudyConfigError",     # optbench_jax.bench.study_config
     "WorkdirLockedError",   # optbench_jax.workdir_lock
     "StatusError",          # optbench_jax.bench.sweep_status
     "StorageError",         # optbench_jax.storage (gs:// extra, endpoint, bucket)

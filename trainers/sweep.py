@@ -60,21 +60,16 @@ def _terminate(signum, frame):
   raise KeyboardInterrupt(f"signal {signum}")
 
 
-def main(argv):
-  del argv
-  if _STATUS.value:
-    sweep_status.render(_WORKDIR.value)
-    return 0
-  if _CONFIG.value is None:
-    raise sweep_config.SweepConfigError("--config is required (a sweep config file, "
-                                        "configs/sweeps/*.py) unless --status is given")
+def run(program) -> int:
+  """Runs (or resumes) ``program`` (a sweep config or a study) with the command's flags;
+  the exit status of the module docstring."""
   signal.signal(signal.SIGTERM, _terminate)
   # A bad sweep raises one line naming the culprit before any trial starts (cli_errors).
   ray = _EXECUTOR.value == "ray"
   parallel = _PARALLEL.value if _PARALLEL.value is not None else (0 if ray else 1)
   options = dict(address=_RAY_ADDRESS.value, max_node_retries=_MAX_NODE_RETRIES.value,
                  autoscaling=_RAY_AUTOSCALING.value) if ray else {}
-  outcome = sweep.run_sweep(_CONFIG.value, _WORKDIR.value, parallel=parallel,
+  outcome = sweep.run_sweep(program, _WORKDIR.value, parallel=parallel,
                             retry_failed=_RETRY_FAILED.value,
                             trial_timeout_s=_TRIAL_TIMEOUT.value, executor=_EXECUTOR.value,
                             executor_options=options)
@@ -86,6 +81,17 @@ def main(argv):
   if failed:
     print(f"[sweep] {failed} trial(s) failed (see trials/<id>/trial.log); a rerun retries them")
   return 1 if failed or outcome.interrupted else 0
+
+
+def main(argv):
+  del argv
+  if _STATUS.value:
+    sweep_status.render(_WORKDIR.value)
+    return 0
+  if _CONFIG.value is None:
+    raise sweep_config.SweepConfigError("--config is required (a sweep config file, "
+                                        "configs/sweeps/*.py) unless --status is given")
+  return run(_CONFIG.value)
 
 
 if __name__ == "__main__":

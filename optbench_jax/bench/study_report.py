@@ -21,9 +21,13 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from typing import Sequence
 
-from optbench_jax.bench import report, study_analysis, study_plots, study_table
+from optbench_jax import storage
+
+from optbench_jax.bench import (report, study_analysis, study_plots, study_results,
+                                study_table)
 from optbench_jax.bench.study_table import StudyInputError, model_label
 
 PLOTS_DIR = "plots"
@@ -164,6 +168,36 @@ def write(study: dict, out_dir: str) -> list[str]:
   with open(html_path, "w", encoding="utf-8") as f:
     f.write(report.to_html(blocks, blocks[0][2]))
   return [json_path, md_path, html_path] + [p for v in plot_paths.values() for p in v]
+
+
+def write_study_dir(workdir: str, num_bootstrap: int | None = None,
+                    extrapolate: Sequence[float] | None = None) -> list[str]:
+  """Analyses the study in ``workdir`` (``trainers.study``) and writes its report there
+  (through a local copy for a ``gs://`` work directory); returns the paths written."""
+  data = study_results.collect(workdir)
+  study = data["study"]
+  if not data["rows"]:
+    raise StudyInputError(f"{workdir}: no finished best runs yet; nothing to report")
+  study_table.check_reference(data["rows"], study["reference_optimizer"], workdir)
+  gamma = study["speedup"]["gamma"]
+  if gamma == "loss_floor":
+    gamma = data["loss_floor"] if data["loss_floor"] is not None else "fit"
+  analysis = study_analysis.analyse(
+      data["rows"], curves=data["curves"], tuning=data["tuning"], compute=data["compute"],
+      reference=study["reference_optimizer"],
+      extrapolate=list(study["extrapolate"] if extrapolate is None else extrapolate),
+      gamma=gamma, num_bootstrap=int(num_bootstrap or study["speedup"]["num_bootstrap"]))
+  analysis["notes"] = list(data["notes"]) + list(analysis.get("notes", []))
+  if not storage.is_remote(workdir):
+    return write(analysis, storage.resolve(workdir))
+  with tempfile.TemporaryDirectory() as local:
+    written = write(analysis, local)
+    targets = []
+    for path in written:
+      target = storage.join(workdir, os.path.relpath(path, local))
+      storage.upload(path, target)
+      targets.append(target)
+    return targets
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -171,12 +171,17 @@ def fingerprint(plain: Mapping[str, Any], base: Mapping[str, Any]) -> str:
   return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def trial_id(optimizer: str, hparams: Mapping[str, Any], budget_steps: int, seed: int) -> str:
-  """A deterministic, filesystem-safe id: readable prefix + hash of the exact settings."""
-  payload = json.dumps([optimizer, dict(hparams), int(budget_steps), int(seed)], sort_keys=True)
-  digest = hashlib.sha1(payload.encode()).hexdigest()[:10]
+def trial_id(optimizer: str, hparams: Mapping[str, Any], budget_steps: int, seed: int,
+             scale: str = "") -> str:
+  """A deterministic, filesystem-safe id: readable prefix + hash of the exact settings.
+
+  ``scale``: a study's model size (and batch size) label; a sweep has none.
+  """
+  settings = [optimizer, dict(hparams), int(budget_steps), int(seed)] + ([scale] if scale else [])
+  digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
   readable = re.sub(r"[^A-Za-z0-9_-]+", "_", optimizer)   # import paths: "pkg.mod:f" -> "pkg_mod_f"
-  return f"{readable}-{budget_steps}steps-seed{seed}-{digest}"
+  prefix = re.sub(r"[^A-Za-z0-9_-]+", "_", scale) + "-" if scale else ""
+  return f"{prefix}{readable}-{budget_steps}steps-seed{seed}-{digest}"
 
 
 def _set_dotted(config: ml_collections.ConfigDict, key: str, value: Any, where: str) -> None:

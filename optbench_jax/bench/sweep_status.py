@@ -28,7 +28,7 @@ from rich.table import Table
 from optbench_jax import storage
 from optbench_jax import workdir_files
 from optbench_jax import workdir_lock
-from optbench_jax.bench import results_store, sweep_dir, trial_plan
+from optbench_jax.bench import results_store, study_plan, sweep_dir, trial_plan
 
 RUNNING, INTERRUPTED, PENDING = "running", "interrupted", "pending"
 STATES = (results_store.COMPLETED, results_store.DIVERGED, RUNNING, INTERRUPTED,
@@ -42,6 +42,7 @@ class StatusError(ValueError):
 @dataclasses.dataclass
 class TrialRow:
   trial_id: str
+  scale: str
   optimizer: str
   budget_steps: int
   seed: int
@@ -56,9 +57,15 @@ def collect(workdir: str) -> tuple[str, list[TrialRow]]:
   """(sweep name, one row per known trial: recorded ones, then the ones left)."""
   workdir = storage.resolve(workdir)
   try:
-    plain = sweep_dir.read_snapshot(workdir)["sweep"]
+    snapshot = sweep_dir.read_snapshot(workdir)
   except FileNotFoundError as e:
     raise StatusError(f"{e}; start one with --config") from None
+  if "study" in snapshot:   # a study: one sweep per scale, one plan
+    plain = snapshot["study"]
+    plan = study_plan.StudyPlan(plain)
+  else:
+    plain = snapshot["sweep"]
+    plan = trial_plan.TrialPlan(plain)
   store = (results_store.ResultsStore.open_existing(sweep_dir.store_path(workdir))
            if sweep_dir.has_store(workdir) else None)
   try:
@@ -73,7 +80,6 @@ def collect(workdir: str) -> tuple[str, list[TrialRow]]:
   finally:
     if store is not None:
       store.close()
-  plan = trial_plan.TrialPlan(plain)
   recorded: list[trial_plan.Trial] = []
 
   def known(trial):
@@ -91,8 +97,8 @@ def collect(workdir: str) -> tuple[str, list[TrialRow]]:
     trial_dir = sweep_dir.trial_dir(workdir, trial.trial_id)
     result = final.get(trial.trial_id)
     if result is not None:
-      rows.append(TrialRow(trial.trial_id, trial.optimizer, trial.budget_steps, trial.seed,
-                           dict(trial.hparams), result.status, result.steps,
+      rows.append(TrialRow(trial.trial_id, trial.scale, trial.optimizer, trial.budget_steps,
+                           trial.seed, dict(trial.hparams), result.status, result.steps,
                            result.final_eval_loss, result.reason.splitlines()[0][:80]
                            if result.reason else ""))
       continue
@@ -107,8 +113,8 @@ def collect(workdir: str) -> tuple[str, list[TrialRow]]:
       state, note = INTERRUPTED, "resumes from its checkpoint on rerun"
     else:
       state, note = PENDING, ""
-    rows.append(TrialRow(trial.trial_id, trial.optimizer, trial.budget_steps, trial.seed,
-                         dict(trial.hparams), state, steps, math.nan, note))
+    rows.append(TrialRow(trial.trial_id, trial.scale, trial.optimizer, trial.budget_steps,
+                         trial.seed, dict(trial.hparams), state, steps, math.nan, note))
   return str(plain.get("name", "")), rows
 
 
@@ -120,17 +126,19 @@ def render(workdir: str, console: Console | None = None) -> dict[str, int]:
   """Prints the status table and the counts; returns the counts."""
   name, rows = collect(workdir)
   console = console or Console()
-  table = Table(title=f"sweep {name!r} in {workdir}", box=box.SIMPLE)
+  studies = any(r.scale for r in rows)
+  table = Table(title=f"{'study' if studies else 'sweep'} {name!r} in {workdir}", box=box.SIMPLE)
   # A trial id is the only column that tells rows apart: it is never cut; on a narrow
   # terminal (or a pipe, 80 columns) the other columns wrap instead.
   id_width = max((len(r.trial_id) for r in rows), default=5)
   table.add_column("trial", no_wrap=True, min_width=id_width)
-  for column in ("optimizer", "budget", "seed", "state", "steps", "final eval loss", "note"):
+  for column in ("scale",) * studies + ("optimizer", "budget", "seed", "state", "steps", "final eval loss", "note"):
     table.add_column(column, overflow="fold",
                      justify="right" if column in ("budget", "seed", "steps",
                                                    "final eval loss") else "left")
   for r in rows:
-    table.add_row(r.trial_id, r.optimizer, str(r.budget_steps), str(r.seed), r.state,
+    table.add_row(r.trial_id, *((r.scale,) * studies), r.optimizer, str(r.budget_steps),
+                  str(r.seed), r.state,
                   f"{r.steps_done}/{r.budget_steps}",
                   "" if math.isnan(r.final_eval_loss) else f"{r.final_eval_loss:.4f}", r.note)
   console.print(table)

@@ -28,17 +28,20 @@ class Trial:
   hparams: dict[str, Any]
   budget_steps: int
   seed: int
+  scale: str = ""     # a study's scale (model size, batch size); "" in a sweep
 
   @property
   def trial_id(self) -> str:
-    return sweep_config.trial_id(self.optimizer, self.hparams, self.budget_steps, self.seed)
+    return sweep_config.trial_id(self.optimizer, self.hparams, self.budget_steps, self.seed,
+                                 self.scale)
 
 
 class TrialPlan:
   """The proposals of one sweep (module docstring)."""
 
-  def __init__(self, plain: Mapping[str, Any]):
+  def __init__(self, plain: Mapping[str, Any], scale: str = ""):
     self.plain = plain
+    self.scale = scale
     self.tuners = {
         (optimizer, budget): tuning.make_tuner(
             plain["strategy"], spec["grid"], spec["baseline"], plain["threshold"],
@@ -86,17 +89,17 @@ class TrialPlan:
       for (optimizer, budget), tuner in self.tuners.items():
         batch = tuner.propose()
         for point in batch:
-          trial = Trial(optimizer, point, budget, plain["seeds"][0])
+          trial = Trial(optimizer, point, budget, plain["seeds"][0], self.scale)
           progress |= submit(trial, lambda loss, t=tuner, p=point: t.observe(p, loss))
         if not batch and tuner.done and (optimizer, budget) not in self._replicated:
           self._replicated.add((optimizer, budget))
           best, best_loss = tuner.best
           if math.isfinite(best_loss):
             for seed in plain["seeds"][1:]:
-              submit(Trial(optimizer, best, budget, seed), lambda loss: None)
+              submit(Trial(optimizer, best, budget, seed, self.scale), lambda loss: None)
             for other in plain["budgets"]:     # untuned budgets reuse this best config
               if other not in plain["tune_budgets"] and \
                  sweep_config.transfer_source(plain, other) == budget:
                 for seed in plain["seeds"]:
-                  submit(Trial(optimizer, best, other, seed), lambda loss: None)
+                  submit(Trial(optimizer, best, other, seed, self.scale), lambda loss: None)
     return new

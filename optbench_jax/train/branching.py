@@ -86,6 +86,17 @@ def check_schedules_agree(config: Any, theirs: Mapping[str, Any]) -> None:
                          "both runs' shared stable phase")
 
 
+def shared_steps(short: Any, long: Any) -> int:
+  """How many first steps the run ``short`` computes exactly as the longer run ``long``
+  (configs equal but for their length): the first step whose learning rates differ (at
+  most ``short``'s last step). A checkpoint of ``long`` at that step can start ``short``."""
+  steps = jnp.arange(short.train.steps)
+  mine = np.asarray(optimizer_lib.make_schedule(short)(steps))
+  their = np.asarray(optimizer_lib.make_schedule(long)(steps))
+  differ = np.flatnonzero(mine != their)
+  return int(differ[0]) if differ.size else int(short.train.steps) - 1
+
+
 def check(config: Any) -> None:
   """Raises ConfigError (one line) unless ``config`` may branch as its train section says."""
   check_schedules_agree(config, source_config(config))

@@ -35,6 +35,13 @@ from optbench_jax import storage
 DAMAGED_DIR = "checkpoints_damaged"
 
 
+def is_complete(workdir: str, step: int) -> bool:
+  """Whether ``workdir`` holds a finished checkpoint at ``step`` (orbax marks one with
+  ``commit_success.txt``; a save in progress lives in a temporary directory)."""
+  return storage.exists(storage.join(storage.resolve(workdir), "checkpoints", str(int(step)),
+                                     "commit_success.txt"))
+
+
 class CheckpointError(RuntimeError):
   """No checkpoint of the run restores; the message names each one's error."""
 

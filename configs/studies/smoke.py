@@ -22,7 +22,7 @@ def get_config():
                                  "final_fraction": 0.0}},
       "train": {"log_every": 20, "eval_batches": 2, "full_eval_at_end": False,
                 "checkpoint_every": 0, "keep_checkpoints": 1},
-      "mesh": {"data": 1},
+      "mesh": {"data": -1},
   }
   c.models = {"w32": {"overrides": {"model": {"d_model": 32, "num_heads": 2}}},
               "w64": {"overrides": {"model": {"d_model": 64, "num_heads": 4}}}}

@@ -60,6 +60,7 @@ USER_ERROR_NAMES = frozenset({
     "StorageError",         # optbench_jax.storage (gs:// extra, endpoint, bucket)
     "ModelLoadError",       # optbench_jax.inference
     "ExportError",          # optbench_jax.export
+    "EvaluationError",      # optbench_jax.evaluate
 })
 
 

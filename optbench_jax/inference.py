@@ -25,6 +25,9 @@ token 0 and the padding is cut off the results.
   compiled. For a capacity-factor MoE (``model.capacity_factor > 0``) padding
   tokens would compete for expert capacity, so only sequences of equal length
   share a batch there.
+* ``Model.next_tokens(tokens, lengths) -> int [B]``: the greedy next token
+  after the first ``lengths[i]`` tokens of each right-padded row (greedy
+  decoding without moving ``[B, S, V]`` logits to the host).
 
 Errors a user can make (no checkpoint, a step that does not exist, a directory
 that is not a training work directory) raise :class:`ModelLoadError` with one line.
@@ -78,6 +81,7 @@ class Model:
     self._seq_multiple = attention_kernels.SPLASH_LANES if impl == "splash" else 1
     self._logits = jax.jit(self._forward)
     self._scores = jax.jit(self._token_scores)
+    self._next = jax.jit(self._argmax_at)
 
   @property
   def vocab_size(self) -> int:
@@ -92,6 +96,12 @@ class Model:
     logprobs = jax.nn.log_softmax(logits, axis=-1)
     picked = jnp.take_along_axis(logprobs, targets[..., None], axis=-1)[..., 0]
     return picked, jnp.argmax(logits, axis=-1) == targets
+
+  def _argmax_at(self, params, tokens, positions):
+    """argmax of the logits at ``positions[b, 0]`` of each row [B]."""
+    logits = self._forward(params, tokens)
+    last = jnp.take_along_axis(logits, positions[:, :, None], axis=1)[:, 0]
+    return jnp.argmax(last, axis=-1)
 
   def _check_tokens(self, tokens: np.ndarray) -> None:
     if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
@@ -116,6 +126,20 @@ class Model:
     self._check_tokens(tokens)
     b, s = tokens.shape
     return np.asarray(self._logits(self.params, self._put(tokens)))[:b, :s]
+
+  def next_tokens(self, tokens: Any, lengths: Sequence[int]) -> np.ndarray:
+    """int [B]: the greedy next token after the first ``lengths[b]`` (>= 1) tokens of row ``b``
+    of int tokens [B, S]; what follows them in a row is ignored (causal attention)."""
+    tokens = np.asarray(tokens)
+    self._check_tokens(tokens)
+    lengths = np.asarray(lengths, np.int32)
+    if lengths.shape != tokens.shape[:1] or lengths.min() < 1 or lengths.max() > tokens.shape[1]:
+      raise ValueError(f"lengths must hold one value in [1, {tokens.shape[1]}] per row")
+    padded = self._put(tokens)
+    positions = np.zeros((padded.shape[0], 1), np.int32)   # [B, 1]: sharded like the tokens
+    positions[:len(lengths), 0] = lengths - 1
+    return np.asarray(self._next(self.params, padded,
+                                 jax.device_put(positions, self._batch_sharding)))[:len(lengths)]
 
   def loglikelihood(self, context: Sequence[int],
                     continuation: Sequence[int]) -> tuple[float, bool]:

@@ -107,6 +107,13 @@ def base_config() -> ml_collections.ConfigDict:
       branch_from="",
       branch_step=0,
       profile=False,           # a jax.profiler trace of 5 steady steps (train/profiling.py)
+      # Averaged weights evaluated beside the raw ones (train/weight_averaging.py), any
+      # optimizer; reported as eval_loss_ema / eval_loss_tail, never as eval_loss.
+      weight_averaging=ml_collections.ConfigDict(dict(
+          ema_decay=0.0,       # in [0, 1); 0 = off. ema = decay ema + (1 - decay) theta
+          ema_start=0,         # the step the EMA starts from (set to theta there)
+          tail_fraction=0.0,   # in [0, 1); 0 = off. Uniform mean of theta over the last fraction
+      )),
   ))
 
   c.mesh = ml_collections.ConfigDict(dict(
@@ -217,7 +224,26 @@ def check_values(config: ml_collections.ConfigDict) -> None:
     _require(isinstance(t.branch_step, int) and 0 < t.branch_step < t.steps,
              f"config.train.branch_step must be an integer in (0, train.steps={t.steps}) when "
              f"train.branch_from is set, got {t.branch_step!r}")
+  _check_weight_averaging(t)
   _choice("mesh.factor_sharding", config.mesh.factor_sharding, FACTOR_SHARDINGS)
+
+
+def _number(value: Any) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_weight_averaging(t: ml_collections.ConfigDict) -> None:
+  w = t.weight_averaging
+  _require(_number(w.ema_decay) and 0 <= w.ema_decay < 1,
+           f"config.train.weight_averaging.ema_decay must be a number in [0, 1) (0 = off), "
+           f"got {w.ema_decay!r}")
+  _require(isinstance(w.ema_start, int) and not isinstance(w.ema_start, bool)
+           and 0 <= w.ema_start < t.steps,
+           f"config.train.weight_averaging.ema_start must be an integer in [0, train.steps="
+           f"{t.steps}), got {w.ema_start!r}")
+  _require(_number(w.tail_fraction) and 0 <= w.tail_fraction < 1,
+           f"config.train.weight_averaging.tail_fraction must be a number in [0, 1) (0 = off), "
+           f"got {w.tail_fraction!r}")
 
 
 def check_batch_split(config: ml_collections.ConfigDict, batch_axes: Mapping[str, int],

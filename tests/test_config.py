@@ -152,3 +152,17 @@ def test_a_run_resolves_and_checks_its_config_once(tmp_path, monkeypatch):
                       devices=tiny.one_device())
   assert summary["status"] == "completed"
   assert counts == {"resolve": 1, "check_known_keys": 1, "check_values": 1}
+
+
+@pytest.mark.parametrize("update, key", [
+    (dict(ema_decay=1.0), "ema_decay"),
+    (dict(ema_decay=-0.1), "ema_decay"),
+    (dict(tail_fraction=1.0), "tail_fraction"),
+    (dict(tail_fraction=-0.5), "tail_fraction"),
+    (dict(ema_decay=0.9, ema_start=4), "ema_start"),    # train.steps = 4
+])
+def test_bad_weight_averaging_settings_name_their_key(update, key, tmp_path, no_compile):
+  config = tiny.micro_config(tmp_path)
+  config.train.weight_averaging.update(**update)
+  _expect(config, rf"^config\.train\.weight_averaging\.{key} must be", tmp_path,
+          tiny.one_device())

@@ -37,6 +37,7 @@ from optbench_jax.train import mesh as mesh_lib
 from optbench_jax.train import optimizer as optimizer_lib
 from optbench_jax.train import state as state_lib
 from optbench_jax.train import step as step_lib
+from optbench_jax.train import weight_averaging
 from optbench_jax.config import ConfigError
 
 
@@ -51,6 +52,7 @@ class Run:
   abstract_state: state_lib.TrainState
   state_shardings: state_lib.TrainState
   attention_impl: str = "xla"                 # model.attention_impl resolved on this backend
+  averaging: weight_averaging.Spec = state_lib.NO_AVERAGING
 
   @property
   def is_abstract(self) -> bool:
@@ -71,6 +73,14 @@ class Run:
     return step_lib.make_eval_step(self.model, self.optimizer, self.mesh, self.state_shardings,
                                    self.batch_sharding)
 
+  @functools.cached_property
+  def average_eval_steps(self) -> dict[str, Callable]:
+    """``{readout: eval_step}`` for each weight average kept (``train.weight_averaging``)."""
+    return {name: step_lib.make_eval_step(self.model, self.optimizer, self.mesh,
+                                          self.state_shardings, self.batch_sharding,
+                                          readout=name)
+            for name in self.averaging.readouts}
+
   def state_target(self) -> state_lib.TrainState:
     """ShapeDtypeStructs of the state carrying its shardings (restore / lowering target)."""
     return state_lib.with_shardings(self.abstract_state, self.state_shardings)
@@ -85,7 +95,8 @@ class Run:
     """A freshly initialised state, created directly in its shardings."""
     return state_lib.create_sharded_state(self.model_spec, self.optimizer.tx,
                                           self.state_shardings,
-                                          self.config.seed if seed is None else seed)
+                                          self.config.seed if seed is None else seed,
+                                          self.averaging)
 
 
 def _mesh(config: ml_collections.ConfigDict, devices: Sequence | None, abstract: bool):
@@ -118,12 +129,13 @@ def build(config: Any, devices: Sequence | None = None, *, abstract: bool = Fals
   abstract_params = models.abstract_params(model_spec)
   optimizer = optimizer_lib.build(config, abstract_params,
                                   models.param_batch_axes(abstract_params), model_spec)
-  abstract_state = state_lib.abstract_state(model_spec, optimizer.tx)
+  averaging = weight_averaging.Spec.from_config(config.train)
+  abstract_state = state_lib.abstract_state(model_spec, optimizer.tx, averaging)
   shardings = state_lib.state_shardings(model_spec, abstract_state, mesh,
                                          config.mesh.factor_sharding)
   return Run(config=config, model_spec=model_spec, mesh=mesh, batch_sharding=batch_sharding,
              optimizer=optimizer, abstract_state=abstract_state, state_shardings=shardings,
-             attention_impl=attention_impl)
+             attention_impl=attention_impl, averaging=averaging)
 
 
 def resolve_attention(config: ml_collections.ConfigDict, model_spec: models.ModelSpec,

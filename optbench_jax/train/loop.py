@@ -6,7 +6,10 @@ anything is compiled. Then restore the latest checkpoint of ``workdir`` (or
 initialise), train, evaluate every ``eval_every`` steps on ``eval_batches``
 validation batches plus a full validation pass at the end, checkpoint every
 ``checkpoint_every`` steps and at the end, and write ``metrics.jsonl``,
-``loss_curve.png`` and ``summary.json``.
+``loss_curve.png`` and ``summary.json``. Weight averages
+(``train.weight_averaging``) are evaluated in the same passes, as their own keys
+(``eval_loss_ema``, ``eval_loss_tail``; summary ``final_eval_loss_ema`` /
+``final_eval_loss_tail``); ``final_eval_loss`` is always the raw weights'.
 
 Stops: SIGTERM saves a checkpoint and returns ``status="preempted"``, also
 when it arrives during the final eval or save. With several processes a SIGTERM
@@ -57,6 +60,7 @@ from optbench_jax.train import metrics as metrics_lib
 from optbench_jax.train import preflight
 from optbench_jax.train import profiling
 from optbench_jax.train import run_record
+from optbench_jax.train import weight_averaging
 from optbench_jax.config import ConfigError
 
 COMPLETED, DIVERGED, PREEMPTED = "completed", "diverged", "preempted"
@@ -208,21 +212,27 @@ def _run(run_: assembly.Run, workdir: str, devices: list, allow_config_change: b
                config.model.kind, f"{n_params:,}", flops_per_token, dict(mesh.shape), peak,
                peak_source)
 
-  def evaluate(max_batches, stop=None):
-    """The eval loss, or None when ``stop`` (SIGTERM) arrives during the pass."""
+  def evaluate(max_batches, stop=None, averages=()):
+    """``{"eval_loss": raw loss, "eval_loss_<average>": ...}`` for the weight averages
+    named, in one pass over the data; None when ``stop`` (SIGTERM) arrives during it."""
     it = data_lib.make_eval_iterator(
         str(manifest.directory), seq_len=d.seq_len, batch_size=micro_batch,
         process_index=jax.process_index(), process_count=jax.process_count(),
         max_batches=max_batches)
-    total = None
+    steps = {"eval_loss": eval_step,
+             **{f"eval_loss_{name}": run_.average_eval_steps[name] for name in averages}}
+    totals = dict.fromkeys(steps)
     for batch in it:
       if stop is not None and stop.received:
         return None
-      total = metrics_lib.merge(total, jax.device_get(eval_step(state, _to_global(batch,
-                                                                              batch_sharding))))
-    return metrics_lib.to_floats(total.compute())["eval_loss"]
+      batch = _to_global(batch, batch_sharding)
+      for key, step_fn in steps.items():
+        totals[key] = metrics_lib.merge(totals[key], jax.device_get(step_fn(state, batch)))
+    return {key: metrics_lib.to_floats(total.compute())["eval_loss"]
+            for key, total in totals.items()}
 
   status, message = COMPLETED, ""
+  final_evals = None
   pending, throughput, compile_time = None, [], None
   last_eval = None
   # Throughput counts only time spent training: eval and checkpoint time and the
@@ -320,9 +330,10 @@ def _run(run_: assembly.Run, workdir: str, devices: list, allow_config_change: b
         if log_now:
           log(step)
         if eval_now:
-          last_eval = evaluate(t.eval_batches)
-          writer.write(step, {"eval_loss": last_eval, "eval_batches": t.eval_batches})
-          logging.info("step %d | eval loss %.4f", step, last_eval)
+          evals = evaluate(t.eval_batches, averages=run_.averaging.reported_at(step))
+          last_eval = evals["eval_loss"]
+          writer.write(step, {**evals, "eval_batches": t.eval_batches})
+          logging.info("step %d | eval loss %.4f%s", step, last_eval, _averages_text(evals))
         if save_now:
           checkpointer.save(step, state, train_iter)
           writer.flush()
@@ -332,18 +343,21 @@ def _run(run_: assembly.Run, workdir: str, devices: list, allow_config_change: b
       if status == COMPLETED:
         checkpointer.save(step, state, train_iter)   # on disk (async) before the long final eval
         writer.flush()
-        final_eval = evaluate(None if t.full_eval_at_end else t.eval_batches, stop)
+        final_evals = evaluate(None if t.full_eval_at_end else t.eval_batches, stop,
+                               averages=run_.averaging.readouts)
+        final_eval = None if final_evals is None else final_evals["eval_loss"]
         if final_eval is None:
           status, message = PREEMPTED, (f"stopped by signal during the final eval at step {step}; "
                                         "the final checkpoint is saved: rerun to evaluate")
         else:
-          writer.write(step, {"eval_loss": final_eval, "full_eval": bool(t.full_eval_at_end)})
+          writer.write(step, {**final_evals, "full_eval": bool(t.full_eval_at_end)})
           floor = manifest.loss_floor_nats
-          logging.info("final eval loss %.4f (%s)%s", final_eval,
+          logging.info("final eval loss %.4f (%s)%s%s", final_eval,
                        "full validation split" if t.full_eval_at_end else
                        f"{t.eval_batches} batches",
                        "" if floor is None else
-                       f"; loss floor {floor:.4f}, gap {final_eval - floor:.4f}")
+                       f"; loss floor {floor:.4f}, gap {final_eval - floor:.4f}",
+                       _averages_text(final_evals))
       elif status == DIVERGED:
         step = diverged_at if diverged_at is not None else step
       profiler.stop()
@@ -364,6 +378,8 @@ def _run(run_: assembly.Run, workdir: str, devices: list, allow_config_change: b
   mean_tps = sum(n * tps for n, tps in throughput) / weighted if weighted else None
   summary = dict(
       status=status, message=message, final_eval_loss=final_eval, last_eval_loss=last_eval,
+      **{f"final_eval_loss_{name}": (final_evals or {}).get(f"eval_loss_{name}")
+         for name in weight_averaging.READOUTS},
       steps=step, tokens=step * tokens_per_step, wall_time_s=time.time() - start_time,
       compile_time_s=compile_time, resumed_from_step=resumed_from, params=n_params,
       branched_from=(run_record.read_record(workdir) or {}).get("branched_from"),
@@ -377,13 +393,19 @@ def _run(run_: assembly.Run, workdir: str, devices: list, allow_config_change: b
     run_record.carry_over(summary, previous_summary)
   if is_writer:
     writer.flush()
-    metrics_lib.plot_loss_curve(workdir_files.read_metrics(workdir),
-                                workdir_files.path(workdir, workdir_files.LOSS_CURVE),
-                                manifest.loss_floor_nats,
-                                title=f"{config.model.kind} / {config.optimizer.name}")
+    records = workdir_files.read_metrics(workdir)
+    title = f"{config.model.kind} / {config.optimizer.name}"
+    metrics_lib.plot_loss_curve(records, workdir_files.path(workdir, workdir_files.LOSS_CURVE),
+                                manifest.loss_floor_nats, title=title)
     storage.write_json(workdir_files.path(workdir, workdir_files.SUMMARY), summary, indent=2, default=str)
   writer.close()
   return summary
+
+
+def _averages_text(evals: dict) -> str:
+  """`` | ema 3.1234 | tail 3.1200``: the weight averages' eval losses, for the log line."""
+  return "".join(f" | {key[len('eval_loss_'):]} {value:.4f}" for key, value in evals.items()
+                 if key != "eval_loss")
 
 
 def outcome_line(summary: dict) -> str:

@@ -26,6 +26,7 @@ import json
 import time
 from typing import Any, Callable, Mapping
 
+from optbench_jax import config as config_lib
 from optbench_jax import storage
 from optbench_jax import workdir_files
 from optbench_jax.config import ConfigError
@@ -65,11 +66,17 @@ def fingerprint(config: Mapping[str, Any]) -> str:
 
 
 def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-  """``key: old -> new`` for every compared key that differs (missing shown as <absent>)."""
+  """``key: old -> new`` for every compared key that differs (missing shown as <absent>).
+
+  A key the old record lacks and the new config holds at its schema default is
+  no change: the record predates the key, whose default computes what the run did.
+  """
   a, b = _compared(old), _compared(new)
+  defaults = _compared(config_lib.as_dict(config_lib.base_config()))
   absent = "<absent>"
   return [f"{k}: {json.dumps(a.get(k, absent))} -> {json.dumps(b.get(k, absent))}"
-          for k in sorted(set(a) | set(b)) if a.get(k, absent) != b.get(k, absent)]
+          for k in sorted(set(a) | set(b)) if a.get(k, absent) != b.get(k, absent)
+          and not (k not in a and k in defaults and b.get(k) == defaults[k])]
 
 
 def _read_json(path: str) -> dict[str, Any] | None:

@@ -7,6 +7,7 @@ Train step, for a global batch split into A = ``grad_accum_steps`` micro-batches
     params = params + updates
 
     params = qk_clip(params, S, tau)                   (only if optimizer.qk_clip_tau > 0)
+    averages = update(averages, params, step + 1)      (only if train.weight_averaging is on)
 
 where ``tx`` already chains global-norm clipping before the optimizer, and
 S [L, H] is the largest pre-softmax attention logit per layer and head of the
@@ -53,6 +54,7 @@ from optbench_jax import models
 from optbench_jax.models import losses
 from optbench_jax.train import metrics as metrics_lib
 from optbench_jax.train import qk_clip
+from optbench_jax.train import weight_averaging
 from optbench_jax.train.optimizer import Optimizer, eval_params
 from optbench_jax.train.state import TrainState
 
@@ -134,6 +136,7 @@ def make_train_step(model, model_spec: models.ModelSpec, optimizer: Optimizer, c
   value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
   sampled_grad_fn = jax.grad(make_sampled_label_loss(model))
   hessian_key = jax.random.PRNGKey(config.seed + 1)
+  averaging = weight_averaging.Spec.from_config(config.train)
 
   def grad_fn(params, batch):   # -> (mean part, max part) for accumulate_mean_max
     (loss, (lm, aux, max_logits)), grads = value_and_grad(params, batch)
@@ -165,7 +168,11 @@ def make_train_step(model, model_spec: models.ModelSpec, optimizer: Optimizer, c
                     qk_clipped_heads=qk_clip.clipped_heads(max_logits, tau))
       collection = metrics_lib.QKClipTrainMetrics
     step_metrics = collection.single_from_model_output(**values)
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), step_metrics
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    if averaging.enabled:
+      new_state = new_state.replace(averages=weight_averaging.update(
+          averaging, state.averages, params, new_state.step))
+    return new_state, step_metrics
 
   replicated = NamedSharding(mesh, P())
   return jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
@@ -173,10 +180,17 @@ def make_train_step(model, model_spec: models.ModelSpec, optimizer: Optimizer, c
 
 
 def make_eval_step(model, optimizer: Optimizer, mesh, state_shardings: TrainState,
-                   batch_sharding: NamedSharding) -> Callable:
-  """``eval_step(state, batch) -> EvalMetrics`` (token-weighted; padding masked out)."""
+                   batch_sharding: NamedSharding, readout: str = "raw") -> Callable:
+  """``eval_step(state, batch) -> EvalMetrics`` (token-weighted; padding masked out).
+
+  ``readout``: "raw" evaluates the optimizer's eval parameters (its ``eval_params``
+  hook, else the parameters); "ema" / "tail" the state's weight average of that name.
+  """
   def eval_step(state: TrainState, batch: dict):
-    params = eval_params(state.opt_state, state.params)
+    if readout == "raw":
+      params = eval_params(state.opt_state, state.params)
+    else:
+      params = weight_averaging.as_params(state.averages[readout], state.params)
     logits, _ = model.apply({"params": params}, batch["inputs"])
     mask = batch.get("mask")
     loss, _ = losses.lm_loss(logits, batch["targets"], mask)

@@ -56,11 +56,17 @@ _INIT_TIMEOUT = flags.DEFINE_integer(
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     "allow_config_change", False, "Resume although the config differs from the one the run "
     "started with (e.g. a new eval setting); the change is recorded in run_record.json.")
+_COMPILATION_CACHE = flags.DEFINE_string(
+    "compilation_cache", "", "A local directory for JAX's persistent compilation cache, "
+    "shared by processes that compile the same programs (a sweep's trials); empty: off.")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Print tracebacks with errors.")
 
 
 def main(argv):
   del argv
+  if _COMPILATION_CACHE.value:
+    from optbench_jax import compilation_cache  # pylint: disable=import-outside-toplevel
+    compilation_cache.enable(_COMPILATION_CACHE.value)
   # Before anything touches a JAX backend.
   from optbench_jax.train import mesh  # pylint: disable=import-outside-toplevel
   mesh.maybe_initialize_distributed(force=_MULTIHOST.value,

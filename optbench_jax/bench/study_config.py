@@ -216,8 +216,6 @@ def scales(plain: Mapping[str, Any], load=sweep_config.load_python_config
           "trial_budget": plain["plan"]["trial_budget"],
           "edge_extension": plain["plan"]["edge_extension"],
           **{k: copy.deepcopy(plain[k]) for k in SWEEP_FIELDS if k in plain}}
-      if label not in plain["plan"]["tune"]:
-        sweep["strategy"] = "coordinate_descent"   # the carried point, refined locally
       try:
         sweep = sweep_config.as_plain(sweep)
         if sweep["speedup"]["gamma"] == "fit" and len(steps) < 3:

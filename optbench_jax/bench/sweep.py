@@ -36,6 +36,7 @@ for a ``gs://`` sweep, are ``sweep_dir``'s; what a finished trial amounts to is
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -53,11 +54,13 @@ from optbench_jax.bench import (results_store, sweep_config, sweep_dir, sweep_pr
 Launcher = Callable[[str, str], Sequence[str]]
 
 
-def default_launcher(config_path: str, trial_dir: str) -> list[str]:
-  """The trainer command line for one trial."""
+def default_launcher(config_path: str, trial_dir: str, compilation_cache: str = "") -> list[str]:
+  """The trainer command line for one trial (``compilation_cache``: a local directory the
+  trials share for JAX's persistent compilation cache; empty: none)."""
   loader = os.path.join(sweep_config.REPO_ROOT, "configs", "from_json.py")
   return [sys.executable, "-m", "trainers.lm", f"--config={loader}:{config_path}",
-          f"--workdir={trial_dir}"]
+          f"--workdir={trial_dir}"] + (
+              [f"--compilation_cache={compilation_cache}"] if compilation_cache else [])
 
 
 Trial = trial_plan.Trial   # re-exported: the unit a sweep runs
@@ -95,7 +98,8 @@ class SweepRunner:
                poll_interval_s: float = 0.5, log: Callable[[str], None] = print,
                trial_timeout_s: float = 0.0, executor: Any = None,
                progress: sweep_progress.SweepProgress | None = None,
-               executor_options: Mapping[str, Any] | None = None):
+               executor_options: Mapping[str, Any] | None = None,
+               compilation_cache: bool = True):
     if parallel is None or parallel < 0 or (parallel == 0 and executor != "ray"):
       raise sweep_config.SweepConfigError(
           f"--parallel must be >= 1 (0: as many as the Ray cluster fits), got {parallel}")
@@ -118,6 +122,9 @@ class SweepRunner:
                                   executor_options or {})
     self.parallel = parallel or self.executor.capacity
     self.progress = progress   # default: a SweepProgress on stdout (live on a terminal)
+    if launcher is default_launcher and compilation_cache:
+      launcher = functools.partial(default_launcher,
+                                   compilation_cache=self.dir.compilation_cache_dir())
     self.launcher = launcher
     self.retry_failed = retry_failed
     self.poll_interval_s = poll_interval_s

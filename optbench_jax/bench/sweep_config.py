@@ -32,7 +32,8 @@ has these fields:
                        min(after_steps, after_fraction * budget) has diverged
                        (Wen et al.: 6 after 2000 steps); NaN/Inf always does
   speedup              gamma ("fit" | "loss_floor" | a number), num_bootstrap
-  optimizers           {name: {baseline: {hp: v}, grid: {hp: [v, ...]},
+  optimizers           {label: {optimizer: registered name (default: the label),
+                       baseline: {hp: v}, grid: {hp: [v, ...]},
                        overrides: trainer config values, as above}}
   hosts_per_trial      processes (hosts) each trial runs as, one multi-host job
                        (default 1); the global batch and the trial's mesh must
@@ -149,10 +150,10 @@ def as_plain(sweep: Any) -> dict[str, Any]:
   for name, spec in plain["optimizers"].items():
     if not isinstance(spec, Mapping):
       raise SweepConfigError(f"optimizers.{name} must be a mapping with baseline/grid/overrides")
-    unknown = sorted(set(spec) - {"baseline", "grid", "overrides"})
+    unknown = sorted(set(spec) - {"optimizer", "baseline", "grid", "overrides"})
     if unknown:
       raise SweepConfigError(f"optimizers.{name} has unknown field(s) {unknown}; "
-                             "valid: baseline, grid, overrides")
+                             "valid: optimizer, baseline, grid, overrides")
     spec.setdefault("baseline", {})
     spec.setdefault("grid", {})
     spec["overrides"] = flatten(spec.get("overrides", {}))
@@ -169,6 +170,12 @@ def fingerprint(plain: Mapping[str, Any], base: Mapping[str, Any]) -> str:
   sweep = {k: v for k, v in plain.items() if k not in OPERATIONAL_FIELDS}
   payload = json.dumps({"sweep": sweep, "base": base}, sort_keys=True, default=str)
   return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def registry_name(label: str, spec: Mapping[str, Any]) -> str:
+  """The optimizer an ``optimizers`` entry trains with: its ``optimizer`` field, else its
+  label (two entries of one optimizer, e.g. AdamW at a default and AdamW tuned, need it)."""
+  return spec.get("optimizer", label)
 
 
 def trial_id(optimizer: str, hparams: Mapping[str, Any], budget_steps: int, seed: int,
@@ -206,7 +213,7 @@ def trial_config(plain: Mapping[str, Any], base: ml_collections.ConfigDict, opti
   spec = plain["optimizers"][optimizer]
   for key, value in spec["overrides"].items():
     _set_dotted(config, key, value, f"optimizers.{optimizer}.overrides")
-  config.optimizer.name = optimizer
+  config.optimizer.name = registry_name(optimizer, spec)
   config.optimizer.hparams = ml_collections.ConfigDict()
   for name, value in sorted(hparams.items()):
     _set_dotted(config, search_space.config_key(name), value, f"optimizers.{optimizer}")
@@ -278,7 +285,7 @@ def validate(plain: Mapping[str, Any], base: ml_collections.ConfigDict) -> None:
     for dotted in plain[key]:
       _set_dotted(copy.deepcopy(base), dotted, plain[key][dotted], key)
   for name, spec in plain["optimizers"].items():
-    search_space.validate(name, spec["grid"], spec["baseline"])
+    search_space.validate(registry_name(name, spec), spec["grid"], spec["baseline"])
     search_space.validate_edge_extension(name, spec["grid"], plain["edge_extension"])
     if plain["strategy"] == "coordinate_descent":
       missing = sorted(set(spec["grid"]) - set(spec["baseline"]))

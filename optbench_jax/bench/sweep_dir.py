@@ -28,6 +28,7 @@ from optbench_jax.bench import results_store
 
 SNAPSHOT = "sweep.json"
 TRIALS = "trials"
+COMPILATION_CACHE = "jax_cache"
 STORE = results_store.STORE_FILENAME
 
 
@@ -113,6 +114,12 @@ class SweepDirectory:
   def local_trial_dir(self, trial_id: str) -> str:
     """Where the trial's config.json and trial.log are written (== its workdir locally)."""
     return os.path.join(self.local_dir, TRIALS, trial_id)
+
+  def compilation_cache_dir(self) -> str:
+    """JAX's persistent compilation cache of the trials: a local directory (beside the
+    trials, or the driver's local mirror of a bucket; each node of a cluster makes its own
+    at the same path)."""
+    return os.path.join(self.local_dir, COMPILATION_CACHE)
 
   def upload_trial_file(self, trial_id: str, local_path: str) -> None:
     """Copies a file of the trial's local directory into its directory in the bucket."""

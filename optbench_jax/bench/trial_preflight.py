@@ -22,7 +22,7 @@ from typing import Any, Mapping
 
 import ml_collections
 
-from optbench_jax.bench import search_space
+from optbench_jax.bench import search_space, sweep_config
 from optbench_jax.bench.sweep_config import SweepConfigError, _plain, grid_points, trial_config
 from optbench_jax.optim import registry
 
@@ -94,8 +94,9 @@ class TrialChecker:
     """The contract of every optimizer from outside the package, then :meth:`check` on every
     grid point at every budget (``plain``: a validated sweep)."""
     for name, spec in plain["optimizers"].items():
-      if name not in registry.builtin_names():
-        check_contract(name, spec["baseline"])
+      optimizer = sweep_config.registry_name(name, spec)
+      if optimizer not in registry.builtin_names():
+        check_contract(optimizer, spec["baseline"])
       for budget in plain["budgets"]:
         for point in grid_points(spec["grid"], spec["baseline"]):
           config = trial_config(plain, base, name, point, budget, plain["seeds"][0])

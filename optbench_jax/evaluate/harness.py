@@ -2,9 +2,9 @@
 
 ``OptbenchLM(model=inference.load(W))`` (or ``OptbenchLM(workdir=W, step=N)``) is an
 ``lm_eval.api.model.LM`` registered as ``"optbench_jax"``, so
-``lm_eval.simple_evaluate(model=OptbenchLM(...), tasks=[...])`` and
-``lm_eval --model optbench_jax --model_args workdir=W`` run any harness task
-unchanged. It reproduces the harness's ``hf`` model (``HFLM``) on the
+``lm_eval.simple_evaluate(model=OptbenchLM(...), tasks=[...])`` (or, once this
+module is imported, ``model="optbench_jax", model_args="workdir=W"``) runs any
+harness task unchanged. It reproduces the harness's ``hf`` model (``HFLM``) on the
 Hugging Face export of the same run, token for token:
 
 * Text is tokenised with the packaged GPT-2 BPE (``data.tokenizer``), special

@@ -8,8 +8,9 @@ one command, one work directory, one results store, one status. Its fields:
   base_config          trainer config every model starts from
   overrides            trainer config values of every trial (nested or dotted)
   models               {label: {preset: trainer config path (replaces
-                       base_config), overrides: trainer config values}}; each
-                       model needs at least one of them
+                       base_config), overrides: trainer config values,
+                       batch_sizes: [...] (this model's; default the study's)}};
+                       each model needs a preset or overrides
   budgets              {chinchilla: [k, ...]} -- k * tokens_per_param * N
                        tokens, N the parameter count ``param_count`` names --
                        or {tokens: [D, ...]}. Steps = round(D / tokens per step)
@@ -117,10 +118,14 @@ def as_plain(study: Any) -> dict[str, Any]:
   if not isinstance(plain["models"], Mapping) or not plain["models"]:
     _fail("models must map labels to {preset: ..., overrides: {...}}; it is empty")
   for label, spec in plain["models"].items():
-    if not isinstance(spec, Mapping) or not set(spec) or set(spec) - {"preset", "overrides"}:
-      _fail(f"models.{label} must have a preset (a trainer config file) and/or overrides, "
-            f"got {spec!r}")
+    if not isinstance(spec, Mapping) or not set(spec) & {"preset", "overrides"} or \
+       set(spec) - {"preset", "overrides", "batch_sizes"}:
+      _fail(f"models.{label} must have a preset (a trainer config file) and/or overrides "
+            f"(and may have batch_sizes), got {spec!r}")
     spec["overrides"] = sweep_config.flatten(spec.get("overrides", {}))
+    if spec.get("batch_sizes"):
+      sweep_config._check_positive_ints(f"models.{label}.batch_sizes",  # pylint: disable=protected-access
+                                        list(spec["batch_sizes"]))
   plan = dict(plain["plan"])
   unknown = sorted(set(plan) - set(PLAN_KEYS))
   if unknown:
@@ -196,8 +201,8 @@ def scales(plain: Mapping[str, Any], load=sweep_config.load_python_config
     counts = models.count_params(bases[label].model)
     params[label] = int(counts[plain["param_count"]])
   _check_plan(plain, params)
-  batch_sizes = list(plain["batch_sizes"]) or [None]
   for label, base in bases.items():
+    batch_sizes = list(plain["models"][label].get("batch_sizes") or plain["batch_sizes"]) or [None]
     for batch in batch_sizes:
       scale_base = copy.deepcopy(base)
       if batch is not None:
@@ -231,6 +236,11 @@ def scales(plain: Mapping[str, Any], load=sweep_config.load_python_config
                       [s * per_step for s in steps]],
           tokens=[s * per_step for s in steps], tuned=label in plain["plan"]["tune"],
           sweep=sweep, base=scale_base)
+  tuned_batches = {s["batch_size"] for s in out.values() if s["tuned"]}
+  for label, scale in out.items():
+    if not scale["tuned"] and scale["batch_size"] not in tuned_batches:
+      _fail(f"{label}: the plan transfers to batch size {scale['batch_size']}, at which no "
+            f"model is tuned (tuned batch sizes: {sorted(tuned_batches)}); tune one there")
   return out
 
 

@@ -67,7 +67,7 @@ def collect(workdir: str) -> dict[str, Any]:
              and r.seed == study["seeds"][0]
              and r.trial_id == trial_plan.Trial(optimizer, r.hparams, budget, r.seed,
                                                 label).trial_id]
-    if tried:
+    if tried and sweep["optimizers"][optimizer]["grid"]:   # (a carried point alone: no search)
       tuning.append(dict(cell, grid=sweep["optimizers"][optimizer]["grid"], best=dict(point),
                          tried=tried))
     if not math.isfinite(loss):

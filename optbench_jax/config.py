@@ -107,6 +107,9 @@ def base_config() -> ml_collections.ConfigDict:
       branch_from="",
       branch_step=0,
       profile=False,           # a jax.profiler trace of 5 steady steps (train/profiling.py)
+      # Every N steps, per-matrix weight/update norms, relative and angular update
+      # (train/dynamics.py) into metrics.jsonl and dynamics.png; 0 = off.
+      dynamics_every=0,
       # Averaged weights evaluated beside the raw ones (train/weight_averaging.py), any
       # optimizer; reported as eval_loss_ema / eval_loss_tail, never as eval_loss.
       weight_averaging=ml_collections.ConfigDict(dict(
@@ -215,6 +218,7 @@ def check_values(config: ml_collections.ConfigDict) -> None:
   _positive_int("train.eval_batches", t.eval_batches)
   _positive_int("train.checkpoint_every", t.checkpoint_every, 0)
   _positive_int("train.keep_checkpoints", t.keep_checkpoints)
+  _positive_int("train.dynamics_every", t.dynamics_every, 0)
   keep_steps = list(t.keep_steps)
   _require(all(isinstance(k, int) and not isinstance(k, bool) and 0 < k < t.steps
                for k in keep_steps),

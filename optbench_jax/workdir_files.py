@@ -4,9 +4,10 @@ A work directory (local or ``gs://``) holds ``checkpoints/`` (orbax),
 ``metrics.jsonl`` (one JSON record a line, each with its ``step``: training
 records, eval records; appended by the trainer, rewritten whole on a resume),
 ``summary.json`` (the run's outcome, written at its end), ``run_record.json``
-(the config the run started with and its accepted changes), and
-``loss_curve.png``. The trainer writes them; the sweep, its status and its
-report read them, all through the names and readers here.
+(the config the run started with and its accepted changes),
+``loss_curve.png`` and, with ``train.dynamics_every``, ``dynamics.png``. The
+trainer writes them; the sweep, its status and its report read them, all
+through the names and readers here.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 RUN_RECORD = "run_record.json"
 LOSS_CURVE = "loss_curve.png"
+DYNAMICS_PLOT = "dynamics.png"
 
 
 def path(workdir: str, name: str) -> str:

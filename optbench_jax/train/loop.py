@@ -10,6 +10,10 @@ validation batches plus a full validation pass at the end, checkpoint every
 (``train.weight_averaging``) are evaluated in the same passes, as their own keys
 (``eval_loss_ema``, ``eval_loss_tail``; summary ``final_eval_loss_ema`` /
 ``final_eval_loss_tail``); ``final_eval_loss`` is always the raw weights'.
+Every ``train.dynamics_every`` steps the parameters before the step are copied
+and ``train/dynamics.py`` measures the step's weight and update norms in its own
+jitted function (the train step is unchanged); the record is written once the
+next step is dispatched, and ``dynamics.png`` at the end.
 
 Stops: SIGTERM saves a checkpoint and returns ``status="preempted"``, also
 when it arrives during the final eval or save. With several processes a SIGTERM
@@ -54,6 +58,7 @@ from optbench_jax.models import flops as flops_lib
 from optbench_jax.train import assembly
 from optbench_jax.train import branching
 from optbench_jax.train import checkpoint as checkpoint_lib
+from optbench_jax.train import dynamics as dynamics_lib
 from optbench_jax import config as config_lib
 from optbench_jax.train import mesh as mesh_lib
 from optbench_jax.train import metrics as metrics_lib
@@ -231,6 +236,7 @@ def _run(run_: assembly.Run, workdir: str, devices: list, allow_config_change: b
     return {key: metrics_lib.to_floats(total.compute())["eval_loss"]
             for key, total in totals.items()}
 
+  dynamics = dynamics_lib.Recorder(t.dynamics_every, run_.state_shardings.params, mesh, writer)
   status, message = COMPLETED, ""
   final_evals = None
   pending, throughput, compile_time = None, [], None
@@ -291,6 +297,7 @@ def _run(run_: assembly.Run, workdir: str, devices: list, allow_config_change: b
           if not ok:
             status = DIVERGED
             break
+          dynamics.write()
           log(step)
           checkpointer.save(step, state, train_iter)
           writer.flush()
@@ -298,6 +305,7 @@ def _run(run_: assembly.Run, workdir: str, devices: list, allow_config_change: b
           break
         batch = _to_global(next(train_iter), batch_sharding)
         profiler.before_step(step)
+        dynamics.before_step(step, state.params)
         state, device_metrics = train_step(state, batch)
         step += 1
         profiler.after_step(step, state)
@@ -306,6 +314,8 @@ def _run(run_: assembly.Run, workdir: str, devices: list, allow_config_change: b
           if not ok:
             status = DIVERGED
             break
+          dynamics.write()
+        dynamics.after_step(step, state.params)
         previous = (step, device_metrics)
 
         is_last = step == t.steps
@@ -320,6 +330,7 @@ def _run(run_: assembly.Run, workdir: str, devices: list, allow_config_change: b
         if not ok:
           status = DIVERGED
           break
+        dynamics.write()
         now = time.perf_counter()
         if compile_time is None:   # the first step of this process: compile + run
           compile_time = now - start_perf
@@ -397,6 +408,8 @@ def _run(run_: assembly.Run, workdir: str, devices: list, allow_config_change: b
     title = f"{config.model.kind} / {config.optimizer.name}"
     metrics_lib.plot_loss_curve(records, workdir_files.path(workdir, workdir_files.LOSS_CURVE),
                                 manifest.loss_floor_nats, title=title)
+    if t.dynamics_every:
+      dynamics_lib.plot(records, workdir_files.path(workdir, workdir_files.DYNAMICS_PLOT), title)
     storage.write_json(workdir_files.path(workdir, workdir_files.SUMMARY), summary, indent=2, default=str)
   writer.close()
   return summary

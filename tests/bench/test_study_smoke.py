@@ -14,6 +14,30 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 pytestmark = pytest.mark.slow
 
 
+def micro_study(budget_steps, **changes):
+  """One micro Llama, AdamW at one point, WSD with a 20% decay, budgets in steps."""
+  spec = dict(
+      name="saving", base_config="configs/tiny.py",
+      overrides={"model.num_layers": 1, "model.d_model": 32, "model.num_heads": 2,
+                 "model.ffn_dim": 64, "model.vocab_size": 128,
+                 "data.seq_len": 16, "data.global_batch_size": 16, "data.prefetch_threads": 0,
+                 "data.synthetic_vocab_size": 128, "data.synthetic_train_tokens": 60_000,
+                 "data.synthetic_val_tokens": 2_000,
+                 "optimizer.schedule.name": "wsd", "optimizer.schedule.warmup_steps": 4,
+                 "optimizer.schedule.decay_fraction": 0.2,
+                 "optimizer.schedule.final_fraction": 0.0,
+                 "train.log_every": 10, "train.eval_batches": 1,
+                 "train.full_eval_at_end": False, "train.checkpoint_every": 0,
+                 "mesh.data": -1},
+      models={"micro": {"overrides": {}}},
+      budgets={"tokens": [steps * 256 for steps in budget_steps]}, seeds=[0],
+      reference_optimizer="adamw", speedup=dict(gamma="loss_floor", num_bootstrap=20),
+      optimizers={"adamw": dict(grid={"learning_rate": [3e-3]})},
+      plan=dict(tune=["micro"], strategy="grid"), share_stable_phase=True)
+  spec.update(changes)
+  return spec
+
+
 def test_the_smoke_study_runs_end_to_end_and_reports(tmp_path):
   workdir = tmp_path / "smoke"
   command = [sys.executable, "-m", "trainers.study", "--config=configs/studies/smoke.py",
@@ -38,24 +62,7 @@ def test_shared_stable_phases_train_what_the_formula_says(tmp_path):
   """Budgets 1, 2, 4, 8 units with a 20% WSD decay: the longest run trains 8 units, each
   shorter one only its decay, 8 + 0.2 (1 + 2 + 4) = 9.4 units instead of 15."""
   unit = 40
-  spec = dict(
-      name="saving", base_config="configs/tiny.py",
-      overrides={"model.num_layers": 1, "model.d_model": 32, "model.num_heads": 2,
-                 "model.ffn_dim": 64, "model.vocab_size": 128,
-                 "data.seq_len": 16, "data.global_batch_size": 16, "data.prefetch_threads": 0,
-                 "data.synthetic_vocab_size": 128, "data.synthetic_train_tokens": 60_000,
-                 "data.synthetic_val_tokens": 2_000,
-                 "optimizer.schedule.name": "wsd", "optimizer.schedule.warmup_steps": 4,
-                 "optimizer.schedule.decay_fraction": 0.2,
-                 "optimizer.schedule.final_fraction": 0.0,
-                 "train.log_every": 10, "train.eval_batches": 1,
-                 "train.full_eval_at_end": False, "train.checkpoint_every": 0,
-                 "mesh.data": -1},
-      models={"micro": {"overrides": {}}},
-      budgets={"tokens": [k * unit * 256 for k in (1, 2, 4, 8)]}, seeds=[0],
-      reference_optimizer="adamw", speedup=dict(gamma="loss_floor", num_bootstrap=20),
-      optimizers={"adamw": dict(grid={"learning_rate": [3e-3]})},
-      plan=dict(tune=["micro"], strategy="grid"), share_stable_phase=True)
+  spec = micro_study([k * unit for k in (1, 2, 4, 8)])
   program = study.StudyProgram(spec)
   out = sweep.run_sweep(program, str(tmp_path), parallel=2, poll_interval_s=0.1,
                         log=lambda _: None)

@@ -108,18 +108,17 @@ class StudyProgram:
       return queue
     return sorted(queue, key=lambda t: -t.budget_steps)
 
-  def prepare(self, trial: trial_plan.Trial, config: ml_collections.ConfigDict,
-              active: Callable[[str], bool], trial_dir: Callable[[str], str]
-              ) -> ml_collections.ConfigDict | None:
-    """``config``, branched from a longer trial's stable phase where one has got there; None
-    while such a trial is queued or running but has not. ``active(id)``: the trial is queued
-    or running; ``trial_dir(id)``: its work directory."""
+  def prepare(self, trial: trial_plan.Trial, active: Callable[[str], bool],
+              trial_dir: Callable[[str], str]) -> dict[str, Any] | None:
+    """The branch to launch ``trial`` with ({}: none, from scratch or its own checkpoint), or
+    None while a longer trial of the same point is queued or running but has not reached the
+    branch step. ``active(id)``: the trial is queued or running; ``trial_dir(id)``: its work
+    directory."""
     if not self.plain["share_stable_phase"]:
-      return config
-    own = trial_dir(trial.trial_id)
-    if storage.isdir(storage.join(own, "checkpoints")) and storage.listdir(
-        storage.join(own, "checkpoints")):
-      return config   # started before: it resumes from its own checkpoint
+      return {}
+    own = storage.join(trial_dir(trial.trial_id), "checkpoints")
+    if storage.isdir(own) and storage.listdir(own):
+      return {}   # started before: it resumes from its own checkpoint
     wait = False
     for budget in self._longer(trial):
       step = self._branch_step(trial.scale, trial.optimizer, self._key(trial),
@@ -129,8 +128,6 @@ class StudyProgram:
       longer = trial_plan.Trial(trial.optimizer, trial.hparams, budget, trial.seed, trial.scale)
       source = trial_dir(longer.trial_id)
       if checkpoint_lib.is_complete(source, step):
-        config.train.branch_from = source
-        config.train.branch_step = step
-        return config
+        return {"train.branch_from": source, "train.branch_step": step}
       wait = wait or active(longer.trial_id)
-    return None if wait else config
+    return None if wait else {}

@@ -127,6 +127,7 @@ class SweepRunner:
                                    compilation_cache=self.dir.compilation_cache_dir())
     self.launcher = launcher
     self.retry_failed = retry_failed
+    self._held: dict[str, float] = {}   # trial id -> when to ask the program again
     self.poll_interval_s = poll_interval_s
     # Operational, not part of the fingerprint: a hung trial (e.g. a deadlock) is
     # stopped after this many seconds and recorded as failed (retried on rerun).
@@ -329,17 +330,30 @@ class SweepRunner:
       return self._result(trial, results_store.FAILED, str(e), {}, [])
     return None
 
+  # A trial the program holds back is looked at again after this long (its reasons are other
+  # trials' checkpoints: a listing, remote for a bucket).
+  HOLD_RECHECK_S = 2.0
+
   def _next(self, queue: list[Trial], running: Mapping[str, Any]):
     """(the next trial to launch, its config), taken off ``queue``; None when the program
     holds every queued trial back (a study's shorter budget waiting for a longer run)."""
     queue[:] = self.program.order(queue)
     queued = {t.trial_id for t in queue}
     active = lambda trial_id: trial_id in running or trial_id in queued
+    now = time.monotonic()
     for index, trial in enumerate(queue):
-      config = self.program.prepare(trial, self._config(trial), active, self.dir.trial_dir)
-      if config is not None:
-        del queue[index]
-        return trial, config
+      if self._held.get(trial.trial_id, 0.0) > now:
+        continue
+      changes = self.program.prepare(trial, active, self.dir.trial_dir)
+      if changes is None:
+        self._held[trial.trial_id] = now + self.HOLD_RECHECK_S
+        continue
+      self._held.pop(trial.trial_id, None)
+      del queue[index]
+      config = self._config(trial)
+      for key, value in changes.items():
+        sweep_config._set_dotted(config, key, value, "launch")   # pylint: disable=protected-access
+      return trial, config
     return None
 
   def _launch(self, trial: Trial, config) -> Any:

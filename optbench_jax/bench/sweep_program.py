@@ -12,9 +12,10 @@ The runner (``bench.sweep``) launches, watches, records and resumes trials; a
 * ``config(trial)`` and ``sweep_of(trial)`` (its scale's sweep dict: the
   divergence rule);
 * ``snapshot()``: what ``--status`` and the reports read back;
-* ``order(queue)`` and ``prepare(trial, config, active, trial_dir)``: a study launches longer
-  budgets first and starts a shorter budget from a longer run's stable phase
-  (``prepare`` returns None to hold the trial back until that run gets there).
+* ``order(queue)`` and ``prepare(trial, active, trial_dir)``: a study launches longer
+  budgets first and starts a shorter budget from a longer run's stable phase.
+  ``prepare`` returns the trainer config values to launch the trial with ({}:
+  its config as it is), or None to hold it back until that run gets there.
 """
 
 from __future__ import annotations
@@ -61,8 +62,7 @@ class SweepProgram:
   def order(self, queue: list[trial_plan.Trial]) -> list[trial_plan.Trial]:
     return queue
 
-  def prepare(self, trial: trial_plan.Trial, config: ml_collections.ConfigDict,
-              active: Callable[[str], bool], trial_dir: Callable[[str], str]
-              ) -> ml_collections.ConfigDict | None:
+  def prepare(self, trial: trial_plan.Trial, active: Callable[[str], bool],
+              trial_dir: Callable[[str], str]) -> dict[str, Any] | None:
     del trial, active, trial_dir
-    return config
+    return {}

@@ -180,13 +180,11 @@ def test_shorter_budgets_wait_for_the_longer_run_and_branch_from_it(tmp_path):
   assert step * 2 >= budgets[0] and step < budgets[0]
   dirs = lambda tid: str(tmp_path / tid)
   assert program.order([short, long]) == [long, short]
-  assert program.prepare(short, program.config(short), lambda tid: tid == long.trial_id,
+  assert program.prepare(short, lambda tid: tid == long.trial_id,
                          dirs) is None                       # the longer run is on its way
-  scratch = program.prepare(short, program.config(short), lambda tid: False, dirs)
-  assert scratch.train.branch_from == ""                      # nobody will get there
+  assert program.prepare(short, lambda tid: False, dirs) == {}   # nobody will get there
   marker = tmp_path / long.trial_id / "checkpoints" / str(step) / "commit_success.txt"
   marker.parent.mkdir(parents=True)
   marker.write_text("")
-  branched = program.prepare(short, program.config(short), lambda tid: True, dirs)
-  assert (branched.train.branch_from, branched.train.branch_step) == (
-      str(tmp_path / long.trial_id), step)
+  assert program.prepare(short, lambda tid: True, dirs) == {
+      "train.branch_from": str(tmp_path / long.trial_id), "train.branch_step": step}

@@ -38,6 +38,10 @@ _PEER_FAILURE = re.compile(r"Gloo|heartbeat|coordination service|Connection rese
                            r"Connection refused|Socket closed", re.IGNORECASE)
 
 
+PEER_DIED = ("another process of this multi-process run died or became unreachable (its own "
+             "log says why)")
+
+
 def verbose_requested(argv: list[str] | None = None) -> bool:
   return any(a in ("--verbose", "-v", "--verbose=true", "--verbose=True")
              for a in (sys.argv if argv is None else argv))
@@ -101,8 +105,7 @@ def classify(error: BaseException) -> tuple[bool, str]:
   if _is_user_error(error):
     return True, _text(error)
   if type(error).__name__ == "JaxRuntimeError" and _PEER_FAILURE.search(str(error)):
-    return True, ("another process of this multi-process run died or became unreachable "
-                  f"(its own log says why): {_text(error)[:400]}")
+    return True, f"{PEER_DIED}: {_text(error)[:400]}"
   if _from_config_flags(error):
     message = _text(error)
     for e in chain:
@@ -148,7 +151,14 @@ def run(main: Callable[..., int | None], *args, verbose: bool | None = None) -> 
     print("error: interrupted", file=sys.stderr, flush=True)
     return 130
   except Exception as e:  # pylint: disable=broad-except
-    return report(e, verbose_requested() if verbose is None else verbose)
+    status = report(e, verbose_requested() if verbose is None else verbose)
+    if classify(e)[1].startswith(PEER_DIED):
+      # With a peer gone, JAX's shutdown at interpreter exit waits on the coordination service
+      # and then aborts (SIGABRT, a C++ error and a thread dump after our line): leave now.
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os._exit(status)  # pylint: disable=protected-access
+    return status
 
 
 def install_excepthook() -> None:

@@ -8,8 +8,13 @@ and batch (``jax.make_mesh`` defaults to Explicit axes in this JAX).
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
+import time
 from typing import Mapping, Sequence
+
+from absl import logging
 
 import jax
 from jax.sharding import Mesh
@@ -80,4 +85,63 @@ def maybe_initialize_distributed(force: bool = False, heartbeat_timeout_s: int |
     kwargs["heartbeat_timeout_seconds"] = int(heartbeat_timeout_s)
   if initialization_timeout_s:
     kwargs["initialization_timeout"] = int(initialization_timeout_s)
+  address, index = kwargs.get("coordinator_address"), kwargs.get("process_id")
+  if address and index == 0:
+    check_coordinator_address(address)
+  wait_s = kwargs.get("initialization_timeout", 300)
+  if address and index:
+    # JAX's client aborts the process (a C++ fatal error) when the coordinator's port answers
+    # but is not the coordinator, and waits silently otherwise: wait here, bounded and said.
+    logging.info("process %d: waiting up to %d s for the coordinator at %s", index, wait_s,
+                 address)
+    if not wait_for_coordinator(address, wait_s):
+      raise ConfigError(
+          f"no coordinator answered at {address} within {wait_s} s: process 0 did not start "
+          "it (its log says why, e.g. the port is in use) or cannot be reached")
   jax.distributed.initialize(**kwargs)
+
+
+# An HTTP/2 client's connection preface and an empty SETTINGS frame: a gRPC server (JAX's
+# coordination service) answers with a SETTINGS frame of its own.
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
+def _speaks_grpc(address: str, timeout_s: float) -> bool:
+  host, _, port = address.rpartition(":")
+  try:
+    with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as conn:
+      conn.sendall(_HTTP2_PREFACE)
+      header = conn.recv(9)
+      return len(header) >= 4 and header[3] == 4
+  except (OSError, ValueError):
+    return False
+
+
+def wait_for_coordinator(address: str, timeout_s: float) -> bool:
+  """Whether a gRPC server answers at ``address`` within ``timeout_s`` seconds."""
+  deadline = time.monotonic() + timeout_s
+  while True:
+    if _speaks_grpc(address, min(2.0, max(0.1, deadline - time.monotonic()))):
+      return True
+    if time.monotonic() >= deadline:
+      return False
+    time.sleep(0.5)
+
+
+def check_coordinator_address(address: str) -> None:
+  """Process 0 serves the coordinator at ``address``: refuse at once a port another listener
+  holds (JAX's own error names neither the port nor the cause)."""
+  host, _, port = address.rpartition(":")
+  try:
+    number = int(port)
+  except ValueError:
+    raise ConfigError(f"JAX_COORDINATOR_ADDRESS={address!r} is not host:port") from None
+  with socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET,
+                     socket.SOCK_STREAM) as probe:
+    try:
+      probe.bind((host.strip("[]") or "0.0.0.0", number))
+    except OSError as e:
+      if e.errno == errno.EADDRINUSE:
+        raise ConfigError(f"the coordinator address {address} (JAX_COORDINATOR_ADDRESS) is in "
+                          "use by another listener: choose a free port") from None
+      # Not ours to bind (another host's address): the coordinator runs there.

@@ -217,3 +217,34 @@ def test_bad_multihost_input_is_one_error_on_every_host_before_compiling(
     errors = [l for l in log.splitlines() if l.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], log[-2000:]
     assert "Compiling" not in log and not os.path.exists(os.path.join(workdir, "metrics.jsonl"))
+
+
+def test_a_coordinator_port_in_use_is_one_line_and_the_others_stop_waiting(corpus, tmp_path):
+  """Process 0 names the address and 'in use' before anything else; process 1 gives up after
+  its stated wait with one line instead of waiting silently."""
+  import socket  # pylint: disable=import-outside-toplevel
+  from optbench_jax.process_group import ProcessGroup  # pylint: disable=import-outside-toplevel
+  workdir = str(tmp_path / "run")
+  argv = _argv(workdir, corpus, flags=["--distributed_init_timeout_s=10"])
+  logs = [open(multihost.host_log(workdir, i), "w") for i in range(2)]
+  env = dict(os.environ, PYTHONPATH=multihost.REPO_ROOT)
+  with socket.socket() as holder:
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    address = f"127.0.0.1:{holder.getsockname()[1]}"
+    started = time.monotonic()
+    with ProcessGroup(argv, 2, local_device_count=4, env=env, cwd=multihost.REPO_ROOT,
+                      outputs=logs, coordinator=address) as group:
+      group.wait(120.0)
+      codes, waited = group.returncodes(), time.monotonic() - started
+  for log in logs:
+    log.close()
+  first, second = (multihost.read_log(workdir, i) for i in range(2))
+  assert codes == [2, 2], (first[-2000:], second[-2000:])
+  assert first.rstrip().splitlines()[-1] == (
+      f"error: the coordinator address {address} (JAX_COORDINATOR_ADDRESS) is in use by "
+      "another listener: choose a free port"), first[-2000:]
+  assert f"waiting up to 10 s for the coordinator at {address}" in second
+  assert second.rstrip().splitlines()[-1].startswith(
+      f"error: no coordinator answered at {address} within 10 s"), second[-2000:]
+  assert waited < 90.0

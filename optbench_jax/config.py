@@ -119,6 +119,15 @@ def base_config() -> ml_collections.ConfigDict:
       )),
   ))
 
+  # Where the run's records go besides metrics.jsonl and TensorBoard (train/wandb_sink.py).
+  c.logging = ml_collections.ConfigDict(dict(
+      wandb=ml_collections.ConfigDict(dict(
+          project="",          # "" = off
+          entity="",           # "" = the user's default entity
+          mode="disabled",     # disabled | offline | online; logs only when not disabled
+      )),
+  ))
+
   c.mesh = ml_collections.ConfigDict(dict(
       data=-1,                 # -1 = fill with the remaining devices
       fsdp=1,
@@ -136,6 +145,7 @@ def base_config() -> ml_collections.ConfigDict:
 FREE_FORM = ("optimizer.hparams",)
 
 DATA_SOURCES = ("synthetic", "shards")
+WANDB_MODES = ("disabled", "offline", "online")
 
 
 class ConfigError(ValueError):
@@ -230,6 +240,11 @@ def check_values(config: ml_collections.ConfigDict) -> None:
              f"train.branch_from is set, got {t.branch_step!r}")
   _check_weight_averaging(t)
   _choice("mesh.factor_sharding", config.mesh.factor_sharding, FACTOR_SHARDINGS)
+  w = config.logging.wandb
+  _choice("logging.wandb.mode", w.mode, WANDB_MODES)
+  for key in ("project", "entity"):
+    _require(isinstance(w[key], str), f"config.logging.wandb.{key} must be a string, "
+             f"got {w[key]!r}")
 
 
 def _number(value: Any) -> bool:

@@ -5,9 +5,10 @@ A work directory (local or ``gs://``) holds ``checkpoints/`` (orbax),
 records, eval records; appended by the trainer, rewritten whole on a resume),
 ``summary.json`` (the run's outcome, written at its end), ``run_record.json``
 (the config the run started with and its accepted changes),
-``loss_curve.png`` and, with ``train.dynamics_every``, ``dynamics.png``. The
-trainer writes them; the sweep, its status and its report read them, all
-through the names and readers here.
+``loss_curve.png`` and, with ``train.dynamics_every``, ``dynamics.png``
+(and ``wandb_run_id``, the W&B run a resume continues, when W&B logging is
+on). The trainer writes them; the sweep, its status and its report read them,
+all through the names and readers here.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ SUMMARY = "summary.json"
 RUN_RECORD = "run_record.json"
 LOSS_CURVE = "loss_curve.png"
 DYNAMICS_PLOT = "dynamics.png"
+WANDB_RUN_ID = "wandb_run_id"
 
 
 def path(workdir: str, name: str) -> str:

@@ -13,7 +13,9 @@ validation batches plus a full validation pass at the end, checkpoint every
 Every ``train.dynamics_every`` steps the parameters before the step are copied
 and ``train/dynamics.py`` measures the step's weight and update norms in its own
 jitted function (the train step is unchanged); the record is written once the
-next step is dispatched, and ``dynamics.png`` at the end.
+next step is dispatched, and ``dynamics.png`` at the end. With
+``logging.wandb`` on, process 0 also logs every record to Weights & Biases
+(``train/wandb_sink.py``; a missing ``wandb`` fails before compiling).
 
 Stops: SIGTERM saves a checkpoint and returns ``status="preempted"``, also
 when it arrives during the final eval or save. With several processes a SIGTERM
@@ -65,6 +67,7 @@ from optbench_jax.train import metrics as metrics_lib
 from optbench_jax.train import preflight
 from optbench_jax.train import profiling
 from optbench_jax.train import run_record
+from optbench_jax.train import wandb_sink
 from optbench_jax.train import weight_averaging
 from optbench_jax.config import ConfigError
 
@@ -140,6 +143,7 @@ def run(config: Any, workdir: str, devices: list | None = None,
   started = time.time(), time.perf_counter()
   devices = list(jax.devices() if devices is None else devices)
   run_ = assembly.build(config, devices)
+  wandb_sink.check(run_.config)
   workdir = preflight.workdir_path(workdir)
   created, lock, setup_failed = not storage.exists(workdir), None, False
   if jax.process_index() == 0:
@@ -205,7 +209,8 @@ def _run(run_: assembly.Run, workdir: str, devices: list, allow_config_change: b
   step = int(jax.device_get(state.step))
   profiler = profiling.StepProfiler(t.profile and is_writer, workdir, step, t.steps)
 
-  writer = metrics_lib.MetricsWriter(workdir, enabled=is_writer)
+  sink = wandb_sink.start(config, workdir) if is_writer else None
+  writer = metrics_lib.MetricsWriter(workdir, enabled=is_writer, sink=sink)
   writer.truncate_after(step)
   train_step, eval_step = run_.train_step, run_.eval_step
 
@@ -411,6 +416,8 @@ def _run(run_: assembly.Run, workdir: str, devices: list, allow_config_change: b
     if t.dynamics_every:
       dynamics_lib.plot(records, workdir_files.path(workdir, workdir_files.DYNAMICS_PLOT), title)
     storage.write_json(workdir_files.path(workdir, workdir_files.SUMMARY), summary, indent=2, default=str)
+    if sink is not None:
+      sink.finish(summary)
   writer.close()
   return summary
 

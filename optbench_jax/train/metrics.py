@@ -163,10 +163,13 @@ def device_memory() -> dict:
 
 
 class MetricsWriter:
-  """Appends records to ``metrics.jsonl`` (and TensorBoard when available); process 0 only."""
+  """Appends records to ``metrics.jsonl`` (and TensorBoard when available, and ``sink``:
+  anything with ``log(step, values)``, e.g. ``wandb_sink.WandbSink``); process 0 only."""
 
-  def __init__(self, workdir: str, enabled: bool = True, flush_interval_s: float = 30.0):
+  def __init__(self, workdir: str, enabled: bool = True, flush_interval_s: float = 30.0,
+               sink: Any = None):
     self.enabled = enabled
+    self.sink = sink if enabled else None
     self.path = workdir_files.path(workdir, workdir_files.METRICS)
     self.remote = storage.is_remote(workdir)
     self.flush_interval_s = flush_interval_s
@@ -217,6 +220,8 @@ class MetricsWriter:
       for key, value in values.items():
         if isinstance(value, (int, float)):
           self._tb.add_scalar(key, value, step)
+    if self.sink is not None:
+      self.sink.log(step, values)
 
   def flush(self) -> None:
     """Uploads the records (gs://: one whole-object rewrite); local appends need nothing."""

@@ -18,8 +18,10 @@ array is read:
   except for the run's length, its evaluation cadence and the operational keys
   (``run_record``);
 * the learning-rate schedules of both runs agree exactly at every step before
-  ``s`` (everything else that varies with the step reads the step counter of
-  the train state, which the checkpoint carries);
+  ``s``, and neither run's tail weight average (whose window depends on the
+  run's length) has started by ``s`` (everything else that varies with the
+  step reads the step counter of the train state, which the checkpoint
+  carries);
 * ``W`` holds a checkpoint at ``s`` (the longer run keeps it:
   ``train.keep_steps``).
 
@@ -44,6 +46,7 @@ from optbench_jax.train import checkpoint as checkpoint_lib
 from optbench_jax.train import metrics as metrics_lib
 from optbench_jax.train import optimizer as optimizer_lib
 from optbench_jax.train import run_record
+from optbench_jax.train import weight_averaging
 
 # What may differ between a run and the run it branches from.
 LENGTH_KEYS = ("train.steps", "train.eval_every")
@@ -72,7 +75,7 @@ def source_config(config: Any) -> dict[str, Any]:
 
 
 def check_schedules_agree(config: Any, theirs: Mapping[str, Any]) -> None:
-  """Both runs' learning rates are equal at every step before ``train.branch_step``."""
+  """Both runs compute the same steps up to ``train.branch_step`` (:func:`shared_steps`)."""
   t = config.train
   other = config.copy_and_resolve_references()
   other.train.steps = int(theirs["train"]["steps"])
@@ -84,17 +87,33 @@ def check_schedules_agree(config: Any, theirs: Mapping[str, Any]) -> None:
     _fail(t.branch_from, f"the learning rates differ from step {first} on ({mine[first]:.6g} "
                          f"here, {their[first]:.6g} there): step {t.branch_step} is not in "
                          "both runs' shared stable phase")
+  tail = _tail_limit(config, other)
+  if tail is not None and t.branch_step > tail:
+    _fail(t.branch_from, f"step {t.branch_step} lies inside a tail weight average "
+                         f"(train.weight_averaging.tail_fraction), which differs between runs "
+                         f"of other lengths; branch at step {tail} or earlier")
+
+
+def _tail_limit(short: Any, long: Any) -> int | None:
+  """The last checkpoint step before either run's tail average starts (None: no tail)."""
+  starts = [weight_averaging.Spec.from_config(c.train).tail_start for c in (short, long)]
+  starts = [s for s in starts if s is not None]
+  return min(starts) - 1 if starts else None
 
 
 def shared_steps(short: Any, long: Any) -> int:
   """How many first steps the run ``short`` computes exactly as the longer run ``long``
   (configs equal but for their length): the first step whose learning rates differ (at
-  most ``short``'s last step). A checkpoint of ``long`` at that step can start ``short``."""
+  most ``short``'s last step), and before either run's tail weight average starts (its
+  window depends on the run's length). A checkpoint of ``long`` at that step can start
+  ``short``."""
   steps = jnp.arange(short.train.steps)
   mine = np.asarray(optimizer_lib.make_schedule(short)(steps))
   their = np.asarray(optimizer_lib.make_schedule(long)(steps))
   differ = np.flatnonzero(mine != their)
-  return int(differ[0]) if differ.size else int(short.train.steps) - 1
+  shared = int(differ[0]) if differ.size else int(short.train.steps) - 1
+  tail = _tail_limit(short, long)
+  return shared if tail is None else min(shared, tail)
 
 
 def check(config: Any) -> None:

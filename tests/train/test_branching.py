@@ -83,3 +83,18 @@ def test_a_branch_outside_the_shared_stable_phase_is_refused_before_restoring(tm
   with pytest.raises(ConfigError, match="beyond that run's 12 steps"):
     train.run(wsd(data_dir, 20, branch_from=str(tmp_path / "long"), branch_step=14),
               str(tmp_path / "beyond"), devices=tiny.one_device())
+
+
+def test_a_tail_weight_average_bounds_the_shared_steps(tmp_path, data_dir):
+  from optbench_jax.train import branching  # pylint: disable=import-outside-toplevel
+  short, long = wsd(data_dir, 8), wsd(data_dir, 12)
+  assert branching.shared_steps(short, long) == 7      # lr(6) is the peak in both; 8 decays at 7
+  for c in (short, long):
+    c.train.weight_averaging.tail_fraction = 0.5       # tails start at steps 4 and 6
+  assert branching.shared_steps(short, long) == 3
+  long.train.keep_steps = [6]
+  train.run(long, str(tmp_path / "long"), devices=tiny.one_device())
+  late = wsd(data_dir, 8, branch_from=str(tmp_path / "long"), branch_step=6)
+  late.train.weight_averaging.tail_fraction = 0.5
+  with pytest.raises(ConfigError, match="inside a tail weight average"):
+    train.run(late, str(tmp_path / "late"), devices=tiny.one_device())

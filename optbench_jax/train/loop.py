@@ -245,6 +245,7 @@ def _run(run_: assembly.Run, workdir: str, devices: list, allow_config_change: b
   status, message = COMPLETED, ""
   final_evals = None
   pending, throughput, compile_time = None, [], None
+  pending_steps = 0   # steps merged into ``pending``
   last_eval = None
   # Throughput counts only time spent training: eval and checkpoint time and the
   # first (compiling) step are excluded.
@@ -256,7 +257,7 @@ def _run(run_: assembly.Run, workdir: str, devices: list, allow_config_change: b
   def check(step_metrics_pair):
     """Pulls one step's metrics to the host and merges them; False if not finite or if the
     loss left its healthy range."""
-    nonlocal pending, diverged_at
+    nonlocal pending, pending_steps, diverged_at
     done_step, device_metrics = step_metrics_pair
     host = jax.device_get(device_metrics)
     values = (host.loss.total, host.update_norm.total, host.grad_norm.total)
@@ -270,14 +271,19 @@ def _run(run_: assembly.Run, workdir: str, devices: list, allow_config_change: b
       diverged_at = done_step
       return False, why
     pending = metrics_lib.merge(pending, host)
+    pending_steps += 1
     return True, ""
 
   def log(at_step):
     """Writes the metrics merged since the last record (and the throughput, if timed)."""
-    nonlocal pending, timed_steps, timed_seconds
+    nonlocal pending, pending_steps, timed_steps, timed_seconds
     if pending is None:
       return
     values = metrics_lib.to_floats(pending.compute())
+    if pending_steps != t.log_every:
+      # A shorter window than the others (after a resume or a stop, or the last record): the
+      # averages are over these many steps.
+      values["window_steps"] = pending_steps
     if timed_steps and timed_seconds > 0:
       step_time = timed_seconds / timed_steps
       tokens_per_s = tokens_per_step / step_time
@@ -291,7 +297,7 @@ def _run(run_: assembly.Run, workdir: str, devices: list, allow_config_change: b
                  values["loss"], values["lr"], values["grad_norm"],
                  f" | {values['tokens_per_s']:.0f} tok/s | MFU {values['mfu']:.1%}"
                  if "mfu" in values else "")
-    pending = None
+    pending, pending_steps = None, 0
 
   try:
     with _StopSignal(enabled=jax.process_count() == 1) as stop:

@@ -120,6 +120,28 @@ def test_sigterm_checkpoints_and_resume_is_bit_for_bit(tmp_path, data_dir, monke
   assert len(train_losses(tmp_path / "full")) == 8
 
 
+def test_the_first_record_after_a_resume_says_its_shorter_window(tmp_path, data_dir,
+                                                                  monkeypatch):
+  """Records average log_every steps; one that averages fewer (after a resume, at a stop)
+  says how many, so it is not read as the same kind of number."""
+  config = tiny.micro_config(data_dir, steps=8, log_every=4, checkpoint_every=3)
+  train.run(config, str(tmp_path / "full"), devices=tiny.one_device())
+  windows = lambda w: [(r["step"], r.get("window_steps")) for r in metrics_lib.read_records(
+      os.path.join(w, "metrics.jsonl")) if "loss" in r]
+  assert windows(tmp_path / "full") == [(4, None), (8, None)]
+  real_to_global, calls = loop._to_global, []
+  def to_global_then_sigterm(batch, sharding):
+    calls.append(1)
+    if len(calls) == 5:   # a preemption notice arrives during step 5
+      os.kill(os.getpid(), signal.SIGTERM)
+    return real_to_global(batch, sharding)
+  monkeypatch.setattr(loop, "_to_global", to_global_then_sigterm)
+  train.run(config, str(tmp_path / "resumed"), devices=tiny.one_device())
+  monkeypatch.setattr(loop, "_to_global", real_to_global)
+  train.run(config, str(tmp_path / "resumed"), devices=tiny.one_device())
+  assert windows(tmp_path / "resumed") == [(4, None), (5, 1), (8, 3)]
+
+
 def test_resume_onto_a_different_device_count(tmp_path, data_dir):
   config = tiny.micro_config(data_dir, steps=6, checkpoint_every=3)
   config.model.update(d_model=64, num_heads=4, ffn_dim=128)

@@ -117,6 +117,15 @@ def base_config() -> ml_collections.ConfigDict:
           ema_start=0,         # the step the EMA starts from (set to theta there)
           tail_fraction=0.0,   # in [0, 1); 0 = off. Uniform mean of theta over the last fraction
       )),
+      # lm-eval harness tasks on the live parameters (evaluate/in_training.py): `tasks` is
+      # comma-separated ("" = off); run at the end and every `every` steps (0 = only at the
+      # end), `limit` documents per task (0 = all); `include_path`: a directory of task YAMLs.
+      downstream=ml_collections.ConfigDict(dict(
+          tasks="",
+          every=0,
+          limit=0,
+          include_path="",
+      )),
   ))
 
   # Where the run's records go besides metrics.jsonl and TensorBoard (train/wandb_sink.py).
@@ -239,6 +248,7 @@ def check_values(config: ml_collections.ConfigDict) -> None:
              f"config.train.branch_step must be an integer in (0, train.steps={t.steps}) when "
              f"train.branch_from is set, got {t.branch_step!r}")
   _check_weight_averaging(t)
+  _check_downstream(t.downstream)
   _choice("mesh.factor_sharding", config.mesh.factor_sharding, FACTOR_SHARDINGS)
   w = config.logging.wandb
   _choice("logging.wandb.mode", w.mode, WANDB_MODES)
@@ -249,6 +259,20 @@ def check_values(config: ml_collections.ConfigDict) -> None:
 
 def _number(value: Any) -> bool:
   return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_downstream(e: ml_collections.ConfigDict) -> None:
+  _require(isinstance(e.tasks, str), f"config.train.downstream.tasks must be a string of "
+           f"comma-separated lm-eval task names, got {e.tasks!r}")
+  _positive_int("train.downstream.every", e.every, 0)
+  _positive_int("train.downstream.limit", e.limit, 0)
+  _require(isinstance(e.include_path, str),
+           f"config.train.downstream.include_path must be a string, got {e.include_path!r}")
+
+
+def downstream_tasks(config: ml_collections.ConfigDict) -> list[str]:
+  """The task names of ``train.downstream.tasks`` (empty: no downstream evaluation)."""
+  return [name.strip() for name in config.train.downstream.tasks.split(",") if name.strip()]
 
 
 def _check_weight_averaging(t: ml_collections.ConfigDict) -> None:

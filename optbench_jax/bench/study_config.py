@@ -37,6 +37,10 @@ one command, one work directory, one results store, one status. Its fields:
                        WSD stable phase (``train.branching``); False: every
                        trial trains from scratch
   extrapolate          parameter counts the report extrapolates speedups to
+  noise_seeds          extra seeds of the reference's best point at each scale's
+                       smallest budget, to measure the seed noise when ``seeds``
+                       has one seed (default then: two more; [] otherwise): the
+                       report calls a single-seed gap only when it exceeds it
 
 ``load`` validates all of it before any trial starts and raises one
 :class:`StudyConfigError` naming the culprit; each scale's sweep is then
@@ -100,6 +104,8 @@ def as_plain(study: Any) -> dict[str, Any]:
   plain.setdefault("batch_sizes", [])
   plain.setdefault("share_stable_phase", True)
   plain.setdefault("extrapolate", [])
+  seeds = list(plain["seeds"]) if isinstance(plain["seeds"], (list, tuple)) else []
+  plain.setdefault("noise_seeds", [max(seeds) + 1, max(seeds) + 2] if len(seeds) == 1 else [])
   if plain["param_count"] not in PARAM_COUNTS:
     _fail(f"param_count must be one of {PARAM_COUNTS}, got {plain['param_count']!r}")
   if not isinstance(plain["share_stable_phase"], bool):
@@ -113,6 +119,10 @@ def as_plain(study: Any) -> dict[str, Any]:
   _positive_numbers("tokens_per_param", [plain["tokens_per_param"]])
   if plain["batch_sizes"]:
     sweep_config._check_positive_ints("batch_sizes", list(plain["batch_sizes"]))  # pylint: disable=protected-access
+  if plain["noise_seeds"]:
+    sweep_config._check_positive_ints("noise_seeds", list(plain["noise_seeds"]))  # pylint: disable=protected-access
+    if set(plain["noise_seeds"]) & set(seeds):
+      _fail(f"noise_seeds {plain['noise_seeds']} repeat seeds {seeds}")
   if plain["extrapolate"]:
     _positive_numbers("extrapolate", plain["extrapolate"])
   if not isinstance(plain["models"], Mapping) or not plain["models"]:

@@ -5,6 +5,9 @@ A study's plan has the interface of a sweep's ``TrialPlan`` (``propose(known)``,
 
 * each tuned scale (``plan.tune`` models, at every batch size) is a sweep's
   ``TrialPlan``: one tuner per optimizer and budget, seed replicas of the best;
+* with one seed, the reference's best point at each scale's smallest budget
+  is re-run on ``noise_seeds``: the seed noise the report's significance calls
+  are measured against;
 * once every tuner of an optimizer at the tuned scales of a batch size is
   done, its best points are carried to each other scale of that batch size and
   budget (``transfer_rules.carry``: ``same`` or ``fit``); each carried point is a
@@ -39,18 +42,37 @@ class StudyPlan:
     self.carried: dict[tuple[str, str, int], tuple[dict, dict]] = {}
     self.notes: list[str] = []
     self._blocked: set[tuple[str, str]] = set()
+    self._noise_done: set[str] = set()
+    self._noise_waiting: set[str] = set()
 
   @property
   def waiting(self) -> list[str]:
-    return [tid for plan in self.subplans.values() for tid in plan.waiting]
+    return [tid for plan in self.subplans.values() for tid in plan.waiting] + sorted(
+        self._noise_waiting)
 
   def observe(self, trial_id: str, objective: float) -> None:
     for plan in self.subplans.values():
       plan.observe(trial_id, objective)
+    self._noise_waiting.discard(trial_id)
 
   def forget(self, trial_id: str) -> None:
     for plan in self.subplans.values():
       plan.forget(trial_id)
+    self._noise_waiting.discard(trial_id)
+
+  def noise_trials(self, label: str) -> list[trial_plan.Trial]:
+    """The reference's best point at ``label``'s smallest budget on every noise seed, once
+    its tuner is done (else [])."""
+    scale, reference = self.scales[label], self.study["reference_optimizer"]
+    budget = min(scale["sweep"]["budgets"])
+    plan = self.subplans.get((label,)) or self.subplans.get((label, reference, budget))
+    if plan is None or (reference, budget) not in plan.tuners:
+      return []
+    tuner = plan.tuners[(reference, budget)]
+    if not tuner.done or not math.isfinite(tuner.best[1]):
+      return []
+    return [trial_plan.Trial(reference, dict(tuner.best[0]), budget, seed, label)
+            for seed in self.study.get("noise_seeds", [])]
 
   def tuned_cells(self, optimizer: str, batch_size: int
                   ) -> list[transfer_rules.TunedCell] | None:
@@ -106,6 +128,16 @@ class StudyPlan:
       progress = False
       for plan in list(self.subplans.values()):
         new.extend(plan.propose(known))
+      for label in self.scales:
+        if label in self._noise_done:
+          continue
+        extra = self.noise_trials(label)
+        if extra or not self.study.get("noise_seeds"):
+          self._noise_done.add(label)
+        for trial in extra:
+          if known(trial) is None and trial.trial_id not in self._noise_waiting:
+            self._noise_waiting.add(trial.trial_id)
+            new.append(trial)
       for label, scale in self.scales.items():
         if scale["tuned"]:
           continue

@@ -72,7 +72,10 @@ def collect(workdir: str) -> dict[str, Any]:
                          tried=tried))
     if not math.isfinite(loss):
       continue
-    for seed in study["seeds"]:
+    seeds = list(study["seeds"])
+    if optimizer == study["reference_optimizer"] and budget == min(scale["sweep"]["budgets"]):
+      seeds += list(study.get("noise_seeds", []))   # the repeats that measure the seed noise
+    for seed in seeds:
       result = latest.get(trial_plan.Trial(optimizer, point, budget, seed, label).trial_id)
       if result is None or result.status == results_store.FAILED:
         continue

@@ -54,11 +54,15 @@ def latest(workdir):
 
 def test_the_tuned_size_is_searched_and_its_best_point_carried(tmp_path):
   out = run(make_study(), tmp_path)
-  assert out.recorded == {"completed": 16, "diverged": 0, "failed": 0}
+  assert out.recorded == {"completed": 20, "diverged": 0, "failed": 0}
   _, results = latest(tmp_path)
   small = [r for r in results if r.trial_id.startswith("small-")]
   large = [r for r in results if r.trial_id.startswith("large-")]
-  assert len(small) == 2 * 2 * 3 and len(large) == 2 * 2
+  # 2 optimizers x 2 budgets x 3 learning rates, and the reference's best point at the
+  # smallest budget on the two noise seeds (one seed given).
+  assert len(small) == 2 * 2 * 3 + 2 and len(large) == 2 * 2 + 2
+  noise = sorted((r.trial_id.split("-")[0], r.seed) for r in results if r.seed > 0)
+  assert noise == [("large", 1), ("large", 2), ("small", 1), ("small", 2)]
   # The fake's best learning rate is 10^-2.5: 3e-3 of the grid, carried unchanged.
   assert {r.hparams["learning_rate"] for r in large} == {3e-3}
   assert {r.budget_steps for r in large} == set(
@@ -76,7 +80,8 @@ def test_fit_transfer_and_local_search_around_the_carried_point(tmp_path):
                 local_search={"learning_rate": [0.5, 1, 2]}, local_trial_budget=3))
   run(spec, tmp_path)
   _, results = latest(tmp_path)
-  carried = sorted(r.hparams["learning_rate"] for r in results if r.trial_id.startswith("w64-"))
+  carried = sorted(r.hparams["learning_rate"] for r in results
+                   if r.trial_id.startswith("w64-") and r.seed == 0)
   # Every tuned cell picked 3e-3: the fit is flat, so the carried point is 3e-3 and the
   # local search tries half and double of it.
   assert carried == [1.5e-3, 1.5e-3, 3e-3, 3e-3, 6e-3, 6e-3]
@@ -126,7 +131,7 @@ def test_status_of_a_study_replays_its_plan(tmp_path, monkeypatch):
 
 
 def test_the_report_of_a_study_directory(tmp_path):
-  run(make_study(seeds=[0, 1]), tmp_path)
+  run(make_study(seeds=[0, 1]), tmp_path)   # two seeds: no noise repeats
   paths = study_report.write_study_dir(str(tmp_path), num_bootstrap=20)
   data = json.loads((tmp_path / "study.json").read_text())
   assert str(tmp_path / "study_report.md") in paths
@@ -155,6 +160,7 @@ def test_the_report_of_a_study_directory(tmp_path):
      "plan.transfer must be one of"),
     (dict(plan=dict(tune=["small"], warmup=3)), "plan has unknown field(s) ['warmup']"),
     (dict(param_count="embedding"), "param_count must be one of"),
+    (dict(noise_seeds=[0]), "noise_seeds [0] repeat seeds [0]"),
 ])
 def test_bad_study_configs_fail_before_any_trial(tmp_path, change, message):
   with pytest.raises(study_config.StudyConfigError) as error:

@@ -33,7 +33,7 @@ def micro_study(budget_steps, **changes):
       budgets={"tokens": [steps * 256 for steps in budget_steps]}, seeds=[0],
       reference_optimizer="adamw", speedup=dict(gamma="loss_floor", num_bootstrap=20),
       optimizers={"adamw": dict(grid={"learning_rate": [3e-3]})},
-      plan=dict(tune=["micro"], strategy="grid"), share_stable_phase=True)
+      plan=dict(tune=["micro"], strategy="grid"), share_stable_phase=True, noise_seeds=[])
   spec.update(changes)
   return spec
 
@@ -48,6 +48,10 @@ def test_the_smoke_study_runs_end_to_end_and_reports(tmp_path):
   assert {(r["optimizer"], r["model"]) for r in data["best"]} == {
       (o, m) for o in ("adamw", "lion") for m in ("w32", "w64")}
   assert all(r["final_loss"] is not None for r in data["best"])
+  # One seed: the reference's best point at each width's smallest budget ran on two more
+  # seeds, and the report measured the seed noise from them.
+  assert data["noise_sigma"] is not None and data["noise_sigma"] > 0
+  assert {r["seeds"] for r in data["best"] if r["optimizer"] == "adamw"} == {1, 3}
   # The 0.25x trials of every point start from the 0.5x run's stable phase.
   assert 0 < data["compute"]["steps_trained"] < data["compute"]["steps_if_separate"]
   for name in ("study_report.md", "study_report.html", "plots/speedup_vs_size.png",
@@ -55,7 +59,7 @@ def test_the_smoke_study_runs_end_to_end_and_reports(tmp_path):
     assert (workdir / name).exists(), name
   status = subprocess.run([sys.executable, "-m", "trainers.study", f"--workdir={workdir}",
                            "--status"], cwd=REPO, capture_output=True, text=True, timeout=300)
-  assert status.returncode == 0 and "done 12 (12 completed" in status.stdout, status.stdout
+  assert status.returncode == 0 and "done 16 (16 completed" in status.stdout, status.stdout
 
 
 def test_shared_stable_phases_train_what_the_formula_says(tmp_path):

@@ -18,6 +18,7 @@ from optbench_jax.optim.evaluation import eval_params
 from optbench_jax.optim.cautious import c_adamw, c_lion, cautious
 from optbench_jax.optim.conda import conda
 from optbench_jax.optim.dion import dion
+from optbench_jax.optim.hyperball import adamh, hyperball, muonh
 from optbench_jax.optim.mars import mars
 from optbench_jax.optim.muon import d_muon, muon
 from optbench_jax.optim.normuon import normuon

@@ -58,6 +58,8 @@ _FACTORIES: dict[str, tuple[str, str]] = {
     "sophia": ("sophia", "sophia"),
     "dion": ("dion", "dion"),
     "splus": ("splus", "splus"),
+    "adamh": ("hyperball", "adamh"),
+    "muonh": ("hyperball", "muonh"),
 }
 
 

@@ -9,7 +9,7 @@ hyperparameters at the paper settings of REFERENCE.md, Semenov et al. 2025,
 with tiny-model learning rates), extended by up to 3 more learning rates
 beyond whichever edge the best one sits at (``edge_extension``), then the
 best point at 100 steps (transfer): 4 to 7 trials per optimizer (Muon and
-NorMuon sweep their AdamW-branch learning rate too). The second budget is what
+NorMuon, AdamH and MuonH sweep their Adam-branch learning rate too). The second budget is what
 the AdamW L(D) fit needs;
 gamma is fixed to the synthetic corpus's entropy floor, so two budgets
 suffice. One seed: the speedup interval is degenerate (add seeds for one).
@@ -101,5 +101,14 @@ def get_config():
       # keep the first step's basis, so both are scaled to the budget.
       "splus": dict(baseline=dict(b1=0.9, b2=0.95, ema_rate=0.9, inverse_every=10),
                     grid={"learning_rate": [0.1, 0.3, 1.0]}),
+      # Hyperball: learning_rate is the sphere's step relative to each matrix's norm (the
+      # authors' 130M runs: 0.02, Adam 0.008, betas (0.9, 0.98)); embeddings and norms train
+      # with Adam at adam_learning_rate, tuned on Muon's grid.
+      "adamh": dict(baseline=dict(b1=0.9, b2=0.98),
+                    grid={"learning_rate": [0.01, 0.03, 0.1],
+                          "adam_learning_rate": [3e-3, 1e-2, 3e-2]}),
+      "muonh": dict(baseline=dict(beta=0.95, b1=0.9, b2=0.98),
+                    grid={"learning_rate": [0.01, 0.03, 0.1],
+                          "adam_learning_rate": [3e-3, 1e-2, 3e-2]}),
   }
   return c

@@ -6,7 +6,9 @@ r"""Train a Llama / MoE language model: ``python -m trainers.lm --config=configs
 
 ``--config`` is an ml_collections config file (overrides: ``--config.a.b=v``);
 ``--workdir`` holds checkpoints, ``metrics.jsonl``, ``loss_curve.png`` and
-``summary.json``; rerunning with the same workdir resumes. ``--multihost``
+``summary.json``; rerunning with the same workdir resumes. With
+``--config.train.downstream.tasks=hellaswag,arc_easy`` the run also scores
+lm-eval tasks on its live parameters (``optbench_jax/evaluate/in_training.py``). ``--multihost``
 forces ``jax.distributed.initialize()`` (it is also called when the
 environment names several processes, see ``optbench_jax.train.mesh``).
 One work directory holds one run: a second start on it is refused while the
@@ -62,6 +64,17 @@ _COMPILATION_CACHE = flags.DEFINE_string(
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Print tracebacks with errors.")
 
 
+def _downstream_evaluator(config):
+  """The evaluator of ``train.downstream.tasks`` (checked now, before training), or None.
+
+  lm-eval is imported only when tasks are set."""
+  from optbench_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  if not config_lib.downstream_tasks(config_lib.resolve(config)):
+    return None
+  from optbench_jax.evaluate import in_training  # pylint: disable=import-outside-toplevel
+  return in_training.DownstreamEvaluator(config)
+
+
 def main(argv):
   del argv
   if _COMPILATION_CACHE.value:
@@ -83,7 +96,8 @@ def main(argv):
     name = os.path.splitext(os.path.basename(config_flags.get_config_filename(
         flags.FLAGS["config"]).split(":")[0]))[0]
     workdir = os.path.join("runs", f"{name}_{config.optimizer.name}")
-  summary = train.run(config, workdir, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+  summary = train.run(config, workdir, allow_config_change=_ALLOW_CONFIG_CHANGE.value,
+                      downstream=_downstream_evaluator(config))
   print(train.outcome_line(summary))
   return 1 if summary["status"] == "diverged" else 0
 

@@ -10,6 +10,9 @@
   run's validation split.
 * ``results``: ``W/evals/<step>.json``, the harness's own result dict plus ``validation``.
 * ``cli``: the command line.
+* ``in_training``: ``DownstreamEvaluator``, the same tasks on a training run's live
+  parameters at its evaluation points (``train.downstream``; ``trainers.lm`` passes it
+  to ``train.run``).
 
 This module imports nothing, so the submodules can share :class:`EvaluationError`.
 """

@@ -17,6 +17,17 @@ next step is dispatched, and ``dynamics.png`` at the end. With
 ``logging.wandb`` on, process 0 also logs every record to Weights & Biases
 (``train/wandb_sink.py``; a missing ``wandb`` fails before compiling).
 
+Downstream tasks (``train.downstream``): this layer cannot run lm-eval (it sits
+below ``evaluate``), so the caller passes ``run(..., downstream=evaluator)``, a
+callable ``(params, step, model_spec, mesh) -> {task: {metric: value}}``
+(``trainers.lm`` builds ``evaluate.in_training.DownstreamEvaluator``, whose
+checks fail before training). It is called with the live parameters every
+``train.downstream.every`` steps and once after the final eval; each result is a
+``metrics.jsonl`` record ``downstream/<task>/<metric>`` at its step, and the
+last one is the summary's ``downstream``. Tasks set without an evaluator are a
+ConfigError. A SIGTERM before the final downstream evaluation stops the run as
+preempted (rerun to evaluate); one during it waits for it.
+
 Stops: SIGTERM saves a checkpoint and returns ``status="preempted"``, also
 when it arrives during the final eval or save. With several processes a SIGTERM
 to any of them goes through JAX's preemption sync point instead: every process
@@ -44,7 +55,7 @@ import logging as pylogging
 import signal
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -72,6 +83,10 @@ from optbench_jax.train import weight_averaging
 from optbench_jax.config import ConfigError
 
 COMPLETED, DIVERGED, PREEMPTED = "completed", "diverged", "preempted"
+DOWNSTREAM_PREFIX = "downstream/"   # metrics.jsonl keys downstream/<task>/<metric>
+
+# (params, step, model_spec, mesh) -> {task: {metric: value}}: see the module docstring.
+DownstreamEvaluator = Callable[[Any, int, Any, Any], dict]
 
 
 class _StopSignal:
@@ -131,12 +146,15 @@ def _to_global(batch: dict, sharding) -> dict:
 
 
 def run(config: Any, workdir: str, devices: list | None = None,
-        allow_config_change: bool = False) -> dict:
+        allow_config_change: bool = False,
+        downstream: DownstreamEvaluator | None = None) -> dict:
   """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint); returns the summary.
 
   ``devices``: the devices of the mesh (default: all of ``jax.devices()``).
   ``allow_config_change``: resume although the config differs from the run's
   record (the change is recorded); otherwise such a resume raises ConfigError.
+  ``downstream``: the evaluator of ``train.downstream.tasks`` (module docstring);
+  required when tasks are set, ignored otherwise.
   Holds the work directory's lock throughout; a ConfigError leaves no empty
   work directory behind.
   """
@@ -144,13 +162,19 @@ def run(config: Any, workdir: str, devices: list | None = None,
   devices = list(jax.devices() if devices is None else devices)
   run_ = assembly.build(config, devices)
   wandb_sink.check(run_.config)
+  if config_lib.downstream_tasks(run_.config) and downstream is None:
+    raise ConfigError("config.train.downstream.tasks is set but no evaluator was passed to "
+                      "train.run: train through python -m trainers.lm, or pass downstream="
+                      "optbench_jax.evaluate.in_training.DownstreamEvaluator(config)")
+  if not config_lib.downstream_tasks(run_.config):
+    downstream = None
   workdir = preflight.workdir_path(workdir)
   created, lock, setup_failed = not storage.exists(workdir), None, False
   if jax.process_index() == 0:
     storage.makedirs(workdir)
     lock = workdir_lock.for_directory(workdir, "trainer", log=logging.warning).acquire()
   try:
-    return _run(run_, workdir, devices, allow_config_change, started)
+    return _run(run_, workdir, devices, allow_config_change, started, downstream)
   except ConfigError:
     setup_failed = True
     raise
@@ -163,7 +187,7 @@ def run(config: Any, workdir: str, devices: list | None = None,
 
 
 def _run(run_: assembly.Run, workdir: str, devices: list, allow_config_change: bool,
-         started: tuple[float, float]) -> dict:
+         started: tuple[float, float], downstream: DownstreamEvaluator | None) -> dict:
   start_time, start_perf = started
   _quiet_orbax()
   is_writer = jax.process_index() == 0
@@ -241,6 +265,18 @@ def _run(run_: assembly.Run, workdir: str, devices: list, allow_config_change: b
     return {key: metrics_lib.to_floats(total.compute())["eval_loss"]
             for key, total in totals.items()}
 
+  def evaluate_downstream(at_step):
+    """Runs the downstream tasks on the live parameters and writes their record."""
+    scores = downstream(state.params, at_step, run_.model_spec, mesh)
+    writer.write(at_step, {f"{DOWNSTREAM_PREFIX}{task}/{metric}": value
+                           for task, metrics in scores.items() for metric, value in metrics.items()})
+    logging.info("step %d | downstream %s", at_step, "; ".join(
+        f"{task} " + ", ".join(f"{m} {v:.4f}" for m, v in metrics.items())
+        for task, metrics in scores.items()))
+    return scores
+
+  downstream_every = t.downstream.every if downstream is not None else 0
+  final_downstream = None
   dynamics = dynamics_lib.Recorder(t.dynamics_every, run_.state_shardings.params, mesh, writer)
   status, message = COMPLETED, ""
   final_evals = None
@@ -332,9 +368,10 @@ def _run(run_: assembly.Run, workdir: str, devices: list, allow_config_change: b
         is_last = step == t.steps
         log_now = step % t.log_every == 0 or is_last
         eval_now = t.eval_every > 0 and step % t.eval_every == 0 and not is_last
+        downstream_now = downstream_every > 0 and step % downstream_every == 0 and not is_last
         save_now = ((t.checkpoint_every > 0 and step % t.checkpoint_every == 0) or is_last
                     or step in checkpointer.keep_steps)
-        if not (log_now or eval_now or save_now or compile_time is None):
+        if not (log_now or eval_now or downstream_now or save_now or compile_time is None):
           continue
         ok, message = check(previous)
         previous = None
@@ -356,6 +393,8 @@ def _run(run_: assembly.Run, workdir: str, devices: list, allow_config_change: b
           last_eval = evals["eval_loss"]
           writer.write(step, {**evals, "eval_batches": t.eval_batches})
           logging.info("step %d | eval loss %.4f%s", step, last_eval, _averages_text(evals))
+        if downstream_now:
+          evaluate_downstream(step)
         if save_now:
           checkpointer.save(step, state, train_iter)
           writer.flush()
@@ -380,6 +419,12 @@ def _run(run_: assembly.Run, workdir: str, devices: list, allow_config_change: b
                        "" if floor is None else
                        f"; loss floor {floor:.4f}, gap {final_eval - floor:.4f}",
                        _averages_text(final_evals))
+          if downstream is not None and stop.received:
+            status, message = PREEMPTED, (f"stopped by signal before the final downstream "
+                                          f"evaluation at step {step}; the final checkpoint is "
+                                          "saved: rerun to evaluate")
+          elif downstream is not None:
+            final_downstream = evaluate_downstream(step)
       elif status == DIVERGED:
         step = diverged_at if diverged_at is not None else step
       profiler.stop()
@@ -411,6 +456,8 @@ def _run(run_: assembly.Run, workdir: str, devices: list, allow_config_change: b
       processes=jax.process_count(), mesh={a: int(mesh.shape[a]) for a in mesh_lib.AXES},
       workdir=workdir, config=config.to_dict(), kept_checkpoints=kept,
       diverged_at_step=diverged_at if status == DIVERGED else None)
+  if downstream is not None:
+    summary["downstream"] = final_downstream
   if resumed_from is not None and resumed_from == step:   # trained no step here
     run_record.carry_over(summary, previous_summary)
   if is_writer:

@@ -25,6 +25,9 @@ RUN_RECORD = "run_record.json"
 LOSS_CURVE = "loss_curve.png"
 DYNAMICS_PLOT = "dynamics.png"
 WANDB_RUN_ID = "wandb_run_id"
+# Written by a cluster executor's driver while it reschedules a trial whose node was lost
+# ({"retry": k, "of": n, "time": t}); removed when the driver is done with the trial.
+RESCHEDULING = "rescheduling.json"
 
 
 def path(workdir: str, name: str) -> str:

@@ -38,6 +38,7 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
+from optbench_jax import storage
 from optbench_jax import workdir_files
 from optbench_jax import workdir_lock
 from optbench_jax.bench import sweep_config, trial_process
@@ -150,12 +151,27 @@ class RayTrial:
   def _lost(self, why: str) -> None:
     self.node_losses += 1
     retries = self.executor.max_node_retries
+    if self.node_losses <= retries:   # (before the note: --status never sees one without it)
+      self._mark_rescheduling({"retry": self.node_losses, "of": retries, "time": time.time()})
     self._note(f"node lost ({why}); " + (
         f"rescheduling, node retry {self.node_losses} of {retries}"
         if self.node_losses <= retries else "no node retries left"))
     self._release_refs = [a.stop.remote() for a in self._actors]
     self._release_deadline = time.monotonic() + trial_process.STOP_GRACE_S + 10.0
     self._state = "releasing"
+
+  def _mark_rescheduling(self, value: dict | None) -> None:
+    """``--status`` reads this: a trial between attempts (and while its next attempt starts)
+    is the live driver's to restart, not an interrupted one to rerun by hand. Kept until the
+    trial is closed; a running attempt's lock holder shows it as running meanwhile."""
+    path = workdir_files.path(self.trial_dir, workdir_files.RESCHEDULING)
+    try:
+      if value is not None:
+        storage.write_json(path, value)
+      elif storage.exists(path):
+        storage.remove(path)
+    except OSError:
+      pass
 
   def _drop_attempt(self) -> None:
     for actor in self._actors:
@@ -295,6 +311,7 @@ class RayTrial:
 
   def close(self) -> None:
     """Closes the supervisors (logs), kills their actors and frees the placement group."""
+    self._mark_rescheduling(None)
     refs = [a.close.remote() for a in self._actors]
     if refs:
       try:

@@ -10,7 +10,8 @@ trials as results arrive (coordinate descent, edge extension, seed replicas),
 so "left" counts the trials known so far.
 
 States: ``completed`` / ``diverged`` (recorded), ``running`` (a live process
-holds the trial's workdir lock), ``interrupted`` (started, no result: it
+holds the trial's workdir lock), ``rescheduling`` (a cluster executor lost the
+trial's node and the live driver is starting it again), ``interrupted`` (started, no result: it
 resumes from its checkpoint), ``failed`` (its last attempt crashed; a rerun
 retries it), ``pending`` (not started).
 """
@@ -30,8 +31,8 @@ from optbench_jax import workdir_files
 from optbench_jax import workdir_lock
 from optbench_jax.bench import results_store, study_plan, sweep_dir, trial_plan
 
-RUNNING, INTERRUPTED, PENDING = "running", "interrupted", "pending"
-STATES = (results_store.COMPLETED, results_store.DIVERGED, RUNNING, INTERRUPTED,
+RUNNING, RESCHEDULING, INTERRUPTED, PENDING = "running", "rescheduling", "interrupted", "pending"
+STATES = (results_store.COMPLETED, results_store.DIVERGED, RUNNING, RESCHEDULING, INTERRUPTED,
           results_store.FAILED, PENDING)
 
 
@@ -93,6 +94,7 @@ def collect(workdir: str) -> tuple[str, list[TrialRow]]:
 
   left = plan.propose(known)
   rows = []
+  driver = workdir_lock.read_holder(workdir)   # the sweep's driver, when one is alive
   for trial in recorded + left:
     trial_dir = sweep_dir.trial_dir(workdir, trial.trial_id)
     result = final.get(trial.trial_id)
@@ -104,8 +106,13 @@ def collect(workdir: str) -> tuple[str, list[TrialRow]]:
       continue
     steps = workdir_files.last_step(trial_dir)
     holder = workdir_lock.read_holder(trial_dir) if storage.isdir(trial_dir) else None
+    rescheduling = _rescheduling(trial_dir) if holder is None and driver is not None else None
     if holder is not None:
       state, note = RUNNING, f"pid {holder.get('pid')} on {holder.get('host', '?')}"
+    elif rescheduling is not None:
+      state, note = RESCHEDULING, (
+          f"node lost; retry {rescheduling.get('retry')} of {rescheduling.get('of')}: the "
+          f"live driver (pid {driver.get('pid')}) restarts it from its checkpoint")
     elif trial.trial_id in failures:
       state = results_store.FAILED
       note = failures[trial.trial_id].reason.splitlines()[0][:80] + " (a rerun retries it)"
@@ -116,6 +123,15 @@ def collect(workdir: str) -> tuple[str, list[TrialRow]]:
     rows.append(TrialRow(trial.trial_id, trial.scale, trial.optimizer, trial.budget_steps,
                          trial.seed, dict(trial.hparams), state, steps, math.nan, note))
   return str(plain.get("name", "")), rows
+
+
+def _rescheduling(trial_dir: str) -> dict | None:
+  path = workdir_files.path(trial_dir, workdir_files.RESCHEDULING)
+  try:
+    value = storage.read_json(path) if storage.exists(path) else None
+  except (OSError, ValueError):
+    return None
+  return value if isinstance(value, dict) else None
 
 
 def counts(rows: list[TrialRow]) -> dict[str, int]:
@@ -146,6 +162,6 @@ def render(workdir: str, console: Console | None = None) -> dict[str, int]:
   done = n[results_store.COMPLETED] + n[results_store.DIVERGED]
   console.print(
       f"done {done} ({n['completed']} completed, {n['diverged']} diverged), running "
-      f"{n[RUNNING]}, failed {n['failed']}, interrupted {n[INTERRUPTED]}, pending "
+      f"{n[RUNNING]}, rescheduling {n[RESCHEDULING]}, failed {n['failed']}, interrupted {n[INTERRUPTED]}, pending "
       f"{n[PENDING]} (left: trials known so far; tuners propose more as results arrive)")
   return n

@@ -21,7 +21,7 @@ import pytest
 
 from optbench_jax import workdir_files
 from optbench_jax import process_group
-from optbench_jax.bench import ray_executor, results_store, sweep, sweep_config
+from optbench_jax.bench import ray_executor, results_store, sweep, sweep_config, sweep_status
 from tests import ray_cluster
 
 pytestmark = pytest.mark.slow
@@ -281,6 +281,13 @@ def test_a_lost_node_reschedules_the_trial_which_resumes_on_the_other(cluster, t
     assert f"running on {cluster.ips['worker1']}" in open(trial_dir / "trial.log").read()
     remove_placement_group(hold)
     cluster.kill_raylet("worker1")
+    # While the driver reschedules, --status shows the trial as the driver's, not as one to
+    # rerun by hand.
+    seen = set()
+    while thread.is_alive():
+      if "node retry" in open(trial_dir / "trial.log").read():
+        seen |= {r.state for r in sweep_status.collect(str(tmp_path / "w"))[1]}
+      time.sleep(0.5)
     thread.join(timeout=TIMEOUT_S)
     assert not thread.is_alive(), lines
   finally:
@@ -292,6 +299,8 @@ def test_a_lost_node_reschedules_the_trial_which_resumes_on_the_other(cluster, t
   assert len(attempts) == 1 and attempts[0].status == "completed" and attempts[0].steps == 200
   log = open(trial_dir / "trial.log").read()
   assert "node lost" in log and "node retry 1 of 3" in log, log[-3000:]
+  assert "rescheduling" in seen and "interrupted" not in seen, seen
+  assert not (trial_dir / "rescheduling.json").exists()
   assert f"running on {cluster.ips['head']}" in log
   with open(trial_dir / "summary.json") as f:
     assert json.load(f)["resumed_from_step"] >= 20

@@ -27,14 +27,35 @@ def test_status_counts_done_failed_interrupted_and_left(tmp_path, monkeypatch):
   sweep_tests.run(spec, tmp_path)        # resumes them; the best is then re-run on seed 1
   _, rows = sweep_status.collect(str(tmp_path))
   counts = sweep_status.counts(rows)
-  assert counts == {"completed": 3, "diverged": 2, "running": 0, "interrupted": 0,
-                    "failed": 1, "pending": 0}, counts
+  assert counts == {"completed": 3, "diverged": 2, "running": 0, "rescheduling": 0,
+                    "interrupted": 0, "failed": 1, "pending": 0}, counts
   # The CLI prints the table without starting anything.
   result = subprocess.run([sys.executable, "-m", "trainers.sweep", f"--workdir={tmp_path}",
                            "--status"], cwd=REPO, capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr
   assert "done 5 (3 completed, 2 diverged)" in " ".join(result.stdout.split())
   assert "failed 1" in result.stdout
+
+
+def test_a_trial_the_live_driver_reschedules_is_not_shown_as_interrupted(tmp_path, monkeypatch):
+  """Between a lost node and the next attempt (a cluster executor), the trial is the live
+  driver's to restart: --status says so instead of inviting a manual rerun."""
+  import json  # pylint: disable=import-outside-toplevel
+  from optbench_jax import workdir_files, workdir_lock  # pylint: disable=import-outside-toplevel
+  monkeypatch.setenv("FAKE_PREEMPT_AT", "5")
+  sweep_tests.run(sweep_tests.make_sweep(), tmp_path)
+  _, rows = sweep_status.collect(str(tmp_path))
+  trial = next(r for r in rows if r.state == "interrupted")
+  marker = tmp_path / "trials" / trial.trial_id / workdir_files.RESCHEDULING
+  marker.write_text(json.dumps({"retry": 1, "of": 3, "time": 0}))
+  states = lambda: {r.trial_id: (r.state, r.note) for r in sweep_status.collect(str(tmp_path))[1]}
+  assert states()[trial.trial_id][0] == "interrupted"     # no live driver: rerun it
+  lock = workdir_lock.for_directory(str(tmp_path), "sweep driver").acquire()
+  try:
+    state, note = states()[trial.trial_id]
+  finally:
+    lock.release()
+  assert state == "rescheduling" and note.startswith("node lost; retry 1 of 3"), note
 
 
 def test_status_of_a_fresh_sweep_lists_the_grid_as_pending(tmp_path):

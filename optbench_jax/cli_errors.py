@@ -65,6 +65,7 @@ USER_ERROR_NAMES = frozenset({
     "ModelLoadError",       # optbench_jax.inference
     "ExportError",          # optbench_jax.export
     "EvaluationError",      # optbench_jax.evaluate
+    "CoordCheckError",      # optbench_jax.bench.coord_check
 })
 
 

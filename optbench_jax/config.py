@@ -56,6 +56,12 @@ def base_config() -> ml_collections.ConfigDict:
       capacity_factor=0.0,     # 0 = dropless (ragged_dot); > 0 = capacity-factor path
       moe_aux_loss_coef=0.1,   # Switch load balance, divided by num_layers
       moe_z_loss_coef=0.01,    # router z-loss, divided by num_layers
+      # Width / depth parametrization (models/parametrization.py): standard | mup | completep.
+      parametrization="standard",
+      base_width=256,          # mup / completep: d_model at which they equal the tuned base
+      base_depth=2,            # completep: residual branches x base_depth / num_layers
+      mup_embedding_multiplier=10.0,  # mup / completep: embedding output x this
+      mup_output_multiplier=1.0,      # mup / completep: logits x this x base_width / d_model
   ))
 
   c.data = ml_collections.ConfigDict(dict(

@@ -15,6 +15,8 @@ API (stable; the trainer codes against it). ``model_cfg`` is ``config.model``
   1``; nothing needs to wrap ``apply`` (no rules context).
   ``report_max_logits=True`` adds ``aux['attn_max_logits']`` float32 [L, H],
   the largest pre-softmax attention logit per layer and head (QK-clip).
+  ``report_activations=True`` sows the coordinate check's activations into the
+  ``intermediates`` collection (``llama.LanguageModel``).
   Compute in ``compute_dtype``, params ``param_dtype``, RMSNorm and router in
   float32, logits float32.
 * ``init_params(model_cfg, rng) -> params``: plain (unboxed) pytree.
@@ -24,6 +26,10 @@ API (stable; the trainer codes against it). ``model_cfg`` is ``config.model``
 * ``logical_axes(model_cfg)``: pytree of ``PartitionSpec`` of logical axis names.
 * ``param_batch_axes(params)``: pytree of ints, the leading batch axes
   (``layers``: 1; ``layers/.../experts``: 2; everything else 0).
+* ``parametrization``: ``model.parametrization`` (standard | mup | completep):
+  ``multipliers(spec)``, and ``width_scaling`` / ``roles`` / ``width_ratios
+  (model_cfg)``, pytrees of each parameter's role (hidden | embedding | output |
+  vector) and fan-in width ratio base_width / fan_in, for optimizer scaling rules.
 * ``count_params(model_cfg) -> dict(total, non_embedding, embedding, active)``.
   ``embedding`` = token embedding + untied LM head; ``active`` = total with
   only top_k of num_experts experts per MoE layer.
@@ -53,20 +59,23 @@ from typing import Any
 import flax.linen as nn
 import jax
 
-from optbench_jax.models import flops, losses, sharding
+from optbench_jax.models import flops, losses, parametrization, sharding
 from optbench_jax.optim import labels
 from optbench_jax.models.llama import LanguageModel
 from optbench_jax.models.spec import ModelSpec
 
 __all__ = ["ModelSpec", "LanguageModel", "build_model", "init_params", "abstract_params",
-           "logical_axes", "param_batch_axes", "count_params", "flops", "losses", "sharding"]
+           "logical_axes", "param_batch_axes", "count_params", "flops", "losses", "parametrization",
+           "sharding"]
 
 
 def build_model(model_cfg: Any, mesh: jax.sharding.Mesh | None = None,
-                rules=sharding.DEFAULT_RULES, report_max_logits: bool = False) -> LanguageModel:
+                rules=sharding.DEFAULT_RULES, report_max_logits: bool = False,
+                report_activations: bool = False) -> LanguageModel:
   """The Flax module for ``model_cfg`` (validated; raises ValueError naming a bad key)."""
   return LanguageModel(ModelSpec.from_config(model_cfg), mesh=mesh, rules=tuple(rules),
-                       report_max_logits=report_max_logits)
+                       report_max_logits=report_max_logits,
+                       report_activations=report_activations)
 
 
 

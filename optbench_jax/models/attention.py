@@ -91,6 +91,9 @@ class CausalSelfAttention(nn.Module):
   rules: tuple = sharding.DEFAULT_RULES
   report_max_logits: bool = False
   attention_impl: str = "xla"   # resolved ModelSpec.attention_impl: xla | blocked | cudnn | splash
+  # q is multiplied by this after RoPE, so the scores are query_multiplier q.k / sqrt(hd)
+  # (µP's q.k / hd: 1 / sqrt(hd); models/parametrization.py). 1.0 is left out of the program.
+  query_multiplier: float = 1.0
 
   @nn.compact
   def __call__(self, x):
@@ -109,6 +112,8 @@ class CausalSelfAttention(nn.Module):
     tables = arange_tables(s, hd, float(self.rope_theta))
     q = apply_rope(q, tables=tables)
     k = apply_rope(k, tables=tables)
+    if self.query_multiplier != 1.0:
+      q = q * jnp.asarray(self.query_multiplier, q.dtype)
     impl = attention_kernels.resolve(self.attention_impl, sharding.platform_of(self.mesh),
                                      self.dtype, hd)
     out = attention_kernels.attention(q, k, v, impl, self.mesh, self.rules)

@@ -5,7 +5,10 @@ Architecture (Semenov et al. 2025 / Llama): token embedding, L pre-norm blocks
 (MLP = SwiGLU, or a top-k MoE of SwiGLU experts for kind='moe'), a final
 RMSNorm and the LM head (tied: logits = h E^T; untied: h W_head). No biases.
 Init N(0, init_std^2) everywhere except the projections writing into the
-residual stream (o_proj, down_proj), which use init_std / sqrt(2 L).
+residual stream (o_proj, down_proj), which use init_std / sqrt(2 L): the
+``standard`` parametrization. ``mup`` and ``completep`` change these stds and
+multiply the embedding output, the query (1 / hd attention), each residual
+branch and the logits by the numbers of ``parametrization.multipliers``.
 
 The L blocks are one ``nn.scan`` over stacked parameters (leading axis L under
 ``params['layers']``). ``scan_layers=True`` runs it as a loop, so compile time
@@ -31,7 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from optbench_jax.models import attention, layers, moe, sharding
+from optbench_jax.models import attention, layers, moe, parametrization, sharding
 from optbench_jax.models.spec import ModelSpec
 
 # Auxiliary losses: per layer already x coef / L, so summed over layers;
@@ -39,47 +42,69 @@ from optbench_jax.models.spec import ModelSpec
 # diagnostics, averaged over layers.
 LOSS_AUX = ("moe_aux_loss", "router_z_loss")
 PER_LAYER_AUX = ("attn_max_logits",)
+# The collection ``report_activations`` sows into (bench/coord_check.py reads it).
+ACTIVATIONS = "intermediates"
 
 
 class Block(nn.Module):
-  """One pre-norm decoder block; the scan body: (x, ) -> (x, per-layer aux)."""
+  """One pre-norm decoder block; the scan body: (x, ) -> (x, per-layer aux).
+
+  ``report_activations=True`` sows the attention and MLP outputs (before the
+  residual-branch multiplier) into the ``intermediates`` collection.
+  """
   spec: ModelSpec
   mesh: Any = None
   rules: tuple = sharding.DEFAULT_RULES
   report_max_logits: bool = False
+  report_activations: bool = False
 
   @nn.compact
   def __call__(self, x):
     s = self.spec
     dt, pdt = s.dtype, s.params_dtype
-    out_std = layers.residual_std(s.init_std, s.num_layers)
+    mult = parametrization.multipliers(s)
+    hidden_std, out_std = mult.hidden_std, mult.residual_std
     b, n, d = x.shape
     # The block works on tokens [B*S, d] (a free reshape; see layers.token_axes).
     x = sharding.constrain(x.reshape(b * n, d), layers.token_axes(2, "act_embed"), self.mesh,
                            self.rules)
     h = layers.RMSNorm(s.norm_eps, dt, pdt, name="attn_norm")(x)
     attn = attention.CausalSelfAttention(
-        s.num_heads, s.num_kv_heads, s.head_dim, s.rope_theta, s.init_std, out_std, dt, pdt,
-        self.mesh, self.rules, self.report_max_logits, s.attention_impl,
+        s.num_heads, s.num_kv_heads, s.head_dim, s.rope_theta, hidden_std, out_std, dt, pdt,
+        self.mesh, self.rules, self.report_max_logits, s.attention_impl, mult.query,
         name="attn")(h.reshape(b, n, d))
     attn, max_logits = attn if self.report_max_logits else (attn, None)
-    x = x + attn.reshape(b * n, d)
+    _report(self, "attention_output", attn)
+    x = x + _times(attn.reshape(b * n, d), mult.residual_branch)
     x = sharding.constrain(x, layers.token_axes(2, "act_embed"), self.mesh, self.rules)
     h = layers.RMSNorm(s.norm_eps, dt, pdt, name="mlp_norm")(x)
     if s.kind == "moe":
       y, aux = moe.MoE(s.num_experts, s.experts_top_k, s.ffn_dim, s.capacity_factor,
-                       s.moe_aux_loss_coef, s.moe_z_loss_coef, s.num_layers, s.init_std, out_std,
+                       s.moe_aux_loss_coef, s.moe_z_loss_coef, s.num_layers, hidden_std, out_std,
                        dt, pdt, self.mesh, self.rules, name="moe")(h.reshape(b, n, d))
       y = y.reshape(b * n, d)
     else:
-      y = layers.SwiGLU(s.ffn_dim, s.init_std, out_std, dt, pdt, self.mesh, self.rules,
+      y = layers.SwiGLU(s.ffn_dim, hidden_std, out_std, dt, pdt, self.mesh, self.rules,
                         name="mlp")(h)
       aux = {key: jnp.float32(0.0) for key in LOSS_AUX}
     if max_logits is not None:
       aux = {**aux, "attn_max_logits": max_logits}
-    x = sharding.constrain(x + y.astype(x.dtype), layers.token_axes(2, "act_embed"), self.mesh,
-                           self.rules)
+    _report(self, "mlp_output", y)
+    x = sharding.constrain(x + _times(y.astype(x.dtype), mult.residual_branch),
+                           layers.token_axes(2, "act_embed"), self.mesh, self.rules)
     return x.reshape(b, n, d), aux
+
+
+
+def _report(module: nn.Module, name: str, value) -> None:
+  """Sows ``value`` as activation ``name`` when the module reports activations."""
+  if module.report_activations:
+    module.sow(ACTIVATIONS, name, value)
+
+
+def _times(y, multiplier: float):
+  """``y * multiplier`` in y's dtype; a multiplication by 1.0 is left out of the program."""
+  return y if multiplier == 1.0 else y * jnp.asarray(multiplier, y.dtype)
 
 
 def _remat_policy(remat: str):
@@ -99,11 +124,17 @@ class LanguageModel(nn.Module):
   ``report_max_logits=True`` adds ``aux['attn_max_logits']`` float32 [L, H]:
   per layer and query head, the largest pre-softmax attention logit of the
   batch (``attention.max_logits``; QK-clip's S_h, no gradient).
+  ``report_activations=True`` sows, into the ``intermediates`` collection (apply
+  with ``mutable=[ACTIVATIONS]``), the embedding output, each layer's attention
+  and MLP outputs (stacked [L, ...]), the residual stream after the last block
+  and the logits: the coordinate check's probes (bench/coord_check.py). Off by
+  default, so the default model's program is unchanged.
   """
   spec: ModelSpec
   mesh: Any = None
   rules: tuple = sharding.DEFAULT_RULES
   report_max_logits: bool = False
+  report_activations: bool = False
 
   @nn.compact
   def __call__(self, tokens):
@@ -116,17 +147,23 @@ class LanguageModel(nn.Module):
                      embedding_init=layers.normal_init(s.init_std, ("vocab", "embed")),
                      name="embed")
     tokens = sharding.constrain(tokens, ("batch", "seq"), self.mesh, self.rules)
-    x = embed(tokens)
+    mult = parametrization.multipliers(s)
+    x = _times(embed(tokens), mult.embedding)
     x = sharding.constrain(x, ("batch", "seq", "act_embed"), self.mesh, self.rules)
+    _report(self, "embedding", x)
 
     block = Block
     if s.remat != "none":
       block = nn.remat(Block, prevent_cse=False, policy=_remat_policy(s.remat))
     scanned = scans_layers(s.scan_layers, sharding.platform_of(self.mesh))
-    stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+    # Sown activations are stacked over layers like the parameters (only when reported).
+    axes = {"params": 0, **({ACTIVATIONS: 0} if self.report_activations else {})}
+    stack = nn.scan(block, variable_axes=axes, split_rngs={"params": True},
                     length=s.num_layers, unroll=1 if scanned else s.num_layers,
                     metadata_params={nn.PARTITION_NAME: "layers"})
-    x, per_layer = stack(s, self.mesh, self.rules, self.report_max_logits, name="layers")(x)
+    x, per_layer = stack(s, self.mesh, self.rules, self.report_max_logits,
+                         self.report_activations, name="layers")(x)
+    _report(self, "residual_stream", x)
 
     b, n, d = x.shape
     h = layers.RMSNorm(s.norm_eps, dt, pdt, name="final_norm")(x.reshape(b * n, d))
@@ -138,7 +175,9 @@ class LanguageModel(nn.Module):
     # Matmul in the compute dtype, accumulated and returned in float32.
     logits = jnp.einsum("td,dv->tv", h.astype(dt), head.astype(dt),
                         preferred_element_type=jnp.float32).reshape(b, n, -1)
+    logits = _times(logits, mult.output)
     logits = sharding.constrain(logits, ("batch", "seq", "act_vocab"), self.mesh, self.rules)
+    _report(self, "logits", logits)
     aux = {key: (jnp.sum(v) if key in LOSS_AUX else v if key in PER_LAYER_AUX else jnp.mean(v))
            for key, v in per_layer.items()}
     return logits, aux

@@ -15,6 +15,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from optbench_jax.models import layers
+from optbench_jax.models.parametrization import PARAMETRIZATIONS
 
 KINDS = ("llama", "moe")
 REMAT = ("none", "full", "dots")
@@ -47,6 +48,12 @@ class ModelSpec:
   capacity_factor: float = 0.0
   moe_aux_loss_coef: float = 0.1
   moe_z_loss_coef: float = 0.01
+  # Width / depth parametrization (models/parametrization.py).
+  parametrization: str = "standard"
+  base_width: int = 256
+  base_depth: int = 2
+  mup_embedding_multiplier: float = 10.0
+  mup_output_multiplier: float = 1.0
 
   @classmethod
   def from_config(cls, model_cfg: Any) -> "ModelSpec":
@@ -128,3 +135,11 @@ class ModelSpec:
           fail(key, "must be >= 0")
     elif self.num_experts:
       fail("num_experts", "must be 0 for kind='llama' (set kind='moe' for experts)")
+    if self.parametrization not in PARAMETRIZATIONS:
+      fail("parametrization", f"must be one of {list(PARAMETRIZATIONS)}")
+    for key in ("base_width", "base_depth"):
+      integer(key, 1)
+    for key in ("mup_embedding_multiplier", "mup_output_multiplier"):
+      value = getattr(self, key)
+      if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        fail(key, "must be a number > 0")

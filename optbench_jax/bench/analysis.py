@@ -11,6 +11,9 @@
   budget over the reference's; the wall-clock-adjusted speedup divides by it.
 * Optimizer-state memory: bytes of ``opt.init`` state per model parameter,
   from ``jax.eval_shape`` on the model's abstract parameters (nothing allocated).
+* Downstream scores (trials trained with ``train.downstream``): the best
+  point's mean over its completed seeds, and every completed trial's scores
+  against its final loss (:mod:`optbench_jax.bench.downstream`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import jax
 import numpy as np
 
 from optbench_jax import storage
+from optbench_jax.bench import downstream as downstream_lib
 from optbench_jax.bench import results_store, speedup, tuning
 from optbench_jax.bench import sweep_dir
 
@@ -55,6 +59,10 @@ class SweepAnalysis:
   law: speedup.PowerLaw | None
   law_note: str                            # why there is no law, or how gamma was set
   state_bytes_per_param: dict[str, float]
+  # (optimizer, budget) -> {task: {metric: mean over the best point's seeds}}; {} without scores
+  downstream: dict[tuple[str, int], dict[str, dict[str, float]]] = dataclasses.field(
+      default_factory=dict)
+  downstream_points: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
   @property
   def optimizers(self) -> list[str]:
@@ -96,6 +104,24 @@ def best_configs(results: Sequence[results_store.TrialResult], optimizers: Seque
                                                         for r in tuned),
           best_result=winner, step_time_s=float(np.median(times)) if times else math.nan)
   return best
+
+
+def best_downstream(results: Sequence[results_store.TrialResult],
+                    best: Mapping[tuple[str, int], BestConfig]
+                    ) -> dict[tuple[str, int], dict[str, dict[str, float]]]:
+  """Each best point's downstream scores, averaged over its completed seeds (if any)."""
+  out = {}
+  for (name, budget), b in best.items():
+    if b.hparams is None:
+      continue
+    key = tuning.point_key(b.hparams)
+    scores = downstream_lib.mean_scores(
+        downstream_lib.trial_scores(r.workdir) for r in results
+        if r.optimizer == name and r.budget_steps == budget
+        and r.status == results_store.COMPLETED and tuning.point_key(r.hparams) == key)
+    if scores:
+      out[(name, budget)] = scores
+  return out
 
 
 def _gamma(sweep: Mapping[str, Any], results: Sequence[results_store.TrialResult]
@@ -184,4 +210,6 @@ def analyse(run_dir: str, num_bootstrap: int | None = None,
         memory_per_param[name] = math.nan
   return SweepAnalysis(sweep=sweep, results=results, best=best, speedups=estimates,
                        overheads=overheads(best, sweep["reference_optimizer"]), law=law,
-                       law_note=note, state_bytes_per_param=memory_per_param)
+                       law_note=note, state_bytes_per_param=memory_per_param,
+                       downstream=best_downstream(results, best),
+                       downstream_points=downstream_lib.points(results))

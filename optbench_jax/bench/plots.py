@@ -1,4 +1,5 @@
-"""Matplotlib figures of a sweep (Agg backend, PNG): loss curves, LR sensitivity, speedup.
+"""Matplotlib figures of a sweep (Agg backend, PNG): loss curves, LR sensitivity, speedup,
+downstream score vs loss (also drawn for a study).
 
 Each figure has a title, axis labels with units and a legend. The functions
 take the :class:`optbench_jax.bench.analysis.SweepAnalysis` and write one PNG
@@ -105,4 +106,36 @@ def speedup_vs_budget(analysis, path: str) -> str:
   ax.set_ylabel(f"speedup over {analysis.reference} (x, D_eff / D)")
   ax.set_title(f"Token speedup vs {analysis.reference} (95% bootstrap interval over seeds)")
   ax.grid(alpha=0.3)
+  return _save(fig, path)
+
+
+def score_vs_loss(points, path: str, title: str = "") -> str | None:
+  """Downstream score vs final validation loss, one panel per (task, metric), one colour per
+  optimizer: at equal loss, do optimizers score alike (speed, not quality)?
+
+  ``points``: dicts with optimizer, task, metric, value and final_loss (``bench.downstream``).
+  Returns the path, or None when there is no point to draw.
+  """
+  if not points:
+    return None
+  panels = sorted({(p["task"], p["metric"]) for p in points})
+  optimizers = list(dict.fromkeys(p["optimizer"] for p in points))
+  palette = plt.cm.tab20.colors[::2] + plt.cm.tab20.colors[1::2]   # strong colours first
+  colours = {name: palette[i % 20] for i, name in enumerate(optimizers)}
+  columns = min(3, len(panels))
+  rows = -(-len(panels) // columns)
+  fig, axes = plt.subplots(rows, columns, figsize=(4.5 * columns, 3.6 * rows), squeeze=False)
+  for ax, (task, metric) in zip(axes.flat, panels):
+    for name in optimizers:
+      here = [(p["final_loss"], p["value"]) for p in points
+              if p["optimizer"] == name and p["task"] == task and p["metric"] == metric]
+      if here:
+        ax.scatter(*zip(*here), s=18, color=colours[name], label=name)
+    ax.set_xlabel("final validation loss (nats/token)")
+    ax.set_ylabel(f"{task} {metric}")
+    ax.set_title(f"{task} {metric} vs loss", fontsize=9)
+    ax.grid(alpha=0.3)
+  for ax in list(axes.flat)[len(panels):]:
+    ax.set_visible(False)
+  fig.suptitle(title or "Downstream score vs final validation loss, per optimizer")
   return _save(fig, path)

@@ -3,7 +3,8 @@
 Writes ``RUN_DIR/report.md``, ``RUN_DIR/report.html`` and ``RUN_DIR/plots/*.png``:
 
 * per budget, a table of every optimizer's best final validation loss (mean and
-  spread over seeds), token speedup vs the reference with its bootstrap
+  spread over seeds), its downstream scores when the trials ran ``train.downstream``
+  (mean over seeds, one column per task and metric), token speedup vs the reference with its bootstrap
   interval, wall-clock-adjusted speedup, step-time overhead, optimizer-state
   bytes per parameter, trials spent (and how many diverged), and the best
   hyperparameters;
@@ -12,7 +13,8 @@ Writes ``RUN_DIR/report.md``, ``RUN_DIR/report.html`` and ``RUN_DIR/plots/*.png`
   hyperparameter with the others at their best);
 * every failed or diverged trial with its reason;
 * figures: validation-loss curves of the best runs, learning-rate sensitivity,
-  speedup vs budget.
+  speedup vs budget, and (with downstream scores) every completed trial's score
+  against its final validation loss per optimizer.
 
 The document is built once as a list of blocks and rendered to both formats.
 """
@@ -29,6 +31,7 @@ import numpy as np
 
 from optbench_jax.bench import analysis as analysis_lib
 from optbench_jax import storage
+from optbench_jax.bench import downstream as downstream_lib
 from optbench_jax.bench import plots, results_store, sensitivity, speedup, sweep_dir
 
 PLOTS_DIR = "plots"
@@ -96,6 +99,9 @@ def budget_table(a: analysis_lib.SweepAnalysis, budget: int) -> tuple[list[str],
   headers = ["optimizer", "final val loss (mean ± sd, n seeds)", "token speedup [95% CI]",
              "wall-clock speedup", "step-time overhead", "opt-state bytes/param",
              "trials (diverged)", "best hyperparameters"]
+  scores = [a.downstream[(n, budget)] for n in a.optimizers if (n, budget) in a.downstream]
+  score_columns = downstream_lib.columns(scores)
+  headers[2:2] = [downstream_lib.column_name(t, m) for t, m in score_columns]
   rows = []
   order = sorted(a.optimizers, key=lambda n: a.best[(n, budget)].mean_loss)
   for name in order:
@@ -112,7 +118,9 @@ def budget_table(a: analysis_lib.SweepAnalysis, budget: int) -> tuple[list[str],
     else:
       token_speedup = f"{_fmt(est.point, 3)} [{_fmt(est.low, 3)}, {_fmt(est.high, 3)}]"
       wall = _fmt(speedup.wall_clock_speedup(est.point, a.overheads[(name, budget)]), 3)
-    rows.append([name, loss, token_speedup, wall, _fmt(a.overheads[(name, budget)], 3),
+    here = a.downstream.get((name, budget), {})
+    rows.append([name, loss, *[_fmt(here.get(t, {}).get(m, math.nan)) for t, m in score_columns],
+                 token_speedup, wall, _fmt(a.overheads[(name, budget)], 3),
                  _fmt(a.state_bytes_per_param.get(name, math.nan), 3),
                  f"{b.tuning_trials} ({b.diverged_trials})",
                  _hparams(b.hparams, _tried_grid(a, name), b.tuning_trials)])
@@ -211,6 +219,11 @@ def build(run_dir: str, num_bootstrap: int | None = None) -> list[tuple]:
     blocks.append(("img", f"{PLOTS_DIR}/{storage.basename(path)}", f"Learning-rate sensitivity, {budget} steps"))
   path = plots.speedup_vs_budget(a, storage.join(plot_dir, "speedup_vs_budget.png"))
   blocks.append(("img", f"{PLOTS_DIR}/{storage.basename(path)}", f"Speedup over {a.reference} vs budget"))
+  if a.downstream_points:
+    path = plots.score_vs_loss(a.downstream_points, storage.join(plot_dir, "score_vs_loss.png"))
+    blocks.append(("img", f"{PLOTS_DIR}/{storage.basename(path)}",
+                   "Downstream score vs final validation loss, every completed trial (at equal "
+                   "loss, do optimizers score alike?)"))
   return blocks
 
 

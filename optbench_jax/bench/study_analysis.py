@@ -14,7 +14,9 @@ it derives:
   (:mod:`scaling_law`);
 * whether early rankings predict the final one (:mod:`rank_flips`), whether
   adjacent ranks are separated by more than the noise (:mod:`significance`)
-  and whether each best point's neighbours were run (:mod:`tuning_health`).
+  and whether each best point's neighbours were run (:mod:`tuning_health`);
+* the downstream scores of the runs that have them, averaged over seeds beside
+  the same runs' mean final loss (:func:`downstream_rows`).
 
 The result is strict JSON (no NaN or Infinity): an infinite value is written as
 the string "inf", a value that could not be computed as null, and ``notes``
@@ -69,6 +71,28 @@ def best_rows(rows: Sequence[dict]) -> list[dict]:
                 "final_loss_std": float(np.std(finite, ddof=1)) if len(finite) > 1 else None,
                 "seeds": len(losses), "diverged": len(losses) - len(finite)})
   out.sort(key=lambda r: (r["params"], r["tokens"], _bs_key(r["batch_size"]), r["final_loss"]))
+  return out
+
+
+def downstream_rows(scores: Sequence[Mapping[str, Any]]) -> list[dict]:
+  """Mean over seeds of each (optimizer, model, chinchilla, batch, task, metric) score, with
+  the mean final loss of the same runs (the finite ones)."""
+  cells = collections.defaultdict(list)
+  for s in scores:
+    key = (str(s["optimizer"]), str(s["model"]), multiple(s["chinchilla"]),
+           None if s.get("batch_size") is None else int(s["batch_size"]), str(s["task"]),
+           str(s["metric"]))
+    cells[key].append((float(s["value"]), float(s["final_loss"])))
+  out = []
+  for (name, model, k, bs, task, metric), pairs in cells.items():
+    losses = _finite(loss for _, loss in pairs)
+    out.append({"optimizer": name, "model": model, "chinchilla": k, "batch_size": bs,
+                "task": task, "metric": metric,
+                "value": float(np.mean([v for v, _ in pairs])),
+                "final_loss": float(np.mean(losses)) if losses else math.inf,
+                "seeds": len(pairs)})
+  out.sort(key=lambda r: (r["model"], r["chinchilla"], _bs_key(r["batch_size"]), r["task"],
+                          r["metric"], r["optimizer"]))
   return out
 
 
@@ -208,7 +232,8 @@ def strict(value, replaced: list | None = None, where: str = ""):
 
 def analyse(rows: Sequence[Mapping[str, Any]], curves: Sequence[Mapping[str, Any]] | None = None,
             tuning: Sequence[Mapping[str, Any]] | None = None,
-            compute: Mapping[str, Any] | None = None, reference: str = "adamw",
+            compute: Mapping[str, Any] | None = None,
+            downstream: Sequence[Mapping[str, Any]] | None = None, reference: str = "adamw",
             extrapolate: Sequence[float] = (), gamma: str | float = "fit",
             num_bootstrap: int = 1000, seed: int = 0) -> dict:
   """The study.json dict (README.md, "study.json", documents every key).
@@ -222,6 +247,8 @@ def analyse(rows: Sequence[Mapping[str, Any]], curves: Sequence[Mapping[str, Any
     tuning: optional, one dict per tuned regime: optimizer, model, chinchilla,
       batch_size, grid ({hp: values}), best ({hp: value}), tried ([points]).
     compute: optional {steps_trained, steps_if_separate}, passed through.
+    downstream: optional, one dict per final harness score of a run: optimizer,
+      model, chinchilla, batch_size, seed, task, metric, value, final_loss.
     reference: the optimizer speedups are measured against.
     extrapolate: model sizes (parameters) to extrapolate speedups to.
     gamma: "fit" (per-size L(D) floor fitted; 2 budgets use the reference's
@@ -280,6 +307,7 @@ def analyse(rows: Sequence[Mapping[str, Any]], curves: Sequence[Mapping[str, Any
                         "p_value": c.p_value, "status": c.status} for c in calls],
       "noise_sigma": noise,
       "compute": dict(compute) if compute is not None else None,
+      "downstream": downstream_rows(downstream or []),
   }
   if not fitted:
     notes.append("extrapolation and winners not computed: no joint law could be fitted")

@@ -10,8 +10,9 @@ and ``DIR/plots/*.png``: best losses, per-size speedups over the reference with
 bootstrap intervals, the joint laws L(N, D) = E + A N^-a + B D^-b (Hoffmann et
 al. 2022) and the speedups they extrapolate to larger models (Wen et al. 2025,
 arXiv 2509.02046), which optimizer each law predicts wins where, rank flips
-during training, the significance of adjacent ranks, tuning health and the
-compute saved. The document is built as blocks and rendered by
+during training, the significance of adjacent ranks, tuning health, the
+compute saved, and (runs trained with ``train.downstream``) the downstream
+scores beside the losses with a score-against-loss figure. The document is built as blocks and rendered by
 :mod:`report`'s Markdown and HTML writers.
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -26,8 +28,8 @@ from typing import Sequence
 
 from optbench_jax import storage
 
-from optbench_jax.bench import (report, study_analysis, study_plots, study_results,
-                                study_table)
+from optbench_jax.bench import (downstream as downstream_lib, plots, report, study_analysis,
+                                study_plots, study_results, study_table)
 from optbench_jax.bench.study_table import StudyInputError, model_label
 
 PLOTS_DIR = "plots"
@@ -65,6 +67,26 @@ def _rank_flip_rows(study: dict) -> list[list[str]]:
   return rows
 
 
+def _best_table(study: dict) -> tuple[list[str], list[list[str]]]:
+  """The best final losses, with each run's mean downstream scores where it has them."""
+  scores = {}
+  for r in study.get("downstream", []):
+    scores.setdefault((r["optimizer"], r["model"], r["chinchilla"], r["batch_size"]), {}
+                      ).setdefault(r["task"], {})[r["metric"]] = r["value"]
+  score_columns = downstream_lib.columns(scores.values())
+  headers = ["optimizer", "model", "chinchilla", "tokens", "batch", "final loss (mean ± sd)",
+             *[downstream_lib.column_name(t, m) for t, m in score_columns], "seeds (diverged)"]
+  rows = []
+  for r in study["best"]:
+    here = scores.get((r["optimizer"], r["model"], r["chinchilla"], r["batch_size"]), {})
+    rows.append([r["optimizer"], r["model"], _fmt(r["chinchilla"]), _fmt(r["tokens"], 3),
+                 _bs(r["batch_size"]), _fmt(r["final_loss"]) + (
+                     f" ± {r['final_loss_std']:.4f}" if r["final_loss_std"] is not None else ""),
+                 *[_fmt(here.get(t, {}).get(m)) for t, m in score_columns],
+                 f"{r['seeds']} ({r['diverged']})"])
+  return headers, rows
+
+
 def build(study: dict, plot_paths: dict[str, list[str]]) -> list[tuple]:
   """The report as :mod:`report` blocks (headings, paragraphs, tables, images)."""
   ref = study["reference"]
@@ -79,12 +101,7 @@ def build(study: dict, plot_paths: dict[str, list[str]]) -> list[tuple]:
     blocks.append(("h", 2, "Notes"))
     blocks.append(("pre", "\n".join(f"- {n}" for n in study["notes"])))
   blocks.append(("h", 2, "Best final losses"))
-  blocks.append(("table", ["optimizer", "model", "chinchilla", "tokens", "batch",
-                           "final loss (mean ± sd)", "seeds (diverged)"],
-                 [[r["optimizer"], r["model"], _fmt(r["chinchilla"]), _fmt(r["tokens"], 3),
-                   _bs(r["batch_size"]), _fmt(r["final_loss"]) + (
-                       f" ± {r['final_loss_std']:.4f}" if r["final_loss_std"] is not None else ""),
-                   f"{r['seeds']} ({r['diverged']})"] for r in study["best"]]))
+  blocks.append(("table", *_best_table(study)))
   blocks.append(("h", 2, f"Token speedup over {ref} per size [95% CI]"))
   blocks.append(("table", ["optimizer", "model", "chinchilla", "tokens", "batch", "speedup"],
                  [[r["optimizer"], r["model"], _fmt(r["chinchilla"]), _fmt(r["tokens"], 3),
@@ -139,7 +156,9 @@ def build(study: dict, plot_paths: dict[str, list[str]]) -> list[tuple]:
   for key, caption in (("speedup", f"Speedup over {ref} vs model size (dashed: extrapolation)"),
                        ("loss", "Final loss vs data budget"),
                        ("d_eff", "D_eff vs D (log-log, y = x: no speedup)"),
-                       ("rank_flip", "Eval-loss curves of the regime with the lowest Kendall tau")):
+                       ("rank_flip", "Eval-loss curves of the regime with the lowest Kendall tau"),
+                       ("score_vs_loss", "Downstream score vs final loss per optimizer (mean over "
+                        "seeds; at equal loss, do optimizers score alike?)")):
     for path in plot_paths.get(key, []):
       blocks.append(("img", f"{PLOTS_DIR}/{os.path.basename(path)}", caption))
   return blocks
@@ -158,6 +177,10 @@ def write(study: dict, out_dir: str) -> list[str]:
       "loss": study_plots.loss_vs_tokens(study, plot_dir),
       "d_eff": [study_plots.d_eff_vs_d(study, os.path.join(plot_dir, "d_eff_vs_d.png"))],
       "rank_flip": [study_plots.rank_flip_curves(study, os.path.join(plot_dir, "rank_flips.png"))],
+      "score_vs_loss": [plots.score_vs_loss(
+          [r for r in study["downstream"] if study_plots.number(r["final_loss"]) is not None
+           and math.isfinite(study_plots.number(r["final_loss"]))],
+          os.path.join(plot_dir, "score_vs_loss.png"))] if study.get("downstream") else [],
   }
   plot_paths = {k: [p for p in v if p] for k, v in plot_paths.items()}
   blocks = build(study, plot_paths)
@@ -184,6 +207,7 @@ def write_study_dir(workdir: str, num_bootstrap: int | None = None,
     gamma = data["loss_floor"] if data["loss_floor"] is not None else "fit"
   analysis = study_analysis.analyse(
       data["rows"], curves=data["curves"], tuning=data["tuning"], compute=data["compute"],
+      downstream=data["downstream"],
       reference=study["reference_optimizer"],
       extrapolate=list(study["extrapolate"] if extrapolate is None else extrapolate),
       gamma=gamma, num_bootstrap=int(num_bootstrap or study["speedup"]["num_bootstrap"]))

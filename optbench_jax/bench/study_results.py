@@ -13,7 +13,10 @@ what the runner found), and returns what ``study_analysis.analyse`` takes:
   point and the points tried (for tuning health);
 * ``compute``: the optimizer steps the study trained, against the steps the
   same finished trials would have needed as separate runs (shared stable
-  phases: ``train.branching``).
+  phases: ``train.branching``);
+* ``downstream``: for each of those runs trained with ``train.downstream``, one
+  row per final harness score (read from the trial's ``summary.json``:
+  :mod:`downstream`) with the run's final loss.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import math
 from typing import Any
 
 from optbench_jax import storage
+from optbench_jax.bench import downstream as downstream_lib
 from optbench_jax.bench import results_store, study_plan, sweep_dir, trial_plan
 from optbench_jax.train import run_record
 
@@ -50,10 +54,10 @@ def _tuners(plan: study_plan.StudyPlan):
 
 
 def collect(workdir: str) -> dict[str, Any]:
-  """{study, rows, curves, tuning, compute, notes, loss_floor} (module docstring;
+  """{study, rows, curves, tuning, compute, downstream, notes, loss_floor} (module docstring;
   ``loss_floor``: the corpus's entropy floor when the trials know it, else None)."""
   study, plan, latest = replay(workdir)
-  rows, curves, tuning = [], [], []
+  rows, curves, tuning, scores = [], [], [], []
   multiple_batches = len(study.get("batch_sizes") or []) > 1
   for label, optimizer, budget, tuner, sweep in _tuners(plan):
     scale = study["scales"][label]
@@ -80,11 +84,16 @@ def collect(workdir: str) -> dict[str, Any]:
       if result is None or result.status == results_store.FAILED:
         continue
       rows.append(dict(cell, seed=seed, final_loss=result.objective))
+      if result.status == results_store.COMPLETED:
+        scores += [dict(cell, seed=seed, task=task, metric=metric, value=value,
+                        final_loss=result.objective)
+                   for task, metrics in downstream_lib.trial_scores(result.workdir).items()
+                   for metric, value in metrics.items()]
       for step, value in result.eval_curve:
         curves.append(dict(cell, seed=seed, fraction=step / budget, eval_loss=value))
   floors = [r.loss_floor for r in latest.values() if math.isfinite(r.loss_floor)]
   return dict(study=study, rows=rows, curves=curves, tuning=tuning,
-              compute=compute(latest.values()), notes=list(plan.notes),
+              compute=compute(latest.values()), downstream=scores, notes=list(plan.notes),
               loss_floor=min(floors) if floors else None)
 
 

@@ -14,7 +14,7 @@ from tests.bench import study_planted as planted
 
 STUDY_KEYS = {"reference", "test", "notes", "best", "speedup", "d_eff", "joint_laws",
               "extrapolation", "winners", "rank_flips", "crossings", "rank_flip_curves",
-              "significance", "noise_sigma", "tuning_health", "compute"}
+              "significance", "noise_sigma", "tuning_health", "compute", "downstream"}
 COLUMNS = ["optimizer", "params", "tokens", "final_loss", "seed"]
 
 

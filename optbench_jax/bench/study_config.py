@@ -196,8 +196,8 @@ def model_config(plain: Mapping[str, Any], label: str,
 
 def scales(plain: Mapping[str, Any], load=sweep_config.load_python_config
            ) -> dict[str, dict[str, Any]]:
-  """{scale label: {model, batch_size, params, tokens_per_step, chinchilla, tokens, sweep,
-  base}}: one validated sweep per model and batch size (``sweep`` its plain dict, ``base``
+  """{scale label: {model, batch_size, params, tokens_per_step, chinchilla (each budget's
+  multiple), tokens (each budget's trained tokens), sweep, base}}: one validated sweep per model and batch size (``sweep`` its plain dict, ``base``
   its trainer config)."""
   out = {}
   kind, values = next(iter(plain["budgets"].items()))
@@ -242,8 +242,11 @@ def scales(plain: Mapping[str, Any], load=sweep_config.load_python_config
       out[scale] = dict(
           model=label, batch_size=int(scale_base.data.global_batch_size),
           params=params[label], tokens_per_step=per_step,
-          chinchilla=[d / (plain["tokens_per_param"] * params[label]) for d in
-                      [s * per_step for s in steps]],
+          # The nominal multiple (budgets of one multiple line up across sizes; the steps'
+          # rounding moves the tokens by < 1 step); for token budgets, tokens / (20 N).
+          chinchilla=[float(k) for k in values] if kind == "chinchilla" else
+          [d / (plain["tokens_per_param"] * params[label]) for d in
+           [s * per_step for s in steps]],
           tokens=[s * per_step for s in steps], tuned=label in plain["plan"]["tune"],
           sweep=sweep, base=scale_base)
   tuned_batches = {s["batch_size"] for s in out.values() if s["tuned"]}

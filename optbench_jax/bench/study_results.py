@@ -63,8 +63,10 @@ def collect(workdir: str) -> dict[str, Any]:
     scale = study["scales"][label]
     index = scale["sweep"]["budgets"].index(budget)
     point, loss = tuner.best
+    kind, values = next(iter(study["budgets"].items()))
+    multiple = float(values[index]) if kind == "chinchilla" else scale["chinchilla"][index]
     cell = dict(optimizer=optimizer, model=scale["model"], params=scale["params"],
-                tokens=scale["tokens"][index], chinchilla=scale["chinchilla"][index],
+                tokens=scale["tokens"][index], chinchilla=multiple,
                 batch_size=scale["batch_size"] if multiple_batches else None)
     tried = [dict(r.hparams) for r in latest.values()
              if r.optimizer == optimizer and r.budget_steps == budget

@@ -20,14 +20,14 @@ from optbench_jax.bench import sensitivity  # pylint: disable=wrong-import-posit
 from optbench_jax import storage
 
 
-def _axes():
+def axes():
   # 20 distinct colours: a sweep can hold every registered optimizer (18).
   fig, ax = plt.subplots(figsize=(7, 4.5))
   ax.set_prop_cycle(color=plt.cm.tab20.colors)
   return fig, ax
 
 
-def _save(fig, path: str) -> str:
+def save(fig, path: str) -> str:
   for ax in fig.axes:
     if ax.get_legend_handles_labels()[0]:
       ax.legend(fontsize=7, ncol=2)
@@ -40,7 +40,7 @@ def _save(fig, path: str) -> str:
 
 def loss_curves(analysis, budget: int, path: str) -> str:
   """Validation loss vs tokens of each optimizer's best run at ``budget`` (tuning seed)."""
-  fig, ax = _axes()
+  fig, ax = axes()
   for name in analysis.optimizers:
     best = analysis.best.get((name, budget))
     if not best or not best.best_result or not best.best_result.eval_curve:
@@ -56,12 +56,12 @@ def loss_curves(analysis, budget: int, path: str) -> str:
   ax.set_ylabel("validation loss (nats/token)")
   ax.set_title(f"Validation loss of each optimizer's best run, budget {budget} steps")
   ax.grid(alpha=0.3)
-  return _save(fig, path)
+  return save(fig, path)
 
 
 def lr_sensitivity(analysis, budget: int, path: str) -> str:
   """Final loss vs learning rate around each optimizer's optimum (others fixed at best)."""
-  fig, ax = _axes()
+  fig, ax = axes()
   seed = analysis.sweep["seeds"][0]
   for name in analysis.optimizers:
     best = analysis.best.get((name, budget))
@@ -82,12 +82,12 @@ def lr_sensitivity(analysis, budget: int, path: str) -> str:
   ax.set_ylabel("final validation loss (nats/token)")
   ax.set_title(f"Learning-rate sensitivity at {budget} steps (x: diverged)")
   ax.grid(alpha=0.3)
-  return _save(fig, path)
+  return save(fig, path)
 
 
 def speedup_vs_budget(analysis, path: str) -> str:
   """Speedup over the reference vs budget (tokens), with bootstrap intervals."""
-  fig, ax = _axes()
+  fig, ax = axes()
   for name in analysis.optimizers:
     points = []
     for budget in analysis.budgets:
@@ -106,7 +106,7 @@ def speedup_vs_budget(analysis, path: str) -> str:
   ax.set_ylabel(f"speedup over {analysis.reference} (x, D_eff / D)")
   ax.set_title(f"Token speedup vs {analysis.reference} (95% bootstrap interval over seeds)")
   ax.grid(alpha=0.3)
-  return _save(fig, path)
+  return save(fig, path)
 
 
 def score_vs_loss(points, path: str, title: str = "") -> str | None:
@@ -138,4 +138,4 @@ def score_vs_loss(points, path: str, title: str = "") -> str | None:
   for ax in list(axes.flat)[len(panels):]:
     ax.set_visible(False)
   fig.suptitle(title or "Downstream score vs final validation loss, per optimizer")
-  return _save(fig, path)
+  return save(fig, path)

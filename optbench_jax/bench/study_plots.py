@@ -21,6 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 
+from optbench_jax.bench import plots  # pylint: disable=wrong-import-position
 from optbench_jax.bench.study_table import model_label  # pylint: disable=wrong-import-position
 
 
@@ -38,20 +39,7 @@ def _finite(value) -> bool:
   return x is not None and math.isfinite(x)
 
 
-def _axes():
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  ax.set_prop_cycle(color=plt.cm.tab20.colors)
-  return fig, ax
-
-
-def _save(fig, path: str) -> str:
-  for ax in fig.axes:
-    if ax.get_legend_handles_labels()[0]:
-      ax.legend(fontsize=7, ncol=2)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110, format="png")
-  plt.close(fig)
-  return path
+_axes, _save = plots.axes, plots.save   # one figure style for every report
 
 
 def _bar(row) -> tuple[float, float, float]:

@@ -96,18 +96,24 @@ def test_moe_with_expert_parallelism_matches_single_device(tmp_path, data_dir):
                              rtol=2e-6)
 
 
+def sigterm_during_step(monkeypatch, step: int):
+  """A preemption notice (SIGTERM) arrives during ``step``; returns the real batch placer."""
+  real_to_global, calls = loop._to_global, []
+  def to_global_then_sigterm(batch, sharding):
+    calls.append(1)
+    if len(calls) == step:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return real_to_global(batch, sharding)
+  monkeypatch.setattr(loop, "_to_global", to_global_then_sigterm)
+  return real_to_global
+
+
 def test_sigterm_checkpoints_and_resume_is_bit_for_bit(tmp_path, data_dir, monkeypatch):
   config = tiny.micro_config(data_dir, steps=8, checkpoint_every=3)
   full = train.run(config, str(tmp_path / "full"), devices=tiny.one_device())
   assert full["status"] == "completed"
 
-  real_to_global, calls = loop._to_global, []
-  def to_global_then_sigterm(batch, sharding):
-    calls.append(1)
-    if len(calls) == 5:   # a preemption notice arrives during step 5
-      os.kill(os.getpid(), signal.SIGTERM)
-    return real_to_global(batch, sharding)
-  monkeypatch.setattr(loop, "_to_global", to_global_then_sigterm)
+  real_to_global = sigterm_during_step(monkeypatch, 5)
   stopped = train.run(config, str(tmp_path / "resumed"), devices=tiny.one_device())
   assert stopped["status"] == "preempted" and stopped["steps"] == 5
   assert json.load(open(tmp_path / "resumed" / "summary.json"))["status"] == "preempted"
@@ -129,13 +135,7 @@ def test_the_first_record_after_a_resume_says_its_shorter_window(tmp_path, data_
   windows = lambda w: [(r["step"], r.get("window_steps")) for r in metrics_lib.read_records(
       os.path.join(w, "metrics.jsonl")) if "loss" in r]
   assert windows(tmp_path / "full") == [(4, None), (8, None)]
-  real_to_global, calls = loop._to_global, []
-  def to_global_then_sigterm(batch, sharding):
-    calls.append(1)
-    if len(calls) == 5:   # a preemption notice arrives during step 5
-      os.kill(os.getpid(), signal.SIGTERM)
-    return real_to_global(batch, sharding)
-  monkeypatch.setattr(loop, "_to_global", to_global_then_sigterm)
+  real_to_global = sigterm_during_step(monkeypatch, 5)
   train.run(config, str(tmp_path / "resumed"), devices=tiny.one_device())
   monkeypatch.setattr(loop, "_to_global", real_to_global)
   train.run(config, str(tmp_path / "resumed"), devices=tiny.one_device())

@@ -26,14 +26,14 @@ from typing import Any, Callable, Iterator, Mapping
 import ml_collections
 
 from optbench_jax import storage
-from optbench_jax.bench import study_config, study_plan, sweep_config, trial_plan
+from optbench_jax.bench import study_config, study_plan, sweep_config, sweep_program, trial_plan
 from optbench_jax.train import branching
 from optbench_jax.train import checkpoint as checkpoint_lib
 
 OPERATIONAL_DEFAULTS = {"hosts_per_trial": 1, "trial_resources": {"CPU": 1}}
 
 
-class StudyProgram:
+class StudyProgram(sweep_program.Program):
   """One study config, ready to run (module docstring)."""
 
   def __init__(self, study: Any):
@@ -42,14 +42,6 @@ class StudyProgram:
       self.plain.setdefault(key, copy.deepcopy(value))
     self.scale_map = study_config.scales(self.plain)
     self.fingerprint = study_config.fingerprint(self.plain, self.scale_map)
-
-  @property
-  def name(self) -> str:
-    return self.plain["name"]
-
-  @property
-  def operational(self) -> Mapping[str, Any]:
-    return self.plain
 
   def scales(self) -> Iterator[tuple[str, Mapping[str, Any], ml_collections.ConfigDict]]:
     for label, scale in self.scale_map.items():

@@ -27,11 +27,10 @@ import ml_collections
 from optbench_jax.bench import sweep_config, trial_plan
 
 
-class SweepProgram:
-  """One sweep config (see the module docstring)."""
-
-  def __init__(self, sweep: Any):
-    self.plain, self.base, self.fingerprint = sweep_config.load(sweep)
+class Program:
+  """What every program has: ``plain`` (its validated config as a dict) names it and holds
+  the operational fields."""
+  plain: dict[str, Any]
 
   @property
   def name(self) -> str:
@@ -40,6 +39,13 @@ class SweepProgram:
   @property
   def operational(self) -> Mapping[str, Any]:
     return self.plain
+
+
+class SweepProgram(Program):
+  """One sweep config (see the module docstring)."""
+
+  def __init__(self, sweep: Any):
+    self.plain, self.base, self.fingerprint = sweep_config.load(sweep)
 
   def scales(self) -> Iterator[tuple[str, Mapping[str, Any], ml_collections.ConfigDict]]:
     yield "", self.plain, self.base

@@ -242,11 +242,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   """The command line (module docstring); flags parsed here, on their own FlagValues."""
   from absl import flags   # pylint: disable=import-outside-toplevel
   from ml_collections import config_flags   # pylint: disable=import-outside-toplevel
-  fv = flags.FlagValues()
+  fv, argv = flags.FlagValues(), list(sys.argv if argv is None else argv)
   defaults = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
       os.path.abspath(__file__)))), "configs", "tiny.py")
   config_flag = config_flags.DEFINE_config_file("config", defaults, "Trainer config file.",
-                                                flag_values=fv)
+                                                flag_values=fv, sys_argv=argv)
   widths = flags.DEFINE_string("widths", None, "Comma-separated d_model values.", flag_values=fv)
   depths = flags.DEFINE_string("depths", None, "Comma-separated num_layers values (instead "
                                "of --widths).", flag_values=fv)
@@ -257,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                "by base_width / fan_in (µP's Adam rule; module docstring).",
                                flag_values=fv)
   flags.DEFINE_bool("verbose", False, "Print tracebacks with errors.", flag_values=fv)
-  fv(sys.argv if argv is None else list(argv))
+  fv(argv)
   if (widths.value is None) == (depths.value is None):
     raise CoordCheckError("give exactly one of --widths and --depths")
   axis, text = ("widths", widths.value) if widths.value is not None else ("depths", depths.value)

@@ -91,7 +91,10 @@ def _kendall(x: np.ndarray, y: np.ndarray) -> float:
     return math.nan
   with warnings.catch_warnings():   # a constant vector: tau undefined (nan)
     warnings.simplefilter("ignore")
-    return float(stats.kendalltau(x, y).statistic)
+    tau = float(stats.kendalltau(x, y).statistic)
+  # A ratio of pair counts: scipy's float arithmetic leaves 1 - 1e-16 for identical rankings,
+  # which must not read as a flip.
+  return tau if math.isnan(tau) else round(tau, 12)
 
 
 def last_crossing(grid: np.ndarray, diff: np.ndarray) -> float | None:

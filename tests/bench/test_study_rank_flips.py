@@ -46,3 +46,11 @@ def test_unaligned_fractions_are_interpolated_onto_a_common_grid():
   assert group.fractions == pytest.approx(FRACTIONS)
   assert group.flipped
   assert group.crossings[0][2] == pytest.approx(0.6, abs=1e-6)
+
+
+def test_identical_rankings_of_five_are_exactly_tau_one():
+  """scipy returns 1 - 1e-16 for some identical rankings of five; that is not a flip."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from optbench_jax.bench.rank_flips import _kendall  # pylint: disable=import-outside-toplevel
+  x = np.array([4.785, 4.975, 5.169, 5.811, 6.146])
+  assert _kendall(x, x + 0.1) == 1.0

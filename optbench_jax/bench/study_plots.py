@@ -49,6 +49,11 @@ def _bar(row) -> tuple[float, float, float]:
   return y, max(y - low, 0.0), max(high - y, 0.0)
 
 
+def _bar_ends(row) -> list[float]:
+  y, below, above = _bar(row)
+  return [v for v in (y - below, y + above) if v > 0]
+
+
 def speedup_vs_size(study: dict, path: str) -> str | None:
   """Measured speedups (solid, per size) and the joint-law extrapolation (dashed)."""
   reference = study["reference"]
@@ -83,8 +88,14 @@ def speedup_vs_size(study: dict, path: str) -> str | None:
                   color=colour or "gray", mfc="none")
   ax.axhline(1.0, color="gray", linestyle=":", label=f"{reference} (1x)")
   ax.set_xscale("log")
+  # Speedups are ratios (0.5x and 2x are as far from 1x); an extrapolated interval reaching
+  # beyond 1/10x .. 10x around the measured range is cut at the frame, not allowed to squash it.
+  ax.set_yscale("log")
+  measured_values = [v for rows in measured.values() for r in rows for v in _bar_ends(r)]
+  if measured_values:
+    ax.set_ylim(max(min(measured_values) / 10, 1e-3), min(max(measured_values) * 10, 1e3))
   ax.set_xlabel("model size (parameters, log scale)")
-  ax.set_ylabel(f"token speedup over {reference} (D_eff / D)")
+  ax.set_ylabel(f"token speedup over {reference} (D_eff / D, log scale)")
   ax.set_title(f"Speedup over {reference} vs model size (95% bootstrap intervals)")
   ax.grid(alpha=0.3)
   return _save(fig, path)

@@ -107,7 +107,8 @@ class WidthScaling:
   ``fan_in_ratio`` = fan_in at base_width / fan_in (base_width / d_model when the
   fan-in grows with width, else 1), ``fan_out_ratio`` likewise. µP's Adam rules
   scale a hidden matrix's learning rate by ``fan_in_ratio`` (Tensor Programs V,
-  Table 3); SGD rules also need ``fan_out_ratio``. A pytree leaf (not a node).
+  Table 3) and keep the embedding's and, with the 1 / m_w logit multiplier here,
+  the output layer's; SGD rules also need ``fan_out_ratio``. A pytree leaf.
   """
   role: str                  # hidden | embedding | output | vector
   fan_in_ratio: float

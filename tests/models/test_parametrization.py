@@ -127,3 +127,23 @@ def test_width_scaling_roles_and_ratios():
 def test_bad_parametrization_settings_are_one_config_error(key, value, message):
   with pytest.raises(config_lib.ConfigError, match="config." + message.replace("(", r"\(")):
     config_lib.resolve(dict(model={key: value}))
+
+
+@pytest.mark.parametrize("kind", ["llama", "moe"])
+def test_report_activations_sows_every_kind_with_the_same_logits(kind):
+  """On, the probe gives the same logits up to rounding (the scan carries the sown values;
+  MoE differed by 5e-7); off is the bit-identical model (the standard reference test)."""
+  from optbench_jax.models import llama   # pylint: disable=import-outside-toplevel
+  extra = dict(kind="moe", num_experts=4) if kind == "moe" else {}
+  cfg = dict(TINY, parametrization="completep", **extra)
+  params = models.init_params(cfg, jax.random.key(0))
+  tokens = jnp.arange(16, dtype=jnp.int32).reshape(2, 8)
+  plain = models.build_model(cfg).apply({"params": params}, tokens)[0]
+  logits, sown = models.build_model(cfg, report_activations=True).apply(
+      {"params": params}, tokens, mutable=[llama.ACTIVATIONS])
+  np.testing.assert_allclose(logits[0], plain, rtol=1e-5, atol=1e-6)
+  acts = sown[llama.ACTIVATIONS]
+  assert acts["embedding"][0].shape == acts["residual_stream"][0].shape == (2, 8, 64)
+  np.testing.assert_array_equal(acts["logits"][0], logits[0])
+  assert acts["layers"]["attention_output"][0].shape == (2, 2, 8, 64)   # [L, B, S, d]
+  assert acts["layers"]["mlp_output"][0].shape[0] == 2

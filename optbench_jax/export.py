@@ -71,7 +71,13 @@ TRAINING_ONLY = ("z_loss", "scan_layers", "remat", "attention_impl", "compute_dt
                  "param_dtype", "moe_z_loss_coef")
 # Fields exported only at the value Hugging Face's classes reproduce, and why.
 REQUIRED = {"capacity_factor": (0.0, "capacity-based token dropping: no transformers MoE class "
-                                     "drops tokens (train dropless, capacity_factor=0)")}
+                                     "drops tokens (train dropless, capacity_factor=0)"),
+            "parametrization": ("standard", "the muP / CompleteP multipliers (embedding, "
+                                "attention 1/d_head, residual, logits) have no Llama or Mixtral "
+                                "config field")}
+# Fields that act only under a parametrization other than "standard" (refused above).
+PARAMETRIZATION_ONLY = ("base_width", "base_depth", "mup_embedding_multiplier",
+                        "mup_output_multiplier")
 TOKENIZERS = ("auto", "gpt2", "none")
 
 
@@ -84,7 +90,7 @@ def check_exportable(spec: models.ModelSpec) -> None:
   defaults = models.ModelSpec()
   for field in dataclasses.fields(spec):
     name, value = field.name, getattr(spec, field.name)
-    if name in MAPPED or name in TRAINING_ONLY:
+    if name in MAPPED or name in TRAINING_ONLY or name in PARAMETRIZATION_ONLY:
       continue
     if name in REQUIRED:
       required, why = REQUIRED[name]

@@ -86,10 +86,16 @@ def test_layout_of_every_setting_that_is_mapped(kind, tmp_path):
 def test_every_model_setting_is_classified():
   """A new ModelSpec field is refused unless it keeps its default (it may change the math)."""
   fields = {f.name for f in dataclasses.fields(models.ModelSpec)}
-  assert fields == set(export.MAPPED) | set(export.TRAINING_ONLY) | set(export.REQUIRED)
+  assert fields == (set(export.MAPPED) | set(export.TRAINING_ONLY) | set(export.REQUIRED)
+                    | set(export.PARAMETRIZATION_ONLY))
   spec = models.ModelSpec.from_config(dict(kind="moe", num_experts=4, capacity_factor=1.25))
   with pytest.raises(export.ExportError, match="capacity_factor=1.25 cannot be exported"):
     export.check_exportable(spec)
+  mup = models.ModelSpec.from_config(dict(parametrization="mup"))
+  with pytest.raises(export.ExportError, match="parametrization='mup' cannot be exported"):
+    export.check_exportable(mup)
+  # Under the standard parametrization its settings change nothing: exported as they are.
+  export.check_exportable(models.ModelSpec.from_config(dict(base_width=64)))
 
 
 def _cli(*args):

@@ -74,16 +74,23 @@ def source_config(config: Any) -> dict[str, Any]:
   return theirs
 
 
+def _learning_rates(a: Any, b: Any, length: int) -> tuple[np.ndarray, np.ndarray, int | None]:
+  """Both runs' learning rates at steps 0 .. length - 1, and the first step where they differ
+  (None: nowhere)."""
+  steps = jnp.arange(length)
+  mine = np.asarray(optimizer_lib.make_schedule(a)(steps))
+  their = np.asarray(optimizer_lib.make_schedule(b)(steps))
+  differ = np.flatnonzero(mine != their)
+  return mine, their, int(differ[0]) if differ.size else None
+
+
 def check_schedules_agree(config: Any, theirs: Mapping[str, Any]) -> None:
   """Both runs compute the same steps up to ``train.branch_step`` (:func:`shared_steps`)."""
   t = config.train
   other = config.copy_and_resolve_references()
   other.train.steps = int(theirs["train"]["steps"])
-  steps = jnp.arange(t.branch_step)
-  mine = np.asarray(optimizer_lib.make_schedule(config)(steps))
-  their = np.asarray(optimizer_lib.make_schedule(other)(steps))
-  if not np.array_equal(mine, their):
-    first = int(np.flatnonzero(mine != their)[0])
+  mine, their, first = _learning_rates(config, other, t.branch_step)
+  if first is not None:
     _fail(t.branch_from, f"the learning rates differ from step {first} on ({mine[first]:.6g} "
                          f"here, {their[first]:.6g} there): step {t.branch_step} is not in "
                          "both runs' shared stable phase")
@@ -107,11 +114,8 @@ def shared_steps(short: Any, long: Any) -> int:
   most ``short``'s last step), and before either run's tail weight average starts (its
   window depends on the run's length). A checkpoint of ``long`` at that step can start
   ``short``."""
-  steps = jnp.arange(short.train.steps)
-  mine = np.asarray(optimizer_lib.make_schedule(short)(steps))
-  their = np.asarray(optimizer_lib.make_schedule(long)(steps))
-  differ = np.flatnonzero(mine != their)
-  shared = int(differ[0]) if differ.size else int(short.train.steps) - 1
+  _, _, first = _learning_rates(short, long, short.train.steps)
+  shared = int(short.train.steps) - 1 if first is None else first
   tail = _tail_limit(short, long)
   return shared if tail is None else min(shared, tail)
 

@@ -9,6 +9,7 @@ import sys
 
 from optbench_jax import cli_errors
 from optbench_jax.evaluate import cli
+from tests.evaluate import text_runs
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -71,10 +72,7 @@ def test_a_dataset_not_cached_offline(text_workdir, tmp_path):
   """A real process, offline, with an empty Hugging Face cache."""
   tasks = tmp_path / "tasks"
   tasks.mkdir()
-  (tasks / "remote_mc.yaml").write_text(
-      "task: remote_mc\ndataset_path: optbench-test/not-a-cached-dataset\ntest_split: test\n"
-      "output_type: multiple_choice\ndoc_to_text: \"{{q}}\"\ndoc_to_choice: [\"a\", \"b\"]\n"
-      "doc_to_target: 0\nmetric_list:\n  - metric: acc\n")
+  text_runs.write_uncached_task(tasks)
   env = dict(os.environ, HF_HOME=str(tmp_path / "hf_home"), HF_DATASETS_OFFLINE="1",
              HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu")
   result = subprocess.run([sys.executable, "-m", "optbench_jax.evaluate",

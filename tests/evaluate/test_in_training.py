@@ -110,10 +110,7 @@ def test_the_trainer_fails_in_one_line_before_training(tmp_path):
   dataset is not cached is one ``error:`` line, and no work directory is created."""
   tasks = tmp_path / "tasks"
   tasks.mkdir()
-  (tasks / "remote_mc.yaml").write_text(
-      "task: remote_mc\ndataset_path: optbench-test/not-a-cached-dataset\ntest_split: test\n"
-      "output_type: multiple_choice\ndoc_to_text: \"{{q}}\"\ndoc_to_choice: [\"a\", \"b\"]\n"
-      "doc_to_target: 0\nmetric_list:\n  - metric: acc\n")
+  text_runs.write_uncached_task(tasks)
   config = downstream_config(str(tmp_path / "data"), str(tasks), tasks="remote_mc")
   config_path = tmp_path / "config.json"
   config_path.write_text(json.dumps(config.to_dict()))

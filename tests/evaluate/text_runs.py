@@ -94,3 +94,11 @@ def balanced_docs(count: int = 200) -> list[dict]:
     question = " ".join(story.split()[:4]) + " Color:"   # short: 200 x 4 requests stay fast
     docs.append({"question": question, "choices": COLORS, "label": i % len(COLORS)})
   return docs
+
+
+def write_uncached_task(directory) -> None:
+  """``remote_mc.yaml``: a multiple-choice task whose dataset is on the Hub, never cached here."""
+  (directory / "remote_mc.yaml").write_text(
+      "task: remote_mc\ndataset_path: optbench-test/not-a-cached-dataset\ntest_split: test\n"
+      "output_type: multiple_choice\ndoc_to_text: \"{{q}}\"\ndoc_to_choice: [\"a\", \"b\"]\n"
+      "doc_to_target: 0\nmetric_list:\n  - metric: acc\n")

@@ -86,6 +86,12 @@ def base_config() -> ml_collections.ConfigDict:
       weight_decay=0.1,
       grad_clip=0.5,           # global-norm clipping; 0 disables
       decay_embeddings=False,
+      # Per-parameter rates across width / depth (optim/width_rules.py): "auto" = the
+      # optimizer's own rule under model.parametrization mup / completep, none under
+      # standard; "none"; or one of the optimizer's rules ("mup", "spectral", "rms_match").
+      lr_scaling="auto",
+      # "decoupled": p -= c lr (u + wd p) (today's); "independent": p -= c lr u + lr (wd / m_w) p.
+      weight_decay_scaling="decoupled",
       qk_clip_tau=0.0,         # QK-clip (Kimi K2's MuonClip) threshold, any optimizer; 0 = off
       hparams=ml_collections.ConfigDict(),  # extra optimizer kwargs (b1, b2, ...)
       schedule=ml_collections.ConfigDict(dict(
@@ -232,6 +238,12 @@ def check_values(config: ml_collections.ConfigDict) -> None:
   _require(o.grad_clip >= 0, f"config.optimizer.grad_clip must be >= 0, got {o.grad_clip!r}")
   _require(o.weight_decay >= 0,
            f"config.optimizer.weight_decay must be >= 0, got {o.weight_decay!r}")
+  _require(o.weight_decay_scaling in ("decoupled", "independent"),
+           f"config.optimizer.weight_decay_scaling must be 'decoupled' or 'independent', "
+           f"got {o.weight_decay_scaling!r}")
+  _require(isinstance(o.lr_scaling, str),
+           f"config.optimizer.lr_scaling must be a rule name ('auto', 'none', 'mup', "
+           f"'spectral', 'rms_match'), got {o.lr_scaling!r}")
   _require(isinstance(o.qk_clip_tau, (int, float)) and not isinstance(o.qk_clip_tau, bool)
            and o.qk_clip_tau >= 0,
            f"config.optimizer.qk_clip_tau must be a number >= 0 (0 = off; Kimi K2 used 100), "

@@ -22,13 +22,11 @@ branch's output before the residual-branch multiplier, RMS over all layers),
 Under a parametrization that transfers, every curve is flat in width (depth);
 under ``standard`` + Adam the logits and their updates grow with width.
 
-µP's hidden learning rates: under Adam, µP also scales each hidden matrix's
-learning rate by base_width / fan_in (Tensor Programs V, Table 3), an optimizer
-rule that the optimizers do not apply themselves yet. ``--scale_hidden_lr``
-stands in for it in this check only: every update of a ``hidden`` parameter
-(``parametrization.width_scaling``) is multiplied by its fan-in ratio after the
-optimizer (exact for Adam-type updates, which are linear in the learning
-rate). Without it, mup + Adam grows the hidden outputs with width, as theory says.
+µP's per-parameter learning rates are the optimizer's rule (``optim/width_rules.py``),
+applied by the trainer's optimizer under ``optimizer.lr_scaling="auto"`` (the default): the
+check trains exactly what a run trains. ``--config.optimizer.lr_scaling=none`` shows mup
+without them (Adam's hidden outputs then grow with width, as theory says). The result
+records the rule applied.
 
 Resizing: with ``--widths`` the number of heads stays the config's (head_dim
 grows with width, which exercises µP's 1 / hd attention) and ``ffn_dim`` keeps
@@ -46,18 +44,15 @@ import os
 import sys
 from typing import Any, Sequence
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from optbench_jax import config as config_lib
 from optbench_jax import models
 from optbench_jax.models import llama
-from optbench_jax.models import parametrization
 
 KINDS = ("embedding", "attention_output", "mlp_output", "residual_stream", "logits")
 AXES = ("widths", "depths")
@@ -108,37 +103,10 @@ def _by_kind(sown: Any) -> dict[str, jax.Array]:
   return out
 
 
-def scale_hidden_updates(model_cfg: Any) -> optax.GradientTransformation:
-  """Multiplies each ``hidden`` parameter's update by its fan-in width ratio (module docstring:
-  µP's Adam learning-rate rule, for this check only); other updates pass unchanged."""
-  scaling = parametrization.width_scaling(model_cfg)
-  factors = jax.tree.map(lambda s: s.fan_in_ratio if s.role == parametrization.HIDDEN else 1.0,
-                         scaling, is_leaf=lambda x: isinstance(x, parametrization.WidthScaling))
-
-  def update(updates, state, params=None):
-    del params
-    return jax.tree.map(lambda u, f: u if f == 1.0 else u * jnp.asarray(f, u.dtype), updates,
-                        factors), state
-
-  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
-
-
-def _with_scaled_hidden_lr(run):
-  """``run`` with ``scale_hidden_updates`` chained after its optimizer (state rebuilt)."""
-  from optbench_jax.train import state as state_lib   # pylint: disable=import-outside-toplevel
-  tx = optax.with_extra_args_support(
-      optax.chain(run.optimizer.tx, scale_hidden_updates(run.model_spec)))
-  abstract = state_lib.abstract_state(run.model_spec, tx, run.averaging)
-  return dataclasses.replace(
-      run, optimizer=run.optimizer._replace(tx=tx), abstract_state=abstract,
-      state_shardings=state_lib.state_shardings(run.model_spec, abstract, run.mesh,
-                                                run.config.mesh.factor_sharding))
-
-
 def measure(config: ml_collections.ConfigDict, steps: int, workdir: str,
-            devices: Sequence | None = None,
-            scale_hidden_lr: bool = False) -> tuple[dict, dict]:
-  """``(activation_rms, update_rms)``: ``{kind: [steps + 1 floats]}`` for one trained model.
+            devices: Sequence | None = None) -> tuple[dict, dict, str | None]:
+  """``(activation_rms, update_rms, width_rule)``: ``{kind: [steps + 1 floats]}`` for one
+  trained model, and the learning-rate rule its optimizer applied (None: none).
 
   ``workdir`` holds the synthetic corpus when ``data.path`` is empty (as for the trainer).
   """
@@ -146,8 +114,6 @@ def measure(config: ml_collections.ConfigDict, steps: int, workdir: str,
   from optbench_jax import data as data_lib   # pylint: disable=import-outside-toplevel
   from optbench_jax.train import assembly, preflight   # pylint: disable=import-outside-toplevel
   run = assembly.build(config, devices)
-  if scale_hidden_lr:
-    run = _with_scaled_hidden_lr(run)
   d = run.config.data
   manifest = preflight.prepare_data(run.config, workdir)
   batches = data_lib.make_train_iterator(str(manifest.directory), seq_len=d.seq_len,
@@ -181,12 +147,11 @@ def measure(config: ml_collections.ConfigDict, steps: int, workdir: str,
     if step < steps:   # the step donates the state: measured first
       batch = first if step == 0 else jax.device_put(next(batches), run.batch_sharding)
       state, _ = run.train_step(state, batch)
-  return activation_rms, update_rms
+  return activation_rms, update_rms, run.optimizer.width_rule
 
 
 def coord_check(config: Any, sizes: Sequence[int], steps: int, workdir: str, axis: str = "widths",
-                devices: Sequence | None = None, scale_hidden_lr: bool = False,
-                log=print) -> dict:
+                devices: Sequence | None = None, log=print) -> dict:
   """The coordinate check of ``config`` over ``sizes`` (``axis``: widths | depths).
 
   Every config is resolved and checked before anything is compiled; raises
@@ -202,13 +167,13 @@ def coord_check(config: Any, sizes: Sequence[int], steps: int, workdir: str, axi
   configs = {size: sized_config(base, axis, size) for size in sizes}
   result = {axis: list(sizes), "steps": steps,
             "parametrization": base.model.parametrization,
-            "optimizer": base.optimizer.name, "scale_hidden_lr": scale_hidden_lr,
+            "optimizer": base.optimizer.name, "lr_scaling": None,
             "activation_rms": {}, "update_rms": {}}
   for kind in KINDS:
     result["activation_rms"][kind], result["update_rms"][kind] = {}, {}
   for size, sized in configs.items():
     log(f"coord_check: {axis[:-1]} {size}")
-    activation_rms, update_rms = measure(sized, steps, workdir, devices, scale_hidden_lr)
+    activation_rms, update_rms, result["lr_scaling"] = measure(sized, steps, workdir, devices)
     for kind in KINDS:
       result["activation_rms"][kind][str(size)] = activation_rms[kind]
       result["update_rms"][kind][str(size)] = update_rms[kind]
@@ -253,16 +218,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   steps = flags.DEFINE_integer("steps", 10, "Training steps per size.", flag_values=fv)
   out = flags.DEFINE_string("out", "runs/coord_check", "Output directory (and the synthetic "
                             "corpus, in OUT/data, when data.path is empty).", flag_values=fv)
-  scale_lr = flags.DEFINE_bool("scale_hidden_lr", False, "Multiply hidden matrices' updates "
-                               "by base_width / fan_in (µP's Adam rule; module docstring).",
-                               flag_values=fv)
   flags.DEFINE_bool("verbose", False, "Print tracebacks with errors.", flag_values=fv)
   fv(argv)
   if (widths.value is None) == (depths.value is None):
     raise CoordCheckError("give exactly one of --widths and --depths")
   axis, text = ("widths", widths.value) if widths.value is not None else ("depths", depths.value)
-  result = coord_check(config_flag.value, parse_sizes(axis, text), steps.value, out.value, axis,
-                       scale_hidden_lr=scale_lr.value)
+  result = coord_check(config_flag.value, parse_sizes(axis, text), steps.value, out.value, axis)
   for path in write(result, out.value):
     print(f"wrote {path}")
   for kind in KINDS:

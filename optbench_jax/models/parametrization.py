@@ -49,6 +49,8 @@ from typing import Any
 import jax
 
 from optbench_jax.models import layers as layers_lib
+from optbench_jax.optim import labels
+from optbench_jax.optim import width_rules
 
 PARAMETRIZATIONS = ("standard", "mup", "completep")
 
@@ -56,8 +58,12 @@ PARAMETRIZATIONS = ("standard", "mup", "completep")
 # exp, layers) are fixed as the model widens. ffn_dim is taken as ~ d_model.
 WIDTH_AXES = ("embed", "mlp", "heads", "kv_heads")
 
-HIDDEN, EMBEDDING, OUTPUT, VECTOR = "hidden", "embedding", "output", "vector"
+# The roles the optimizers' scaling rules tell apart (optim/width_rules.py owns them).
+HIDDEN, EMBEDDING, OUTPUT, VECTOR = (width_rules.HIDDEN, width_rules.EMBEDDING,
+                                     width_rules.OUTPUT, width_rules.VECTOR)
 ROLES = (HIDDEN, EMBEDDING, OUTPUT, VECTOR)
+# Residual-branch exponent alpha (branch x m_L^-alpha) of each parametrization.
+DEPTH_ALPHA = {"standard": 0.0, "mup": 0.0, "completep": 1.0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +137,6 @@ def width_scaling(model_cfg: Any) -> Any:
   Leading ``layers`` / ``exp`` axes are batch axes (one matrix per layer / expert).
   """
   from optbench_jax import models   # pylint: disable=import-outside-toplevel  (models imports us)
-  from optbench_jax.optim import labels   # pylint: disable=import-outside-toplevel
   spec = models.ModelSpec.from_config(model_cfg)
   ratio = 1.0 / width_multiplier(spec)
   axes_tree = models.logical_axes(spec)
@@ -159,3 +164,38 @@ def width_ratios(model_cfg: Any) -> Any:
   """Pytree of fan-in ratios base_width / fan_in-ish (1.0 where the fan-in is fixed)."""
   return jax.tree.map(lambda s: s.fan_in_ratio, width_scaling(model_cfg),
                       is_leaf=lambda x: isinstance(x, WidthScaling))
+
+
+def geometry(model_cfg: Any) -> Any:
+  """Pytree of ``width_rules.Geometry`` matching ``abstract_params(model_cfg)``.
+
+  Each matrix's (fan_in, fan_out) now and at the base width (batch axes removed,
+  leading dims flattened as the matrix optimizers do), its role, and the width
+  and depth multipliers the optimizers' scaling rules read.
+  """
+  from optbench_jax import models   # pylint: disable=import-outside-toplevel  (models imports us)
+  spec = models.ModelSpec.from_config(model_cfg)
+  m_w, m_l = width_multiplier(spec), depth_multiplier(spec)
+  alpha = DEPTH_ALPHA[spec.parametrization]
+  shapes = models.abstract_params(spec)
+  axes_tree = models.logical_axes(spec)
+  scaling_tree = width_scaling(model_cfg)
+
+  def leaf(path, shape, axes, scaling):
+    kept = [(size, name) for size, name in zip(shape.shape, axes) if name not in ("layers", "exp")]
+    in_block = labels.path_keys(path)[0] == "layers"
+    if scaling.role == VECTOR or len(kept) < 2:
+      size = math.prod(s for s, _ in kept) if kept else 1
+      return width_rules.Geometry(scaling.role, size, size, size, size, m_w, m_l, alpha, in_block)
+    fan_in = math.prod(s for s, _ in kept[:-1])
+    fan_out = kept[-1][0]
+    return width_rules.Geometry(
+        scaling.role, fan_in, fan_out, round(fan_in * scaling.fan_in_ratio),
+        round(fan_out * scaling.fan_out_ratio), m_w, m_l, alpha, in_block)
+
+  flat_axes = jax.tree.leaves(axes_tree, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+  flat_scaling = jax.tree.leaves(scaling_tree, is_leaf=lambda x: isinstance(x, WidthScaling))
+  paths_shapes, treedef = jax.tree_util.tree_flatten_with_path(shapes)
+  return jax.tree.unflatten(treedef, [leaf(path, shape, tuple(axes), scaling)
+                                      for (path, shape), axes, scaling
+                                      in zip(paths_shapes, flat_axes, flat_scaling)])

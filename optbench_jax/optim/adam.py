@@ -23,6 +23,7 @@ import optax
 
 from optbench_jax.optim import hyperparams
 from optbench_jax.optim.scaling import decay_and_scale
+from optbench_jax.optim import width_rules
 
 
 def _check_adam(b1, b2, eps, eps_root):
@@ -61,3 +62,8 @@ def nadamw(learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: float = 
   """NAdamW: AdamW with the Nesterov first moment (as ``optax.nadamw``)."""
   return adamw(learning_rate, b1, b2, eps, eps_root, mu_dtype, weight_decay, mask,
                nesterov=True)
+
+
+# How each factory's learning rate moves with width (width_rules).
+width_rules.declare(adamw, width_rules.ELEMENTWISE)
+width_rules.declare(nadamw, width_rules.ELEMENTWISE)

@@ -36,6 +36,7 @@ import optax
 
 from optbench_jax.optim import hyperparams, labels
 from optbench_jax.optim.scaling import decay_and_scale
+from optbench_jax.optim import width_rules
 
 QUERY_NAMES = ("q_proj", "wq", "query")
 KEY_NAMES = ("k_proj", "wk", "key")
@@ -159,3 +160,6 @@ def adam_mini(learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: float
       decay_and_scale(learning_rate, weight_decay, mask),
   )
 
+
+# How each factory's learning rate moves with width (width_rules).
+width_rules.declare(adam_mini, width_rules.ELEMENTWISE)

@@ -36,6 +36,7 @@ import optax
 
 from optbench_jax.optim import hyperparams
 from optbench_jax.optim import labels
+from optbench_jax.optim import width_rules
 from optbench_jax.optim.matrix import (check_common, ema_momentum, fan_in_out, matrix_optimizer,
                                        orthogonalize)
 
@@ -131,3 +132,9 @@ def adamuon(learning_rate: Any = 6e-4, beta: float = 0.95, beta2: float | None =
                        ns_eps, ns_dtype, axes, mu_dtype),
       axes, learning_rate, weight_decay, adam_learning_rate, adam_b1, adam_b2, adam_eps,
       adam_weight_decay, adam_mask, mu_dtype)
+
+
+# How the learning rate moves with width (width_rules): an orthogonal step aligned to RMS 0.2,
+# so of spectral norm 0.2 sqrt(max side).
+width_rules.declare(adamuon, width_rules.orthogonal(
+    lambda fan_in, fan_out: 0.2 * math.sqrt(max(fan_in, fan_out)), "adamuon"))

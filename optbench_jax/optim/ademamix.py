@@ -32,6 +32,7 @@ import optax
 
 from optbench_jax.optim import hyperparams
 from optbench_jax.optim.scaling import decay_and_scale
+from optbench_jax.optim import width_rules
 
 
 class ScaleByAdemamixState(NamedTuple):
@@ -132,3 +133,6 @@ def ademamix(learning_rate: Any, b1: float = 0.9, b2: float = 0.999, b3: Any = 0
       decay_and_scale(learning_rate, weight_decay, mask),
   )
 
+
+# How each factory's learning rate moves with width (width_rules).
+width_rules.declare(ademamix, width_rules.ELEMENTWISE)

@@ -27,6 +27,7 @@ import optax
 
 from optbench_jax.optim import hyperparams
 from optbench_jax.optim.scaling import decay_and_scale
+from optbench_jax.optim import width_rules
 
 
 class ScaleByAdoptState(NamedTuple):
@@ -92,3 +93,7 @@ def adopt(learning_rate: Any, b1: float = 0.9, b2: float = 0.9999, eps: float = 
       scale_by_adopt(b1, b2, eps, mu_dtype, nesterov=nesterov, use_clipping=use_clipping),
       decay_and_scale(learning_rate, weight_decay, mask),
   )
+
+
+# How each factory's learning rate moves with width (width_rules).
+width_rules.declare(adopt, width_rules.ELEMENTWISE)

@@ -43,6 +43,7 @@ import optax
 
 from optbench_jax.optim import hyperparams, labels, sign
 from optbench_jax.optim.scaling import decay_and_scale
+from optbench_jax.optim import width_rules
 
 
 class CautiousState(NamedTuple):
@@ -145,3 +146,8 @@ def c_lion(learning_rate: Any, b1: float = 0.9, b2: float = 0.99, mu_dtype: Any 
       cautious(sign.scale_by_lion(b1, b2, mu_dtype), cautious_eps, batch_axes=batch_axes),
       decay_and_scale(learning_rate, weight_decay, mask),
   )
+
+
+# How each factory's learning rate moves with width (width_rules).
+width_rules.declare(c_adamw, width_rules.ELEMENTWISE)
+width_rules.declare(c_lion, width_rules.ELEMENTWISE)

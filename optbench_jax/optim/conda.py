@@ -45,6 +45,7 @@ from optbench_jax.optim import labels
 from optbench_jax.optim import linalg
 from optbench_jax.optim.matrix import fan_in_out, matrices_with_adamw
 from optbench_jax.optim.scaling import decay_and_scale
+from optbench_jax.optim import width_rules
 
 
 class ScaleByCondaState(NamedTuple):
@@ -185,3 +186,8 @@ def conda(learning_rate: Any = 0.01, b1: float = 0.9, b2: float = 0.99, eps: flo
       optax.chain(direction, decay_and_scale(learning_rate, weight_decay)),
       axes, pick(adam_learning_rate, learning_rate), adam_b1, adam_b2, adam_eps,
       pick(adam_weight_decay, weight_decay), adam_mask, mu_dtype)
+
+
+# How each factory's learning rate moves with width (width_rules).
+width_rules.declare(conda, width_rules.Rules("elementwise", width_rules.ELEMENTWISE.norm, ("mup",),
+                                         ("weight_decay", "adam_weight_decay")))

@@ -71,6 +71,7 @@ from optbench_jax.optim import matrix
 from optbench_jax.optim.matrix import ADAM, fan_in_out
 from optbench_jax.optim.scaling import decay_and_scale
 from optbench_jax.optim.linalg import serialize_after as _after
+from optbench_jax.optim import width_rules
 
 DION = "dion"
 QR_METHODS = ("rcqr", "cqr", "qr")
@@ -312,3 +313,7 @@ def dion(learning_rate: Any = 0.01, mu: float = 0.95, rank_fraction: float = 1.0
 # ``optax.inject_hyperparams`` they must be ``static_args``, like the integer
 # arguments (``contract.static_arguments`` reads this).
 dion.static_args = ("rank_fraction", "oversample")
+
+
+# How each factory's learning rate moves with width (width_rules).
+width_rules.declare(dion, width_rules.orthogonal(lambda fan_in, fan_out: math.sqrt(fan_out / fan_in), "dion"))

@@ -52,6 +52,7 @@ from optbench_jax.optim import labels
 from optbench_jax.optim import linalg
 from optbench_jax.optim.adam import adamw
 from optbench_jax.optim.muon import scale_by_muon
+from optbench_jax.optim import width_rules
 
 EPS = 1e-10  # the code's guard on ||U|| and ||W'||
 
@@ -240,3 +241,8 @@ def muonh(learning_rate: Any = 0.02, beta: float = 0.95, nesterov: bool = True,
 # schedule check runs it at a small peak); adam_learning_rate is Adam's, proportional.
 adamh.projected_learning_rates = ("learning_rate",)
 muonh.projected_learning_rates = ("learning_rate",)
+
+
+# How each factory's learning rate moves with width (width_rules).
+width_rules.declare(adamh, width_rules.Rules("native", None, ("native",), decay_args=()))
+width_rules.declare(muonh, width_rules.Rules("native", None, ("native",), decay_args=()))

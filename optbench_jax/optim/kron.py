@@ -51,6 +51,7 @@ parameter of its own.
 from __future__ import annotations
 
 import dataclasses
+import math
 import string
 from typing import Any, Callable, NamedTuple
 
@@ -62,6 +63,7 @@ from optbench_jax.optim import hyperparams
 from optbench_jax.optim import labels as labels_lib
 from optbench_jax.optim import matrix
 from optbench_jax.optim.scaling import decay_and_scale
+from optbench_jax.optim import width_rules
 
 _TINY = 1e-30
 
@@ -340,3 +342,14 @@ def kron(learning_rate: Any, b1: float = 0.9, weight_decay: Any = 0.0, mask: Any
                     max_size_triangular, init_scale, clip_update_rms, seed, batch_axes),
       decay_and_scale(learning_rate, weight_decay, mask),
   )
+
+
+def _kron_update_norm(fan_in: int, fan_out: int, hparams) -> float:
+  """Spectral norm of Kron's unit step: whitened (orthogonal, P -> E[m m^T]^(-1/2)) when both
+  sides have triangular factors; a diagonal factor on either side normalises element-wise."""
+  dense = max(fan_in, fan_out) <= hparams.get("max_size_triangular", 8192)
+  return 1.0 if dense else math.sqrt(fan_in * fan_out)
+
+
+# How the learning rate moves with width (width_rules).
+width_rules.declare(kron, width_rules.Rules("whitening", _kron_update_norm, ("mup",)))

@@ -41,6 +41,7 @@ import optax
 
 from optbench_jax.optim import hyperparams, labels
 from optbench_jax.optim.scaling import decay_and_scale
+from optbench_jax.optim import width_rules
 
 VARIANTS = ("adamw", "lion")
 
@@ -160,3 +161,7 @@ def mars(learning_rate: Any, b1: float = 0.95, b2: float = 0.99, eps: float = 1e
       optax.partition({"matrix": optax.scale_by_learning_rate(learning_rate),
                        "vector": optax.scale_by_learning_rate(learning_rate_1d)}, group),
   )
+
+
+# How each factory's learning rate moves with width (width_rules).
+width_rules.declare(mars, width_rules.ELEMENTWISE)

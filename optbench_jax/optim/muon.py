@@ -43,6 +43,7 @@ from optbench_jax.optim import linalg
 from optbench_jax.optim.matrix import (ADAM, MUON, check_common, fan_in_out, matrix_optimizer,
                                        matrix_routing, orthogonalize)
 from optbench_jax.optim.scaling import decay_and_scale
+from optbench_jax.optim import width_rules
 
 
 def muon_scale(fan_in: int, fan_out: int) -> float:
@@ -159,3 +160,9 @@ def d_muon(learning_rate: Any = 1e-3, beta: float = 0.95, nesterov: bool = True,
            ADAM: optax.scale_by_adam(adam_b1, adam_b2, adam_eps, mu_dtype=mu_dtype)},
           matrix_routing(axes)),
       decay_and_scale(learning_rate, weight_decay, mask))
+
+
+# How each factory's learning rate moves with width (width_rules).
+width_rules.declare(muon, width_rules.orthogonal(muon_scale, "muon"))
+width_rules.declare(d_muon, width_rules.orthogonal(d_muon_scale, "d_muon",
+                                                   ("weight_decay", "weight_decay")))

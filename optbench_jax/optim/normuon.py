@@ -44,6 +44,7 @@ from optbench_jax.optim import labels
 from optbench_jax.optim.matrix import (check_common, ema_momentum, fan_in_out, matrix_optimizer,
                                        orthogonalize)
 from optbench_jax.optim.muon import muon_scale
+from optbench_jax.optim import width_rules
 
 RESCALES = ("muon", "rms")
 RMS_TARGET = 0.2  # Moonlight's AdamW-matching update RMS
@@ -150,3 +151,13 @@ def normuon(learning_rate: Any = 0.02, beta: float = 0.95, beta2: float = 0.95,
                        ns_eps, ns_dtype, axes, mu_dtype),
       axes, learning_rate, weight_decay, adam_learning_rate, adam_b1, adam_b2, adam_eps,
       adam_weight_decay, adam_mask, mu_dtype)
+
+
+# How the learning rate moves with width (width_rules): an orthogonal step, kept at Muon's
+# Frobenius norm ("muon") or at RMS 0.2 ("rms", so spectral norm 0.2 sqrt(max side)).
+width_rules.declare(normuon, width_rules.Rules(
+    "orthogonal",
+    lambda fan_in, fan_out, hparams: (muon_scale(fan_in, fan_out)
+                                      if hparams.get("rescale", "muon") == "muon"
+                                      else 0.2 * math.sqrt(max(fan_in, fan_out))),
+    ("spectral", "rms_match"), ("weight_decay", "adam_weight_decay")))

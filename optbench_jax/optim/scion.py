@@ -44,6 +44,7 @@ from optbench_jax.optim import labels
 from optbench_jax.optim import linalg
 from optbench_jax.optim.matrix import fan_in_out, orthogonalize
 from optbench_jax.optim.scaling import decay_and_scale
+from optbench_jax.optim import width_rules
 
 _EPS = 1e-8
 EMBEDDING_LMOS = ("sign", "row_norm")
@@ -171,3 +172,7 @@ def scion(learning_rate: Any = 2.0**-12, beta: float = 0.9, hidden_radius: float
                      embedding_lmo, head_lmo, ns_steps, ns_coefficients, ns_eps, ns_dtype,
                      axes, mu_dtype),
       decay_and_scale(learning_rate, weight_decay, mask))
+
+
+# How each factory's learning rate moves with width (width_rules).
+width_rules.declare(scion, width_rules.NATIVE)

@@ -34,6 +34,7 @@ import optax
 
 from optbench_jax.optim import hyperparams
 from optbench_jax.optim.scaling import decay_and_scale
+from optbench_jax.optim import width_rules
 
 
 class ScaleByLionState(NamedTuple):
@@ -120,3 +121,8 @@ def signum(learning_rate: Any, momentum: float = 0.9, nesterov: bool = False,
   hyperparams.check_beta("momentum", momentum)
   return optax.chain(scale_by_signum(momentum, nesterov, mu_dtype),
                      decay_and_scale(learning_rate, weight_decay, mask))
+
+
+# How each factory's learning rate moves with width (width_rules).
+width_rules.declare(lion, width_rules.ELEMENTWISE)
+width_rules.declare(signum, width_rules.ELEMENTWISE)

@@ -57,6 +57,7 @@ from optbench_jax.optim import hyperparams
 from optbench_jax.optim import labels as labels_lib
 from optbench_jax.optim import linalg
 from optbench_jax.optim.scaling import decay_and_scale
+from optbench_jax.optim import width_rules
 
 
 class ScaleBySoapState(NamedTuple):
@@ -372,3 +373,7 @@ def _skip_first_step_checked(weight_decay: Any) -> Any:
   if isinstance(weight_decay, (int, float)) and weight_decay == 0:
     return 0.0
   return _skip_first_step(weight_decay)
+
+
+# How each factory's learning rate moves with width (width_rules).
+width_rules.declare(soap, width_rules.ELEMENTWISE)

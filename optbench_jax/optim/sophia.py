@@ -62,6 +62,7 @@ import optax
 
 from optbench_jax.optim import hyperparams
 from optbench_jax.optim.scaling import decay_and_scale
+from optbench_jax.optim import width_rules
 
 ESTIMATORS = ("gnb", "hutchinson")
 
@@ -180,3 +181,7 @@ def sophia(learning_rate: Any, b1: float = 0.965, b2: float = 0.99, rho: float =
       scale_by_sophia(b1, b2, rho, eps, update_interval, estimator, batch_size, seed),
       decay_and_scale(learning_rate, weight_decay, mask),
   )
+
+
+# How each factory's learning rate moves with width (width_rules).
+width_rules.declare(sophia, width_rules.ELEMENTWISE)

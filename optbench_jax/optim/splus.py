@@ -56,6 +56,7 @@ from optbench_jax.optim import linalg
 from optbench_jax.optim.matrix import fan_in_out
 from optbench_jax.optim.scaling import decay_and_scale
 from optbench_jax.optim.linalg import serialize_after as _after
+from optbench_jax.optim import width_rules
 
 
 class ScaleBySPlusState(NamedTuple):
@@ -245,3 +246,7 @@ def splus(learning_rate: Any = 0.1, b1: float = 0.9, b2: float = 0.999,
       scale_by_splus(b1, b2, ema_rate, eps, inverse_every, max_dim, batch_axes),
       decay_and_scale(learning_rate, weight_decay, mask),
       scale_by_shape(max_dim, nonstandard_constant, batch_axes))
+
+
+# How each factory's learning rate moves with width (width_rules).
+width_rules.declare(splus, width_rules.NATIVE)

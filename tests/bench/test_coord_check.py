@@ -39,9 +39,9 @@ def data_dir(tmp_path_factory):
   return tmp_path_factory.mktemp("corpus")
 
 
-def check(config, sizes, axis="widths", scale_hidden_lr=False, tmp=None):
+def check(config, sizes, axis="widths", tmp=None):
   return C.coord_check(config, sizes, STEPS, str(tmp), axis, devices=tiny.one_device(),
-                       scale_hidden_lr=scale_hidden_lr, log=lambda _: None)
+                       log=lambda _: None)
 
 
 def last(result, table, kind):
@@ -49,14 +49,35 @@ def last(result, table, kind):
 
 
 def test_mup_with_adam_is_flat_across_8x_width(data_dir, tmp_path):
-  """µP (with its Adam hidden-lr rule, --scale_hidden_lr): every kind's activation RMS and
+  """µP with AdamW's own scaling rule (hidden rates x base_width / fan_in, applied by the
+  trainer's optimizer under lr_scaling="auto"): every kind's activation RMS and
   its change since init within 2x across 8x width at the last step (measured <= 1.47: the
   attention output from d=32 to 64, and the logits, whose init share shrinks as 1/sqrt(m_w));
   a sqrt(width) growth would be 2.8x."""
-  result = check(micro(data_dir, "mup"), WIDTHS, scale_hidden_lr=True, tmp=tmp_path)
+  result = check(micro(data_dir, "mup"), WIDTHS, tmp=tmp_path)
+  assert result["lr_scaling"] == "elementwise:mup"
   for table in ("activation_rms", "update_rms"):
     for kind in C.KINDS:
       assert C.spread(result, table, kind) < 2, (table, kind, last(result, table, kind))
+
+
+def test_mup_with_muon_is_flat_under_its_spectral_rule_and_not_under_rms_matching(
+    data_dir, tmp_path):
+  """Muon's spectral rule (per-matrix rate x sqrt(fan_out/fan_in) / Muon's own shape scale,
+  relative to the base width): every kind within 1.5x across 8x width (measured <= 1.31, the
+  MLP output). Moonlight's RMS matching with AdamW's 1/fan_in carried over shrinks the hidden
+  steps as 1/sqrt(m_w): the MLP output moves > 2x (measured 2.9x; sqrt(8) = 2.8)."""
+  config = micro(data_dir, "mup")
+  config.optimizer.update(name="muon", learning_rate=0.02)
+  spectral = check(config, WIDTHS, tmp=tmp_path)
+  assert spectral["lr_scaling"] == "muon:spectral"
+  for table in ("activation_rms", "update_rms"):
+    for kind in C.KINDS:
+      assert C.spread(spectral, table, kind) < 1.5, (table, kind, last(spectral, table, kind))
+  config.optimizer.lr_scaling = "rms_match"
+  matched = check(config, WIDTHS, tmp=tmp_path)
+  mlp = last(matched, "update_rms", "mlp_output")
+  assert np.all(np.diff(mlp) < 0) and mlp[0] / mlp[-1] > 2, mlp
 
 
 def test_standard_with_adam_grows_the_logits_with_width(data_dir, tmp_path):

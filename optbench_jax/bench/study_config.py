@@ -26,9 +26,14 @@ one command, one work directory, one results store, one status. Its fields:
                        in a sweep: the same trial budget for every optimizer)
     transfer           how the other models get their points: "same" (the best
                        point of the nearest tuned model at the same budget
-                       multiple) or "fit" (each numeric hyperparameter a power
+                       multiple), "fit" (each numeric hyperparameter a power
                        law in N and D fitted to the tuned points, as Wen et al.
-                       2025 carry their optima to 1.2B; ``transfer_rules``)
+                       2025 carry their optima to 1.2B; ``transfer_rules``) or
+                       "parametrization" (µP-style: the tuned point carried
+                       unchanged to models trained under model.parametrization
+                       mup / completep with base_width / base_depth set to the
+                       tuned model's, so each optimizer's scaling rule,
+                       ``optim/width_rules.py``, moves its per-parameter rates)
     local_search       {hp: [factors]}: after transfer, a coordinate descent
                        around the carried point over carried * factors ({} =
                        none), at most ``local_trial_budget`` trials per
@@ -61,7 +66,7 @@ from optbench_jax import models
 from optbench_jax.bench import sweep_config
 
 PARAM_COUNTS = ("non_embedding", "total", "active")
-TRANSFERS = ("same", "fit")
+TRANSFERS = ("same", "fit", "parametrization")
 PLAN_KEYS = ("tune", "transfer", "strategy", "threshold", "trial_budget", "edge_extension",
              "local_search", "local_trial_budget")
 REQUIRED = ("name", "base_config", "models", "budgets", "seeds", "optimizers", "plan")
@@ -177,6 +182,26 @@ def _check_plan(plain: Mapping[str, Any], params: Mapping[str, int]) -> None:
     _fail(f"plan.local_trial_budget must be an integer >= 0, got {plan['local_trial_budget']!r}")
 
 
+def _anchor_at_the_tuned_model(plain: Mapping[str, Any],
+                               bases: Mapping[str, ml_collections.ConfigDict]) -> None:
+  """transfer='parametrization': every model's base width and depth become the tuned
+  model's, so its tuned point means the same at every size (µP's base shapes)."""
+  tuned = plain["plan"]["tune"]
+  shapes = {(bases[m].model.d_model, bases[m].model.num_layers) for m in tuned}
+  if len(shapes) != 1:
+    _fail(f"plan.transfer='parametrization' carries from one tuned width and depth; plan.tune "
+          f"{tuned} has (d_model, num_layers) {sorted(shapes)}")
+  (width, depth), = shapes
+  for label, base in bases.items():
+    if base.model.parametrization == "standard":
+      _fail(f"models.{label}: plan.transfer='parametrization' needs model.parametrization "
+            f"'mup' or 'completep' (set it in the study's overrides); it is 'standard'")
+    if base.optimizer.lr_scaling == "none":
+      _fail(f"models.{label}: plan.transfer='parametrization' needs the optimizers' scaling "
+            f"rules, but optimizer.lr_scaling is 'none'")
+    base.model.base_width, base.model.base_depth = int(width), int(depth)
+
+
 def model_config(plain: Mapping[str, Any], label: str,
                  load=sweep_config.load_python_config) -> ml_collections.ConfigDict:
   """The trainer config of one model: its preset (or the base), the study's and the
@@ -211,6 +236,8 @@ def scales(plain: Mapping[str, Any], load=sweep_config.load_python_config
     counts = models.count_params(bases[label].model)
     params[label] = int(counts[plain["param_count"]])
   _check_plan(plain, params)
+  if plain["plan"]["transfer"] == "parametrization":
+    _anchor_at_the_tuned_model(plain, bases)
   for label, base in bases.items():
     batch_sizes = list(plain["models"][label].get("batch_sizes") or plain["batch_sizes"]) or [None]
     for batch in batch_sizes:

@@ -1,6 +1,6 @@
 """Carrying tuned hyperparameters to model sizes that were not tuned.
 
-Two rules, chosen by a study's ``plan.transfer``:
+Three rules, chosen by a study's ``plan.transfer``:
 
 * ``same``: the best point of the nearest tuned model size (the largest tuned
   size at or below the target, else the smallest) at the same budget multiple;
@@ -17,6 +17,11 @@ Two rules, chosen by a study's ``plan.transfer``:
   tuned cell is carried unchanged from the nearest tuned size; integer
   hyperparameters are rounded. Fitted values keep 4 significant digits, so a
   trial's id does not depend on float noise.
+* ``parametrization``: the point of ``same``, carried unchanged, for models
+  trained under µP / CompleteP anchored at the tuned model's width and depth
+  (``study_config``): there the optimizer's scaling rule
+  (``optim/width_rules.py``) moves each parameter's rate inside the run, so the
+  tuned numbers are the transferred ones (Tensor Programs V's µTransfer).
 """
 
 from __future__ import annotations
@@ -105,7 +110,7 @@ def carry(cells: Sequence[TunedCell], params: float, tokens: float, chinchilla: 
   if not cells:
     raise ValueError("no tuned cell to transfer from")
   base = dict(nearest(cells, params, chinchilla).point)
-  if rule == "same":
+  if rule in ("same", "parametrization"):
     return base, {}
   if rule != "fit":
     raise ValueError(f"unknown transfer rule {rule!r}")

@@ -87,6 +87,20 @@ def test_fit_transfer_and_local_search_around_the_carried_point(tmp_path):
   assert carried == [1.5e-3, 1.5e-3, 3e-3, 3e-3, 6e-3, 6e-3]
 
 
+def test_parametrization_transfer_anchors_every_model_at_the_tuned_width(tmp_path):
+  """Under mup, every scale's trainer config gets base_width / base_depth of the tuned model
+  and the tuned point is carried unchanged (the optimizer's rule scales it inside the run)."""
+  spec = make_study(plan=dict(tune=["small"], transfer="parametrization", strategy="grid"))
+  spec["overrides"] = dict(spec["overrides"], **{"model.parametrization": "mup"})
+  program = study.StudyProgram(spec)
+  for scale in program.scale_map.values():
+    assert (scale["base"].model.base_width, scale["base"].model.base_depth) == (32, 1)
+    assert scale["base"].model.parametrization == "mup"
+  run(spec, tmp_path)
+  _, results = latest(tmp_path)
+  assert {r.hparams["learning_rate"] for r in results if r.trial_id.startswith("large-")} == {3e-3}
+
+
 def test_a_fitted_law_recovers_a_planted_power_law():
   cells = [transfer_rules.TunedCell(n, 20 * k * n, k, {"learning_rate": 0.5 * n ** -0.5 * (
       20 * k * n) ** 0.1, "b2": 0.95, "warmup_steps": int(n / 1000)}) for n in (1e6, 4e6)
@@ -156,8 +170,12 @@ def test_the_report_of_a_study_directory(tmp_path):
     (dict(plan=dict(tune=[])), "plan.tune must name at least one model"),
     (dict(plan=dict(tune=["huge"])), "plan.tune names model(s) ['huge']"),
     (dict(plan=dict(tune=["small"], transfer="fit")), "needs tuned models of >= 2 sizes"),
+    (dict(plan=dict(tune=["small"], transfer="µP")), "plan.transfer must be one of"),
     (dict(plan=dict(tune=["small"], transfer="parametrization")),
-     "plan.transfer must be one of"),
+     "models.small: plan.transfer='parametrization' needs model.parametrization 'mup' or "
+     "'completep'"),
+    (dict(plan=dict(tune=["small", "large"], transfer="parametrization")),
+     "carries from one tuned width and depth"),
     (dict(plan=dict(tune=["small"], warmup=3)), "plan has unknown field(s) ['warmup']"),
     (dict(param_count="embedding"), "param_count must be one of"),
     (dict(noise_seeds=[0]), "noise_seeds [0] repeat seeds [0]"),

@@ -159,7 +159,6 @@ def main(argv=None) -> int:
     return [2.0 ** (first + i) for i in range(args.lrs)]
 
   from optbench_jax import train   # pylint: disable=import-outside-toplevel
-  from optbench_jax.config import ConfigError   # pylint: disable=import-outside-toplevel
   import jax   # pylint: disable=import-outside-toplevel
   os.makedirs(args.out, exist_ok=True)
   path = os.path.join(args.out, "lr_transfer.json")
@@ -177,15 +176,13 @@ def main(argv=None) -> int:
   for n, (opt, par, width, lr) in enumerate(todo, 1):
     config = run_config(data_dir, opt, par, width, widths[0], lr, args.steps)
     with tempfile.TemporaryDirectory() as workdir:
-      try:
-        summary = train.run(config, workdir, devices=jax.devices()[:1])
-        loss = summary.get("final_eval_loss")
-        loss = math.inf if loss is None or not math.isfinite(loss) else float(loss)
-      except ConfigError:
-        raise
-      except Exception as e:   # a diverged run is a result (infinite loss), not a failure
-        print(f"  {opt} {par} d={width} lr={lr:.3g}: {type(e).__name__}: {e}", flush=True)
-        loss = math.inf
+      summary = train.run(config, workdir, devices=jax.devices()[:1])
+    if summary["status"] == "preempted":   # stopped by a signal: not a result; rerun resumes
+      print(f"stopped before {run_key(opt, par, width, lr)}; rerun the command to resume")
+      return 130
+    loss = summary.get("final_eval_loss")
+    if summary["status"] != "completed" or loss is None or not math.isfinite(loss):
+      loss = math.inf       # diverged: a result (the rate is too high), plotted as missing
     runs[run_key(opt, par, width, lr)] = loss
     print(f"[{n}/{len(todo)} {time.time() - start:5.0f}s] {opt:6s} {par:9s} d={width:4d} "
           f"lr={lr:.3g}: {loss:.4f}", flush=True)

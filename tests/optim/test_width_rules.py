@@ -230,3 +230,15 @@ def test_a_bad_weight_decay_mode_is_a_config_error():
   with pytest.raises(ConfigError, match="weight_decay_scaling must be 'decoupled' or "
                                         "'independent', got 'coupled'"):
     config_lib.resolve(c)
+
+
+def test_moe_experts_take_the_dense_rule_and_the_router_its_fixed_fan_out():
+  """Experts are matrices of their own (the ``exp`` axis a batch axis); the router's fan-out
+  (experts) does not grow: Adam x 1/m_w on both, Muon x 1 on experts and sqrt(1/m_w) on it."""
+  for name, expert, router in (("adamw", 0.25, 0.25), ("muon", 1.0, 0.5)):
+    got = hidden_multipliers(name, 4 * BASE, kind="moe", num_experts=4, experts_top_k=2)
+    by_leaf = {key.split("']['")[-2]: c for key, (g, c) in got.items()
+               if "moe" in key}
+    assert by_leaf["router"] == pytest.approx(router), (name, by_leaf)
+    assert [by_leaf[k] for k in ("gate_proj", "up_proj", "down_proj")] == pytest.approx(
+        [expert] * 3), (name, by_leaf)

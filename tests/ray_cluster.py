@@ -133,6 +133,19 @@ class LocalRayCluster:
     """Node ``name`` lost: SIGKILL to its raylet (its ``ray start`` then stops the rest)."""
     os.kill(self.raylet_pid(name), signal.SIGKILL)   # raylet_pid also records the others
 
+  def kill_services(self, name: str, services=("gcs_server", "raylet")) -> list[int]:
+    """SIGKILL to node ``name``'s processes of these names (the head's: the whole cluster
+    gone); returns their pids."""
+    pids = []
+    for p in self.processes(name):
+      try:
+        if p.name() in services:
+          p.kill()
+          pids.append(p.pid)
+      except psutil.NoSuchProcess:
+        continue
+    return pids
+
   def stop_node(self, name: str, grace_s: float = 15.0) -> None:
     """SIGTERM to node ``name``'s processes (by pid), SIGKILL to those left after ``grace_s``."""
     self.processes(name)
@@ -153,11 +166,11 @@ class LocalRayCluster:
     self._seen.pop(name, None)
     self._logs.pop(name).close()
 
-  def shutdown(self) -> None:
+  def shutdown(self, grace_s: float = 15.0) -> None:
     """Every node, workers first; every process this cluster started is gone afterwards."""
     for name in [n for n in self.nodes if n != "head"] + ["head"]:
       if name in self._logs:
-        self.stop_node(name)
+        self.stop_node(name, grace_s)
 
 
 def main() -> None:

@@ -12,7 +12,9 @@ what the store holds now, starting nothing.
 
 Exit status: 0 when every trial of this invocation finished (completed or
 diverged), 1 when some failed or were interrupted (rerun to retry / resume),
-2 for an input error (one ``error: ...`` line; ``--verbose`` adds the traceback).
+2 for an input error (one ``error: ...`` line; ``--verbose`` adds the traceback),
+4 when the Ray cluster went away mid-study (as ``trainers.sweep``: what is saved, what
+resumes and the command to rerun; no report is written).
 """
 
 import sys

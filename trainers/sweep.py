@@ -11,9 +11,14 @@ Then: ``python -m optbench_jax.bench.report DIR``.
 
 Exit status: 0 when every trial of this invocation finished (completed or
 diverged), 1 when some failed or were interrupted (rerun to retry / resume),
-2 for an input error (one ``error: ...`` line; ``--verbose`` adds the traceback).
+2 for an input error (one ``error: ...`` line; ``--verbose`` adds the traceback),
+4 when the Ray cluster went away mid-sweep (its head stopped answering): the last
+lines say so, what the results store holds, which trials resume from their
+checkpoints, and the command to rerun once the cluster is back.
 """
 
+import os
+import shlex
 import signal
 import sys
 
@@ -54,6 +59,9 @@ _VERBOSE = flags.DEFINE_bool("verbose", False, "Print tracebacks with errors.")
 flags.mark_flags_as_required(["workdir"])
 
 
+CLUSTER_GONE = 4   # exit status (see the module docstring), apart from the trainer's codes
+
+
 def _terminate(signum, frame):
   # SIGTERM (e.g. a scheduler preempting the sweep) unwinds like Ctrl-C, so the
   # runner stops its trials, which checkpoint and resume on the next run.
@@ -73,6 +81,8 @@ def run(program) -> int:
                             retry_failed=_RETRY_FAILED.value,
                             trial_timeout_s=_TRIAL_TIMEOUT.value, executor=_EXECUTOR.value,
                             executor_options=options)
+  if outcome.stopped:
+    _stopped(outcome)
   print(f"[sweep] launched {outcome.launched}, skipped {outcome.skipped} already finished, "
         f"recorded {outcome.recorded}, interrupted {len(outcome.interrupted)}")
   if outcome.interrupted:
@@ -81,6 +91,25 @@ def run(program) -> int:
   if failed:
     print(f"[sweep] {failed} trial(s) failed (see trials/<id>/trial.log); a rerun retries them")
   return 1 if failed or outcome.interrupted else 0
+
+
+def _stopped(outcome) -> None:
+  """The end of a sweep whose cluster went away: what is saved, what resumes, what to run."""
+  try:
+    lines = sweep_status.stopped_summary(_WORKDIR.value, outcome.interrupted, outcome.finished)
+  except Exception as e:  # pylint: disable=broad-except
+    lines = [f"[sweep] (the summary could not be read: {e}; `--status` shows it)"]
+  for line in lines:
+    print(line)
+  print("[sweep] start the Ray cluster again (or point --ray_address at another), then rerun "
+        "this to resume:")
+  print("  " + shlex.join(sys.orig_argv))
+  sys.stdout.flush()
+  sys.stderr.flush()
+  # Ray's driver is still tied to the dead head: at interpreter exit its disconnect waits on
+  # the GCS, and about a minute after the loss it aborts the process with its own C++ error.
+  # Leave now, so these lines stay the last ones.
+  os._exit(CLUSTER_GONE)  # pylint: disable=protected-access
 
 
 def main(argv):

@@ -6,15 +6,26 @@ it proposes trials, classifies each finished one from its directory in the share
 workdir (NFS, a gcsfuse mount of ``gs://``: the same path on every node), and is
 the only writer of the SQLite store, so results do not depend on the executor.
 
-This module connects to the cluster and checks it can ever hold a trial; one
-trial's scheduling, actors and faults are ``bench.ray_trial``, the actor beside
-each of its processes ``bench.ray_supervisor``.
+This module connects to the cluster, checks it can ever hold a trial and watches
+its head; one trial's scheduling, actors and faults are ``bench.ray_trial``, the
+actor beside each of its processes ``bench.ray_supervisor``.
 
 Before any trial: Ray missing, an unreachable ``--ray_address`` (time-boxed) and
 ``trial_resources`` that no node (or too few distinct nodes) can ever hold raise
 one :class:`sweep_config.SweepConfigError` each. On an autoscaling cluster pass
 ``autoscaling=True``: the check against the nodes alive now is skipped and
 trials wait for the autoscaler.
+
+A dead head is not a lost node. With the head's GCS gone no trial can be
+rescheduled (placement groups, actors and kills all go through it), and Ray's own
+driver waits about a minute for it before aborting the process with a C++ error.
+So the driver watches the head (:class:`HeadWatch`: a TCP connect to the GCS, or
+to the Ray client server for ``ray://``, every ``HEAD_PROBE_S`` while trials run,
+and at once when a node is lost; the calls that go through the head run in a
+thread while it does, :meth:`HeadWatch.call`); when it has not answered for
+``HEAD_GRACE_S`` the executor raises :class:`ClusterGone`
+(``trial_process.ExecutorGone``), the runner stops, and from then on the executor
+makes no call through the head.
 """
 
 from __future__ import annotations
@@ -23,15 +34,31 @@ import hashlib
 import os
 import socket
 import threading
+import time
 from typing import Any, Callable, Mapping, Sequence
 
-from optbench_jax.bench import sweep_config
+from optbench_jax.bench import sweep_config, trial_process
 from optbench_jax.bench.ray_supervisor import TrialSupervisor
 from optbench_jax.bench.ray_trial import RayTrial
 
 INSTALL_HINT = 'pip install "optbench_jax[ray]"'
 CONNECT_TIMEOUT_S = 30.0
 DEFAULT_MAX_NODE_RETRIES = 3
+# The head is probed this often while trials run (a TCP connect, bounded by PROBE_TIMEOUT_S),
+# and declared gone after not answering for HEAD_GRACE_S: long enough to ride out one dropped
+# connection, short against Ray's own ~60 s wait for a GCS that will not come back.
+HEAD_PROBE_S = 1.0
+PROBE_TIMEOUT_S = 1.0
+HEAD_GRACE_S = 3.0
+# With the head gone: how long the driver waits for its stop requests to reach the trials on
+# the nodes left (their trainers then checkpoint on SIGTERM), and for Ray's disconnect, which
+# waits on the dead GCS for ~15 s and finishes in the background after this.
+GONE_STOP_WAIT_S = 2.0
+GONE_SHUTDOWN_WAIT_S = 0.5
+
+
+class ClusterGone(trial_process.ExecutorGone):
+  """The cluster's head stopped answering: no trial can run or be rescheduled on it."""
 
 
 def import_ray():
@@ -60,6 +87,87 @@ def check_reachable(address: str | None, timeout_s: float = CONNECT_TIMEOUT_S) -
     raise sweep_config.SweepConfigError(
         f"no Ray cluster answers at --ray_address={address} ({e}; waited up to "
         f"{timeout_s:g} s): start one (`ray start --head`) or fix the address") from None
+
+
+def answers(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
+  """None when something accepts a TCP connection at ``address`` (host:port), else why not."""
+  host, _, port = address.rpartition(":")
+  try:
+    socket.create_connection((host, int(port)), timeout=timeout_s).close()
+  except OSError as e:
+    return e.strerror or str(e) or type(e).__name__
+  return None
+
+
+class HeadWatch:
+  """Whether the cluster's head still answers (see the module docstring).
+
+  ``cluster``: the address the user gave (named in the message); ``head``: host:port
+  to probe (None: nothing to probe, the head is taken as alive). :meth:`check` is
+  cheap to call every poll; :meth:`confirm` waits for an answer after a node loss.
+  """
+
+  def __init__(self, cluster: str, head: str | None, probe: Callable[[str], str | None] = answers,
+               every_s: float = HEAD_PROBE_S, grace_s: float = HEAD_GRACE_S):
+    self.cluster, self.head = cluster, head
+    self.probe, self.every_s, self.grace_s = probe, every_s, grace_s
+    self.gone: str | None = None    # the message, once the head is gone
+    self._next = 0.0
+    self._failing_since: float | None = None
+
+  def check(self) -> None:
+    """Raises ClusterGone once the head has not answered for ``grace_s`` (probes at most
+    every ``every_s``)."""
+    if self.gone:
+      raise ClusterGone(self.gone)
+    now = time.monotonic()
+    if self.head is None or now < self._next:
+      return
+    self._next = now + self.every_s
+    why = self.probe(self.head)
+    if why is None:
+      self._failing_since = None
+      return
+    if self._failing_since is None:
+      self._failing_since = now
+    if now - self._failing_since >= self.grace_s:
+      where = "" if self.head == self.cluster else f" ({self.head})"
+      self.gone = (f"the Ray cluster at {self.cluster} is gone: its head{where} has not "
+                   f"answered for {now - self._failing_since:.0f} s ({why})")
+      raise ClusterGone(self.gone)
+
+  def call(self, fn: Callable[..., Any], *args) -> Any:
+    """``fn(*args)`` for a Ray call that goes through the head (placement groups, actor
+    creation, lookups and kills): Ray waits on a dead GCS for about a minute, then aborts the
+    process. So the call runs in a thread while this one keeps probing; when the head is
+    gone, ClusterGone is raised and the call is left behind."""
+    result: dict[str, Any] = {}
+
+    def run():
+      try:
+        result["value"] = fn(*args)
+      except BaseException as e:  # pylint: disable=broad-except
+        result["error"] = e
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    while True:
+      thread.join(self.every_s)
+      if not thread.is_alive():
+        break
+      self.check()
+    if "error" in result:
+      raise result["error"]
+    return result.get("value")
+
+  def confirm(self) -> None:
+    """After a lost node: returns once the head answers, raises ClusterGone if it stays
+    silent for ``grace_s`` (a dead head takes its own node's trials with it)."""
+    self._next = 0.0
+    while True:
+      self.check()
+      if self._failing_since is None:
+        return
+      time.sleep(max(0.0, self._next - time.monotonic()))
 
 
 def bundle_of(resources: Mapping[str, float]) -> dict[str, float]:
@@ -133,6 +241,8 @@ class RayExecutor:
       self._connect(address, connect_timeout_s)
     self.supervisor_cls = ray.remote(TrialSupervisor)
     self.trials: list[RayTrial] = []
+    head = self._head_address(address)
+    self.head = HeadWatch(head if address in (None, "", "auto") else address, head)
     try:
       nodes = ray.nodes()
       why = unsatisfiable(nodes, self.bundle, self.hosts)
@@ -176,19 +286,42 @@ class RayExecutor:
           f"could not connect to Ray at --ray_address={address}: "
           f"{str(result['error']).splitlines()[0] if str(result['error']) else result['error']!r}")
 
+  def _head_address(self, address: str | None = None) -> str | None:
+    """host:port that answers while the head lives: the Ray client server for ``ray://``,
+    else the GCS this driver is connected to (None when Ray cannot say)."""
+    if address and address.startswith("ray://"):
+      return address[len("ray://"):]
+    try:
+      return self.ray.get_runtime_context().gcs_address
+    except Exception:  # pylint: disable=broad-except
+      return None
+
   def launch(self, trial: Any, trial_dir: str, argv: Sequence[str],
              divergence: Callable[[list[dict[str, Any]]], str | None],
              log_dir: str | None = None) -> "RayTrial":
     """``log_dir`` (the driver's local copy for a gs:// trial) is not used: the logs are
     written on the trial's node, and uploaded into a gs:// ``trial_dir`` when it ends."""
     del log_dir
+    self.head.check()     # a placement group asked of a dead GCS blocks until Ray aborts
     run = RayTrial(self, trial, trial_dir, argv, divergence)
     self.trials.append(run)
     return run
 
   def close(self) -> None:
+    gone = self.head.gone
     for run in self.trials:
       run.close()
+    stops = [ref for run in self.trials for ref in run.stop_refs]
     self.trials = []
+    if gone and stops:       # the trials on the nodes left: their stop requests delivered
+      try:
+        self.ray.wait(stops, num_returns=len(stops), timeout=GONE_STOP_WAIT_S)
+      except Exception:  # pylint: disable=broad-except
+        pass
     if self._owns_connection and self.ray.is_initialized():
-      self.ray.shutdown()
+      if gone:   # bounded: the driver reports now, Ray finishes its disconnect behind it
+        thread = threading.Thread(target=self.ray.shutdown, daemon=True)
+        thread.start()
+        thread.join(GONE_SHUTDOWN_WAIT_S)
+      else:
+        self.ray.shutdown()

@@ -20,6 +20,13 @@ Faults:
   the driver waits for the trial's workdir lock to be free (the old trainer gone),
   and schedules the trial again; it resumes from its checkpoint, and counts as one
   trial. After ``max_node_retries`` such losses it is recorded failed, saying so;
+* the head lost (its GCS silent, ``ray_executor.HeadWatch``): not a node failure,
+  since no trial can be rescheduled without it. :meth:`RayTrial.poll` (and the
+  node-loss path, before it counts a retry) raises ``ray_executor.ClusterGone``;
+  the runner stops, and :meth:`RayTrial.stop` / :meth:`RayTrial.close` then only
+  send the stop to the trial's actors (those on the nodes left still hear it) and
+  clear the trial's rescheduling marker: placement groups and kills would wait on
+  the dead GCS;
 * a trainer that exits with an error is the trial's own failure: recorded
   ``failed`` with its log tail, as locally;
 * the driver killed: the actors are owned by the driver (not detached), so Ray
@@ -79,6 +86,7 @@ class RayTrial:
     self._broken_since: float | None = None
     self._actors: list[Any] = []
     self._pg = None
+    self.stop_refs: list[Any] = []    # stops sent after the head was lost (the executor waits)
     self._schedule()
 
   @property
@@ -87,12 +95,15 @@ class RayTrial:
 
   # Attempts ---------------------------------------------------------------------------------
   def _schedule(self) -> None:
+    self._pg, self._ready = self.executor.head.call(self._place_group)
+    self._state = "pending"
+
+  def _place_group(self) -> tuple[Any, Any]:
     from ray.util import placement_group  # pylint: disable=import-outside-toplevel
     hosts = self.executor.hosts
-    self._pg = placement_group([dict(self.executor.bundle)] * hosts,
-                               strategy="STRICT_SPREAD" if hosts > 1 else "PACK")
-    self._ready = self._pg.ready()
-    self._state = "pending"
+    pg = placement_group([dict(self.executor.bundle)] * hosts,
+                         strategy="STRICT_SPREAD" if hosts > 1 else "PACK")
+    return pg, pg.ready()
 
   def _actor_name(self, index: int) -> str:
     return f"{self.trial_id}/host{index}"
@@ -142,6 +153,9 @@ class RayTrial:
   def _note(self, line: str) -> None:
     """A line in the trial's log (the driver's view of the attempt) and the driver's log."""
     self.executor.log(f"[sweep] {self.trial_id}: {line}")
+    self._log_line(line)
+
+  def _log_line(self, line: str) -> None:
     try:
       with open(os.path.join(self.trial_dir, trial_process.host_log_name(0)), "a") as f:
         f.write(f"\n=== {time.ctime()} (ray executor): {line}\n")
@@ -149,6 +163,7 @@ class RayTrial:
       pass
 
   def _lost(self, why: str) -> None:
+    self.executor.head.confirm()      # a dead head is the cluster gone, not a node to retry
     self.node_losses += 1
     retries = self.executor.max_node_retries
     if self.node_losses <= retries:   # (before the note: --status never sees one without it)
@@ -206,7 +221,7 @@ class RayTrial:
       self.started = time.time()
       if not ray.wait([self._ready], timeout=0)[0]:
         return
-      self._create_actors()
+      self.executor.head.call(self._create_actors)
       if self.executor.hosts > 1:
         self._address_ref = self._actors[0].address.remote()
         self._state = "addressing"
@@ -246,7 +261,7 @@ class RayTrial:
       done = ray.wait(self._release_refs, num_returns=len(self._release_refs), timeout=0)[0]
       if len(done) < len(self._release_refs) and time.monotonic() < self._release_deadline:
         return
-      self._drop_attempt()
+      self.executor.head.call(self._drop_attempt)
       self._unlock_deadline = time.monotonic() + RELEASE_WAIT_S
       self._state = "unlocking"
     if self._state == "unlocking":
@@ -291,14 +306,21 @@ class RayTrial:
     """Nothing here: the supervisor on the trial's node watches; :meth:`poll` reports it."""
 
   def poll(self) -> int | None:
-    """None while the trial waits for resources or runs; then its exit status."""
+    """None while the trial waits for resources or runs; then its exit status. Raises
+    ``ray_executor.ClusterGone`` once the cluster's head is gone."""
     if self._state != "done":
+      self.executor.head.check()
       self._advance()
     return self._code if self._state == "done" else None
 
   def stop(self) -> None:
     """SIGTERM to every process of the trial (they checkpoint), SIGKILL after the grace."""
     self._stopping = True
+    if self.executor.head.gone:
+      # Actor calls go to the actors' own nodes; the ones left deliver the stop, and the
+      # executor waits for them once for all trials.
+      self.stop_refs = [a.stop.remote() for a in self._actors]
+      return
     if self._state in ("running", "starting", "addressing"):
       refs = [a.stop.remote() for a in self._actors]
       try:
@@ -306,19 +328,32 @@ class RayTrial:
       except Exception:  # pylint: disable=broad-except
         pass
     elif self._state != "done":       # never started: nothing to stop
-      self._drop_attempt()
       self._code, self._state = -15, "done"
+      self._drop_quietly()
 
   def close(self) -> None:
     """Closes the supervisors (logs), kills their actors and frees the placement group."""
     self._mark_rescheduling(None)
+    if self.executor.head.gone:
+      if self._state != "done":
+        self._log_line(f"interrupted: {self.executor.head.gone}; the trial resumes from its "
+                       "last checkpoint when the sweep is rerun")
+        self._state = "done"
+      return
     refs = [a.close.remote() for a in self._actors]
     if refs:
       try:
         self.ray.wait(refs, num_returns=len(refs), timeout=trial_process.STOP_GRACE_S + 15.0)
       except Exception:  # pylint: disable=broad-except
         pass
-    self._drop_attempt()
+    self._drop_quietly()
+
+  def _drop_quietly(self) -> None:
+    """Frees the attempt; a head lost meanwhile is the next poll's or launch's to report."""
+    try:
+      self.executor.head.call(self._drop_attempt)
+    except trial_process.ExecutorGone:
+      pass
 
 
 def _first_line(error: BaseException) -> str:

@@ -68,12 +68,16 @@ Trial = trial_plan.Trial   # re-exported: the unit a sweep runs
 
 @dataclasses.dataclass
 class SweepOutcome:
-  """Counts of what one invocation did; ``interrupted`` trials resume on the next run."""
+  """Counts of what one invocation did; ``interrupted`` trials resume on the next run.
+  ``finished``: the trials recorded by this invocation; ``stopped``: why it stopped before
+  the sweep was done (the executor gone, e.g. a Ray cluster whose head died), else empty."""
   recorded: dict[str, int] = dataclasses.field(
       default_factory=lambda: {s: 0 for s in results_store.STATUSES})
   skipped: int = 0
   launched: int = 0
   interrupted: list[str] = dataclasses.field(default_factory=list)
+  finished: list[str] = dataclasses.field(default_factory=list)
+  stopped: str = ""
 
 
 def make_executor(executor: Any, plain: Mapping[str, Any], workdir: str,
@@ -220,6 +224,12 @@ class SweepRunner:
     try:
       with progress:
         self._loop(outcome, queue, running, plan, known, progress)
+    except trial_process.ExecutorGone as e:
+      # Nothing more can run: the running trials are interrupted (they resume from their
+      # checkpoints on rerun) and the caller reports what is saved and what to rerun.
+      outcome.stopped = str(e)
+      outcome.interrupted.extend(running)
+      self.log(f"[sweep] error: {e}; the sweep stopped")
     finally:
       for run in running.values():     # interrupted sweep: trials checkpoint and stop
         run.stop()
@@ -277,6 +287,7 @@ class SweepRunner:
           continue
         self._record(result)
         outcome.recorded[result.status] += 1
+        outcome.finished.append(tid)
         progress.trial_finished(time.time() - run.started)
         self.log(f"[sweep] {tid}: {result.status}"
                  + (f" final_eval_loss={result.final_eval_loss:.4f}"

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Sequence
 
 from rich import box
 from rich.console import Console
@@ -165,3 +165,37 @@ def render(workdir: str, console: Console | None = None) -> dict[str, int]:
       f"{n[RUNNING]}, rescheduling {n[RESCHEDULING]}, failed {n['failed']}, interrupted {n[INTERRUPTED]}, pending "
       f"{n[PENDING]} (left: trials known so far; tuners propose more as results arrive)")
   return n
+
+
+def _listed(items: Sequence[str], limit: int = 6) -> str:
+  more = len(items) - limit
+  return ", ".join(items[:limit]) + (f" and {more} more" if more > 0 else "")
+
+
+def stopped_summary(workdir: str, interrupted: Sequence[str], finished: Sequence[str]) -> list[str]:
+  """The lines a driver that stopped early (its cluster gone) prints after its error: what
+  the store holds, and which trials resume from their checkpoints on rerun. ``interrupted``
+  and ``finished``: the trials the driver was running, and those it recorded. Read as
+  ``--status`` reads it, once the driver has let go of the sweep."""
+  _, rows = collect(workdir)
+  n = counts(rows)
+  by_id = {r.trial_id: r for r in rows}
+  done = n[results_store.COMPLETED] + n[results_store.DIVERGED]
+  resume = list(interrupted) + [r.trial_id for r in rows if r.trial_id not in interrupted and
+                                r.state in (RUNNING, RESCHEDULING, INTERRUPTED)]
+
+  pending = sum(1 for r in rows if r.state == PENDING and r.trial_id not in resume)
+
+  def at(trial_id: str) -> str:
+    row = by_id.get(trial_id)
+    return f"{trial_id} (step {row.steps_done} of {row.budget_steps})" if row else trial_id
+  return [
+      f"[sweep] saved in {storage.join(storage.resolve(workdir), sweep_dir.STORE)}: "
+      f"{done} finished ({n[results_store.COMPLETED]} completed, "
+      f"{n[results_store.DIVERGED]} diverged), {len(finished)} of them in this run"
+      + (f" ({_listed(list(finished))})" if finished else "")
+      + (f"; {n[results_store.FAILED]} failed (a rerun retries them)"
+         if n[results_store.FAILED] else ""),
+      f"[sweep] interrupted, resuming from their last checkpoint on rerun: {len(resume)}"
+      + (f" ({_listed([at(t) for t in resume])})" if resume else "")
+      + f"; not started yet: {pending}"]

@@ -193,6 +193,14 @@ class TrialProcess:
                        storage.join(self.trial_dir, host_log_name(index)))
 
 
+class ExecutorGone(RuntimeError):
+  """The executor can run no trial any more (a cluster whose head died): raised from a
+  handle's ``poll`` or from ``launch``. The runner stops at once, counts every running trial
+  as interrupted (each resumes from its checkpoint on rerun) and leaves the message to its
+  caller; the handles' ``stop``/``close`` then make no call that would wait on the lost
+  cluster."""
+
+
 class LocalExecutor:
   """Runs trials as processes of this machine: ``launch`` returns a :class:`TrialProcess`.
 

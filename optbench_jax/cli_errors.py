@@ -11,6 +11,12 @@ Every entry point (``trainers.lm``, ``trainers.sweep``, ``optbench_jax.bench.rep
   error: ...``, exit 1;
 * ``--verbose`` prints the traceback in both cases.
 
+Exit 3 (``STORAGE_UNAVAILABLE``) is the trainer's alone: its ``gs://`` storage
+did not answer within ``train.storage_timeout_s`` (or failed) in the middle of
+the run; one ``error: storage ...`` line names the wait and the last committed
+checkpoint, and a rerun resumes from it (``train/storage_deadline.py``, which
+exits itself, since threads stuck in the storage clients cannot be stopped).
+
 ``install_excepthook`` covers errors raised while the command line is parsed at
 import time (ml_collections applies ``--config.x=v`` overrides then, so a
 misspelled key fails before ``main``).
@@ -29,6 +35,7 @@ import warnings
 from typing import Callable
 
 USER_ERROR, INTERNAL_ERROR = 2, 1
+STORAGE_UNAVAILABLE = 3   # see the module docstring: storage stopped answering; rerun to resume
 _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS,
                        errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.ENOTEMPTY}
 

@@ -23,6 +23,7 @@ from typing import Any, Mapping
 import ml_collections
 
 from optbench_jax import models
+from optbench_jax import workdir_lock
 from optbench_jax.optim.state_sharding import FACTOR_SHARDINGS
 
 
@@ -119,6 +120,11 @@ def base_config() -> ml_collections.ConfigDict:
       branch_from="",
       branch_step=0,
       profile=False,           # a jax.profiler trace of 5 steady steps (train/profiling.py)
+      # gs:// work directories: the longest one wait on storage may take (a checkpoint the run
+      # must wait for, a metrics upload, a lock renewal) before the trainer exits with status 3
+      # and one error line (train/storage_deadline.py). It must cover writing the largest
+      # checkpoint, and stay below the lock's stale window: at most 240 s (workdir_lock).
+      storage_timeout_s=120.0,
       # Every N steps, per-matrix weight/update norms, relative and angular update
       # (train/dynamics.py) into metrics.jsonl and dynamics.png; 0 = off.
       dynamics_every=0,
@@ -256,6 +262,7 @@ def check_values(config: ml_collections.ConfigDict) -> None:
   _positive_int("train.checkpoint_every", t.checkpoint_every, 0)
   _positive_int("train.keep_checkpoints", t.keep_checkpoints)
   _positive_int("train.dynamics_every", t.dynamics_every, 0)
+  _check_storage_timeout(t.storage_timeout_s)
   keep_steps = list(t.keep_steps)
   _require(all(isinstance(k, int) and not isinstance(k, bool) and 0 < k < t.steps
                for k in keep_steps),
@@ -277,6 +284,17 @@ def check_values(config: ml_collections.ConfigDict) -> None:
 
 def _number(value: Any) -> bool:
   return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_storage_timeout(seconds: Any) -> None:
+  """Positive, and short enough that a trainer which cannot renew its gs:// lock gives up
+  before another process may take the lock over (workdir_lock.max_renew_timeout_s)."""
+  limit = workdir_lock.max_renew_timeout_s()
+  _require(_number(seconds) and 0 < seconds <= limit,
+           f"config.train.storage_timeout_s must be a number of seconds in (0, {limit:g}], got "
+           f"{seconds!r}: a gs:// trainer gives up its lock {workdir_lock.HEARTBEAT_S:g} s + "
+           f"this after its last renewal, which must stay {workdir_lock.STALE_MARGIN_S:g} s "
+           f"before another process may take the lock over ({workdir_lock.STALE_AFTER_S:g} s)")
 
 
 def _check_downstream(e: ml_collections.ConfigDict) -> None:

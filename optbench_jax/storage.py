@@ -32,7 +32,10 @@ service account credentials.
 Errors: a ``gs://`` path without gcsfs installed, an endpoint that does not
 answer and a missing or forbidden bucket raise ``StorageError`` (one line,
 naming the extra, endpoint or bucket), reported by ``cli_errors`` like a
-ConfigError.
+ConfigError. The precondition calls take ``timeout_s`` and raise ``TimeoutError``
+when the service does not answer within it (the lock's renewal must not wait
+forever); ``bound_waits`` runs every other gs:// call of a thread inside the
+caller's bound (the trainer's deadline, ``train/storage_deadline.py``).
 """
 
 from __future__ import annotations
@@ -40,10 +43,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
-from typing import Any, Iterator
+import threading
+from typing import Any, Callable, ContextManager, Iterator
 
 from optbench_jax import atomic_files
 
@@ -132,6 +137,9 @@ def _fs():
       import gcsfs.core  # pylint: disable=import-outside-toplevel
     except ImportError:
       raise StorageError(f"gs:// paths need gcsfs, the 'gcs' extra: {EXTRA_HINT}") from None
+    # gcsfs logs every request that ran out of retries with its whole aiohttp traceback, then
+    # raises the error to us; our caller reports it in one line, so its log is only noise.
+    logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
     if os.environ.get(EMULATOR_ENV):
       # The plain client: the zonal / HNS one probes each bucket over gRPC (see above).
       _FS = gcsfs.core.GCSFileSystem(token="anon", use_listings_cache=False, retries=2,
@@ -180,13 +188,48 @@ def _check_endpoint(bucket: str, timeout_s: float = 10.0) -> None:
                        f"{reason}") from None
 
 
+# Bounded waits -----------------------------------------------------------------------------
+# The bound on one thread's gs:// calls, while ``bound_waits`` lasts: (thread id, bound).
+_BOUND: tuple[int, Callable[[str], ContextManager[Any]]] | None = None
+
+
+@contextlib.contextmanager
+def bound_waits(bound: Callable[[str], ContextManager[Any]]) -> Iterator[None]:
+  """Runs each gs:// call of the calling thread inside ``bound(what)`` while the block lasts,
+  ``what`` saying what waits ("writing gs://b/w/summary.json"); other threads are unaffected.
+
+  The trainer passes its deadline (``train/storage_deadline.py``), so that none of
+  its waits on these calls can outlast it; a new call site is covered without a
+  change.
+  """
+  global _BOUND
+  outer, _BOUND = _BOUND, (threading.get_ident(), bound)
+  try:
+    yield
+  finally:
+    _BOUND = outer
+
+
+def _waiting(what: str, url: str) -> ContextManager[Any]:
+  found = _BOUND
+  if found is None or found[0] != threading.get_ident():
+    return contextlib.nullcontext()
+  return found[1](f"{what} {url}")
+
+
 # Queries ------------------------------------------------------------------------------------
 def exists(path: str) -> bool:
-  return _fs().exists(_key(path)) if is_remote(path) else os.path.exists(path)
+  if not is_remote(path):
+    return os.path.exists(path)
+  with _waiting("reading", path):
+    return _fs().exists(_key(path))
 
 
 def isfile(path: str) -> bool:
-  return _fs().isfile(_key(path)) if is_remote(path) else os.path.isfile(path)
+  if not is_remote(path):
+    return os.path.isfile(path)
+  with _waiting("reading", path):
+    return _fs().isfile(_key(path))
 
 
 def isdir(path: str) -> bool:
@@ -194,9 +237,10 @@ def isdir(path: str) -> bool:
   if not is_remote(path):
     return os.path.isdir(path)
   bucket, key = split(path)
-  if not key:
-    return _fs().exists(bucket)
-  return bool(_fs().ls(_key(path), detail=False)) if _fs().isdir(_key(path)) else False
+  with _waiting("listing", path):
+    if not key:
+      return _fs().exists(bucket)
+    return bool(_fs().ls(_key(path), detail=False)) if _fs().isdir(_key(path)) else False
 
 
 def listdir(path: str) -> list[str]:
@@ -204,7 +248,8 @@ def listdir(path: str) -> list[str]:
   if not is_remote(path):
     return os.listdir(path)
   try:
-    return sorted({basename(p) for p in _fs().ls(_key(path), detail=False)})
+    with _waiting("listing", path):
+      return sorted({basename(p) for p in _fs().ls(_key(path), detail=False)})
   except FileNotFoundError:
     return []
 
@@ -213,7 +258,8 @@ def mtime(path: str) -> float:
   """Last modification time, seconds since the epoch (GCS: the object's ``updated``)."""
   if not is_remote(path):
     return os.path.getmtime(path)
-  info = _fs().info(_key(path))
+  with _waiting("reading", path):
+    info = _fs().info(_key(path))
   stamp = info.get("mtime") or info.get("updated")
   if hasattr(stamp, "timestamp"):
     return stamp.timestamp()
@@ -227,7 +273,8 @@ def read_bytes(path: str, start: int = 0) -> bytes:
     with open(path, "rb") as f:
       f.seek(start)
       return f.read()
-  return _fs().cat_file(_key(path), start=start or None)
+  with _waiting("reading", path):
+    return _fs().cat_file(_key(path), start=start or None)
 
 
 def read_text(path: str) -> str:
@@ -249,7 +296,8 @@ def write_bytes(path: str, data: bytes) -> None:
   if not is_remote(path):
     atomic_files.write_bytes(path, data)
     return
-  _fs().pipe_file(_key(path), bytes(data))
+  with _waiting("writing", path):
+    _fs().pipe_file(_key(path), bytes(data))
 
 
 def write_text(path: str, text: str) -> None:
@@ -269,7 +317,8 @@ def remove_empty_dir(path: str) -> None:
 def remove(path: str) -> None:
   if not is_remote(path):
     os.remove(path)
-  else:
+    return
+  with _waiting("deleting", path):
     _fs().rm_file(_key(path))
 
 
@@ -277,7 +326,8 @@ def rmtree(path: str) -> None:
   if not is_remote(path):
     shutil.rmtree(path)
   elif exists(path):
-    _fs().rm(_key(path), recursive=True)
+    with _waiting("deleting", path):
+      _fs().rm(_key(path), recursive=True)
 
 
 def move(source: str, target: str) -> None:
@@ -285,8 +335,9 @@ def move(source: str, target: str) -> None:
   if not is_remote(source):
     shutil.move(source, target)
     return
-  _fs().copy(_key(source), _key(target), recursive=True)
-  _fs().rm(_key(source), recursive=True)
+  with _waiting("moving", source):
+    _fs().copy(_key(source), _key(target), recursive=True)
+    _fs().rm(_key(source), recursive=True)
 
 
 def download(url: str, local_path: str) -> None:
@@ -296,7 +347,8 @@ def download(url: str, local_path: str) -> None:
                              dir=os.path.dirname(local_path) or ".")
   os.close(fd)
   try:
-    _fs().get_file(_key(url), tmp)
+    with _waiting("downloading", url):
+      _fs().get_file(_key(url), tmp)
     os.replace(tmp, local_path)
   except BaseException:
     if os.path.exists(tmp):
@@ -306,7 +358,8 @@ def download(url: str, local_path: str) -> None:
 
 def upload(local_path: str, url: str) -> None:
   """Copies a local file to one object (all-or-nothing, like every object upload)."""
-  _fs().put_file(local_path, _key(url))
+  with _waiting("writing", url):
+    _fs().put_file(local_path, _key(url))
 
 
 @contextlib.contextmanager
@@ -323,19 +376,22 @@ def local_file_for_writing(path: str) -> Iterator[str]:
 
 
 # Preconditions (GCS ifGenerationMatch) -------------------------------------------------------
-def stat_generation(url: str) -> tuple[int, bytes] | None:
+# ``timeout_s`` bounds the whole call (fsspec cancels the request and raises a TimeoutError
+# subclass); None waits as long as gcsfs's own retries do.
+def stat_generation(url: str, timeout_s: float | None = None) -> tuple[int, bytes] | None:
   """(generation, content) of an object, or None when it does not exist."""
   fs = _fs()
   bucket, key = split(url)
   try:
-    meta = fs.call("GET", "b/{}/o/{}", bucket, key, json_out=True)
-    data = fs.cat_file(_key(url))
+    meta = fs.call("GET", "b/{}/o/{}", bucket, key, json_out=True, timeout=timeout_s)
+    data = fs.cat_file(_key(url), timeout=timeout_s)
   except FileNotFoundError:
     return None
   return int(meta["generation"]), data
 
 
-def _upload_if(url: str, data: bytes, if_generation_match: int) -> int | None:
+def _upload_if(url: str, data: bytes, if_generation_match: int,
+               timeout_s: float | None) -> int | None:
   """Uploads when the object's generation is ``if_generation_match`` (0: absent); else None."""
   fs = _fs()
   bucket, key = split(url)
@@ -346,27 +402,29 @@ def _upload_if(url: str, data: bytes, if_generation_match: int) -> int | None:
     reply = fs.call("POST", f"{fs._location}/upload/storage/v1/b/{bucket}/o",  # pylint: disable=protected-access
                     uploadType="multipart", ifGenerationMatch=str(if_generation_match),
                     headers={"Content-Type": 'multipart/related; boundary="==0=="'},
-                    data=body, json_out=True)
+                    data=body, json_out=True, timeout=timeout_s)
   except FileExistsError:   # gcsfs maps 412 Precondition Failed to FileExistsError
     return None
   return int(reply["generation"])
 
 
-def create_exclusive(url: str, data: bytes) -> int | None:
+def create_exclusive(url: str, data: bytes, timeout_s: float | None = None) -> int | None:
   """Creates the object only if absent; its generation, or None when it already exists."""
-  return _upload_if(url, data, 0)
+  return _upload_if(url, data, 0, timeout_s)
 
 
-def replace_if_generation(url: str, data: bytes, generation: int) -> int | None:
+def replace_if_generation(url: str, data: bytes, generation: int,
+                          timeout_s: float | None = None) -> int | None:
   """Overwrites the object only if it is still at ``generation``; the new one, or None."""
-  return _upload_if(url, data, generation)
+  return _upload_if(url, data, generation, timeout_s)
 
 
-def delete_if_generation(url: str, generation: int) -> bool:
+def delete_if_generation(url: str, generation: int, timeout_s: float | None = None) -> bool:
   fs = _fs()
   bucket, key = split(url)
   try:
-    fs.call("DELETE", "b/{}/o/{}", bucket, key, ifGenerationMatch=str(generation))
+    fs.call("DELETE", "b/{}/o/{}", bucket, key, ifGenerationMatch=str(generation),
+            timeout=timeout_s)
   except (FileExistsError, FileNotFoundError):
     return False
   return True

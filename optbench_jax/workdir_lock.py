@@ -32,10 +32,16 @@ dead holder. What this guarantees, per file system:
   ``stale_after_s`` (5 min; it compares the holder's clock with ours, so hosts
   need NTP, as TPU VMs have) or whose holder is a dead pid on this host is taken
   over, again under a generation precondition, so two takers cannot both win.
-  A holder whose heartbeat finds its generation replaced (it was partitioned
-  for longer than ``stale_after_s`` and someone took over) logs it loudly; it
-  cannot be stopped from the heartbeat thread. After a SIGKILL on another
-  host, a rerun waits out the 5 minutes (or the user deletes the object).
+  A live holder must therefore never look stale: each renewal is bounded by
+  ``renew_timeout_s``, and a holder that has not renewed for ``heartbeat_s +
+  renew_timeout_s`` gives up: it stops renewing and calls ``on_lost`` (the
+  trainer exits there, so it stops writing the directory too). That moment
+  stays ``STALE_MARGIN_S`` before anyone may take over (``max_renew_timeout_s``;
+  a longer deadline is refused), for clock skew and the time to exit. A holder
+  whose heartbeat finds its generation replaced (someone took over anyway, e.g.
+  after this process was suspended) gives up the same way. Failed renewals are
+  logged once per kind of error. After a SIGKILL on another host, a rerun waits
+  out the 5 minutes (or the user deletes the object).
 
 A process that releases the lock removes the file, so a leftover ``.lock``
 always means a process that did not exit cleanly.
@@ -46,18 +52,31 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import math
 import os
 import socket
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from optbench_jax import storage
 
 LOCK_NAME = ".lock"
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 300.0
+RENEW_TIMEOUT_S = 120.0
+# Between a holder giving up and the earliest takeover: hosts' clocks disagree a little, and
+# the holder needs a moment to exit.
+STALE_MARGIN_S = 30.0
+
+
+def max_renew_timeout_s(heartbeat_s: float = HEARTBEAT_S,
+                        stale_after_s: float = STALE_AFTER_S) -> float:
+  """The longest renewal deadline a gs:// holder may use (see the module docstring): it gives
+  up ``heartbeat_s`` + the deadline after its last renewal, ``STALE_MARGIN_S`` before the lock
+  goes stale."""
+  return stale_after_s - heartbeat_s - STALE_MARGIN_S
 
 
 class WorkdirLockedError(RuntimeError):
@@ -226,6 +245,13 @@ class WorkdirLock:
     self.release()
 
 
+def _error_text(error: Exception, timeout_s: float) -> str:
+  if isinstance(error, TimeoutError):
+    return f"no answer within {timeout_s:g} s"
+  lines = str(error).strip().splitlines()
+  return f"{type(error).__name__}: {lines[0][:200] if lines else ''}"
+
+
 def _pid_alive(pid: Any) -> bool:
   try:
     os.kill(int(pid), 0)
@@ -240,15 +266,30 @@ class GcsWorkdirLock:
   """The ``gs://`` form of :class:`WorkdirLock` (see the module docstring); same interface."""
 
   def __init__(self, directory: str, role: str, log=None, heartbeat_s: float = HEARTBEAT_S,
-               stale_after_s: float = STALE_AFTER_S):
+               stale_after_s: float = STALE_AFTER_S, renew_timeout_s: float = RENEW_TIMEOUT_S,
+               on_lost: Callable[[str], None] | None = None):
+    """``renew_timeout_s``: how long one call to storage may take, and how long after the
+    heartbeat's due time the holder gives up; ``on_lost(reason)``: called once, from the
+    heartbeat thread, when it gives up (default: log the reason)."""
+    limit = max_renew_timeout_s(heartbeat_s, stale_after_s)
+    if renew_timeout_s > limit:
+      raise ValueError(f"a lock renewal deadline of {renew_timeout_s:g} s leaves less than "
+                       f"{STALE_MARGIN_S:g} s before the lock goes stale ({stale_after_s:g} s, "
+                       f"heartbeat {heartbeat_s:g} s): use at most {limit:g} s")
     self.directory = storage.resolve(directory)
     self.path = storage.join(self.directory, LOCK_NAME)
     self.role = role
     self.heartbeat_s = heartbeat_s
     self.stale_after_s = stale_after_s
+    self.renew_timeout_s = renew_timeout_s
     self.took_over: dict[str, Any] | None = None
+    self.lost: str | None = None   # why the holder gave up, once it has
     self._log = log or (lambda msg: print(msg, file=sys.stderr))
+    self._on_lost = on_lost or (lambda reason: self._log(f"error: {reason}"))
     self._generation: int | None = None
+    self._renewed_at = 0.0   # the heartbeat stamp of the last write that committed
+    self._failure_kinds: set[str] = set()   # renewal errors, each kind logged once
+    self._last_failure: Exception | None = None
     self._info: dict[str, Any] = {}
     self._stop = threading.Event()
     self._thread: threading.Thread | None = None
@@ -261,7 +302,7 @@ class GcsWorkdirLock:
     return age >= self.stale_after_s
 
   def _current(self) -> tuple[int, dict[str, Any]] | None:
-    found = storage.stat_generation(self.path)
+    found = storage.stat_generation(self.path, timeout_s=self.renew_timeout_s)
     if found is None:
       return None
     generation, raw = found
@@ -278,10 +319,19 @@ class GcsWorkdirLock:
     return current[1]
 
   def acquire(self) -> "GcsWorkdirLock":
+    try:
+      return self._acquire()
+    except TimeoutError:
+      raise storage.StorageError(
+          f"storage {self.directory} did not answer within {self.renew_timeout_s:g} s while "
+          "taking the work directory's lock") from None
+
+  def _acquire(self) -> "GcsWorkdirLock":
     self._info = dict(pid=os.getpid(), host=socket.gethostname(), role=self.role,
                       started=time.time(), heartbeat=time.time(), argv=sys.argv[:8])
+    timeout = self.renew_timeout_s
     for _ in range(10):   # retried only when the object vanishes between create and read
-      generation = storage.create_exclusive(self.path, json.dumps(self._info).encode())
+      generation = storage.create_exclusive(self.path, json.dumps(self._info).encode(), timeout)
       if generation is not None:
         break
       current = self._current()
@@ -295,7 +345,7 @@ class GcsWorkdirLock:
             f"{age:.0f} s ago); stop that process first, or if it is dead wait "
             f"{max(0.0, self.stale_after_s - age):.0f} s or delete {self.path}")
       generation = storage.replace_if_generation(self.path, json.dumps(self._info).encode(),
-                                                 old_generation)
+                                                 old_generation, timeout)
       if generation is None:
         raise WorkdirLockedError(f"work directory {self.directory}: another process took over "
                                  "its stale lock at the same moment; retry")
@@ -306,34 +356,83 @@ class GcsWorkdirLock:
     else:
       raise WorkdirLockedError(f"could not lock {self.path}: it keeps being replaced")
     self._generation = generation
+    self._renewed_at = self._info["heartbeat"]
     _start_heartbeat(self)
     return self
 
+  def renewal_deadline(self) -> float:
+    """The time (``time.time()``) by which the next renewal must have committed; infinite
+    when the lock is not held (released, or given up)."""
+    if self._generation is None:
+      return math.inf
+    return self._renewed_at + self.heartbeat_s + self.renew_timeout_s
+
   def _beat(self) -> None:
-    while not self._stop.wait(self.heartbeat_s):
+    wait = self.heartbeat_s
+    while not self._stop.wait(wait):
       with self._mutex:
         if self._generation is None:
           return
-        self._info["heartbeat"] = time.time()
+        left = self.renewal_deadline() - time.time()
+        if left <= 0:
+          self._give_up(self._overdue_reason())
+          return
+        stamp = time.time()
+        self._info["heartbeat"] = stamp
         try:
           generation = storage.replace_if_generation(
-              self.path, json.dumps(self._info).encode(), self._generation)
-        except Exception:  # pylint: disable=broad-except  (a transient network error: retry)
+              self.path, json.dumps(self._info).encode(), self._generation,
+              timeout_s=min(self.renew_timeout_s, left))
+        except Exception as e:  # pylint: disable=broad-except  (network errors: many types)
+          self._note_failure(e)
+          # Retry at the heartbeat's pace, and wake at the deadline to give up on time.
+          wait = max(0.0, min(self.heartbeat_s, self.renewal_deadline() - time.time()))
           continue
         if generation is None:
-          self._log(f"error: the lock of {self.directory} was taken over by another process "
-                    "(this one's heartbeat was older than "
-                    f"{self.stale_after_s:.0f} s); two processes may now write this directory")
-          self._generation = None
+          self._give_up(f"the lock of {self.directory} was taken over by another process (its "
+                        f"heartbeat looked older than {self.stale_after_s:g} s to it); two "
+                        "processes must not write one work directory")
           return
-        self._generation = generation
+        self._generation, self._renewed_at, wait = generation, stamp, self.heartbeat_s
+
+  def _note_failure(self, error: Exception) -> None:
+    """Logs the first renewal error of each kind in one line (then retries quietly)."""
+    self._last_failure = error
+    if type(error).__name__ not in self._failure_kinds:
+      self._failure_kinds.add(type(error).__name__)
+      self._log(f"warning: could not renew the lock of {self.directory} "
+                f"({_error_text(error, self.renew_timeout_s)}); retrying every "
+                f"{self.heartbeat_s:g} s, giving up {self.heartbeat_s + self.renew_timeout_s:g} s "
+                "after the last renewal")
+
+  def _overdue_reason(self) -> str:
+    error = self._last_failure
+    if error is None or isinstance(error, TimeoutError):
+      return (f"storage {self.directory} did not answer within {self.renew_timeout_s:g} s "
+              "while renewing the work directory's lock")
+    return (f"storage {self.directory} failed while renewing the work directory's lock for "
+            f"{self.renew_timeout_s:g} s ({_error_text(error, self.renew_timeout_s)})")
+
+  def _give_up(self, reason: str) -> None:
+    """Stops renewing for good (this process must stop writing) and reports it once."""
+    self._generation = None
+    self.lost = reason
+    self._on_lost(reason)
 
   def release(self) -> None:
+    """Stops the heartbeat and deletes the lock object; a failed delete is logged (the object
+    then goes stale ``stale_after_s`` after its last heartbeat)."""
     _stop_heartbeat(self)
     with self._mutex:
       generation, self._generation = self._generation, None
-    if generation is not None:
-      storage.delete_if_generation(self.path, generation)
+    if generation is None:
+      return
+    try:
+      storage.delete_if_generation(self.path, generation, timeout_s=self.renew_timeout_s)
+    except Exception as e:  # pylint: disable=broad-except  (network errors: many types)
+      self._log(f"warning: could not delete the lock {self.path} "
+                f"({_error_text(e, self.renew_timeout_s)}); it goes stale "
+                f"{self.stale_after_s:g} s after its last heartbeat")
 
   def __enter__(self) -> "GcsWorkdirLock":
     return self.acquire()

@@ -44,3 +44,27 @@ def gcs(tmp_path_factory):
         os.environ.pop(key, None)
       else:
         os.environ[key] = value
+
+
+@pytest.fixture
+def own_gcs(monkeypatch, tmp_path):
+  """An emulator of this test's own, which it may freeze or stop without breaking the session's
+  (``gcs``); this process's storage clients point at it during the test. Always stopped.
+
+  Yields the ``tests.gcs_emulator.Emulator`` (bucket ``test-bucket``; ``.env`` for children).
+  """
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  for module in ("gcsfs", "gcp_storage_emulator"):
+    if importlib.util.find_spec(module) is None:
+      pytest.skip(f"{module} is not installed (pip install -e '.[test]')")
+  from tests import gcs_emulator  # pylint: disable=import-outside-toplevel
+  from optbench_jax import storage  # pylint: disable=import-outside-toplevel
+  emulator = gcs_emulator.Emulator(["test-bucket"]).start()
+  try:
+    for key, value in emulator.env.items():
+      monkeypatch.setenv(key, value)
+    monkeypatch.setenv("OPTBENCH_CACHE_DIR", str(tmp_path / "gcs_cache"))
+    monkeypatch.setattr(storage, "_FS", None)   # a client of another endpoint may be cached
+    yield emulator
+  finally:
+    emulator.stop()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -126,7 +127,11 @@ def serve(port: int, buckets: list[str]) -> None:
 
 
 class Emulator:
-  """``with Emulator(["bucket"]) as emu:`` -- ``emu.url``, ``emu.env``; stopped on exit."""
+  """``with Emulator(["bucket"]) as emu:`` -- ``emu.url``, ``emu.env``; stopped on exit.
+
+  ``freeze()`` / ``thaw()``: the in-memory objects survive a freeze (tests of storage
+  that stops answering, tests/train/test_storage_deadline.py).
+  """
 
   def __init__(self, buckets=("test-bucket",), startup_timeout_s: float = 30.0):
     self.port = _free_port()
@@ -155,8 +160,16 @@ class Emulator:
           raise RuntimeError(f"the GCS emulator did not start on {self.url}")
         time.sleep(0.1)
 
+  def freeze(self) -> None:
+    """Stops answering, connections and all (SIGSTOP): storage that hangs, not one that refuses."""
+    os.kill(self.process.pid, signal.SIGSTOP)
+
+  def thaw(self) -> None:
+    os.kill(self.process.pid, signal.SIGCONT)
+
   def stop(self) -> None:
     if self.process is not None and self.process.poll() is None:
+      self.thaw()   # a frozen process would hold SIGTERM pending
       self.process.terminate()
       try:
         self.process.wait(timeout=10)

@@ -57,3 +57,86 @@ def test_the_heartbeat_is_refreshed(tmp_path):
     first = workdir_lock.read_holder(str(tmp_path))["heartbeat"]
     time.sleep(0.3)
     assert workdir_lock.read_holder(str(tmp_path))["heartbeat"] > first
+
+
+def _fake_gcs_lock(monkeypatch, renew, **kwargs):
+  """A GcsWorkdirLock on a fake bucket whose creation succeeds and whose renewals call ``renew``."""
+  from optbench_jax import storage
+  monkeypatch.setattr(storage, "create_exclusive", lambda url, data, timeout_s=None: 1)
+  monkeypatch.setattr(storage, "replace_if_generation", renew)
+  monkeypatch.setattr(storage, "delete_if_generation", lambda *a, **k: True)
+  return workdir_lock.GcsWorkdirLock("gs://bucket/run", "trainer", **kwargs)
+
+
+def test_a_gs_holder_that_cannot_renew_gives_up_once_and_logs_each_error_once(monkeypatch):
+  """Refused renewals: one warning per kind of error, then give up at heartbeat + deadline
+  after the last renewal, long before the lock goes stale, and write nothing more."""
+  errors = iter([ConnectionRefusedError(111, "Connect call failed"), OSError("reset")] * 50)
+  calls = []
+
+  def renew(url, data, generation, timeout_s=None):
+    calls.append(time.time())
+    if len(calls) == 1:
+      return generation + 1   # the first renewal commits
+    raise next(errors)
+
+  messages, lost = [], []
+  lock = _fake_gcs_lock(monkeypatch, renew, log=messages.append, heartbeat_s=0.1,
+                        renew_timeout_s=0.5, on_lost=lost.append).acquire()
+  try:
+    deadline = time.time() + 10
+    while not lost and time.time() < deadline:
+      time.sleep(0.02)
+    given_up = time.time()
+    assert len(lost) == 1, messages
+    renewed = calls[0]
+    assert renewed + 0.1 + 0.5 <= given_up < renewed + 0.1 + 0.5 + 0.5
+    assert lost[0] == lock.lost
+    assert lost[0].startswith("storage gs://bucket/run failed while renewing the work directory's "
+                              "lock for 0.5 s (")   # the last error: either kind
+    assert "OSError: reset" in lost[0] or "ConnectionRefusedError" in lost[0]
+    assert len(messages) == 2 and all("could not renew the lock of gs://bucket/run" in m
+                                      for m in messages), messages
+    assert "ConnectionRefusedError" in messages[0] and "OSError: reset" in messages[1]
+    count = len(calls)
+    time.sleep(0.4)
+    assert len(calls) == count and not lock._thread.is_alive()   # pylint: disable=protected-access
+    assert lock.renewal_deadline() == float("inf")
+  finally:
+    lock.release()
+
+
+def test_a_gs_holder_gives_up_on_frozen_storage_within_the_deadline(own_gcs):
+  """Real storage that stops answering (a frozen emulator): each renewal is cut at the deadline."""
+  from optbench_jax import storage
+  url = "gs://test-bucket/frozen"
+  messages, lost = [], []
+  lock = workdir_lock.GcsWorkdirLock(url, "trainer", log=messages.append, heartbeat_s=0.2,
+                                     renew_timeout_s=1.0, on_lost=lost.append).acquire()
+  try:
+    time.sleep(0.5)   # renewals commit
+    generation, _ = storage.stat_generation(storage.join(url, ".lock"))
+    own_gcs.freeze()
+    frozen = time.time()
+    while not lost and time.time() < frozen + 15:
+      time.sleep(0.05)
+    assert lost, messages
+    assert time.time() - frozen < 0.2 + 1.0 + 1.0
+    assert lost[0] == (f"storage {url} did not answer within 1 s while renewing the work "
+                       "directory's lock")
+    assert messages == [f"warning: could not renew the lock of {url} (no answer within 1 s); "
+                        "retrying every 0.2 s, giving up 1.2 s after the last renewal"]
+    own_gcs.thaw()
+    time.sleep(0.6)   # three heartbeats: none renews any more
+    latest, _ = storage.stat_generation(storage.join(url, ".lock"))
+    time.sleep(0.6)
+    assert storage.stat_generation(storage.join(url, ".lock"))[0] == latest >= generation
+  finally:
+    own_gcs.thaw()
+    lock.release()
+
+
+def test_a_renewal_deadline_that_reaches_the_stale_window_is_refused():
+  assert workdir_lock.max_renew_timeout_s() == 300 - 30 - 30
+  with pytest.raises(ValueError, match="use at most 240 s"):
+    workdir_lock.GcsWorkdirLock("gs://bucket/run", "trainer", renew_timeout_s=241)

@@ -16,7 +16,9 @@ first lives, and a resume with a changed config is refused with the change
 named (``--allow_config_change`` accepts and records it).
 The exit status is 0 for a completed or preempted run, 1 for a diverged one,
 2 for an input or environment error (one ``error: ...`` line; ``--verbose``
-adds the traceback).
+adds the traceback), 3 when a ``gs://`` work directory's storage did not answer
+within ``train.storage_timeout_s`` mid-run (one ``error: storage ...`` line
+naming the last committed checkpoint; rerun to resume).
 """
 
 import os

@@ -8,6 +8,12 @@ leaves carrying the *current* mesh's shardings), so a checkpoint written on
 one mesh, device count or process count restores onto another (the data
 iterator's position too: see ``restore``). Saves are asynchronous:
 training continues while the arrays are written; ``wait`` blocks before exit.
+Every wait on storage runs inside ``bound(what)`` (the trainer passes
+``StorageDeadline.bound``, which ends a gs:// run whose storage stops
+answering), and ``committed_step`` is the newest step known to be committed:
+restored, saved and since waited for, or (gs://) seen committed by a watcher
+thread once orbax's background save ended, so that the error line of a run whose
+storage stopped answering names the newest checkpoint a rerun resumes from.
 
 A damaged newest checkpoint (a truncated array file, a missing iterator file, an
 empty ``_METADATA``: a disk that filled up, a copy cut short) must not cost the
@@ -20,9 +26,11 @@ changed on purpose) than the files.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ContextManager, Sequence
 
 import grain.checkpoint as grain_checkpoint
 import jax
@@ -60,21 +68,27 @@ class Checkpointer:
   """
 
   def __init__(self, workdir: str, keep: int, async_save: bool = True,
-               keep_steps: Sequence[int] = (), read_only: bool = False):
+               keep_steps: Sequence[int] = (), read_only: bool = False,
+               bound: Callable[[str], ContextManager[Any]] = lambda what: contextlib.nullcontext()):
     """Keeps the newest ``keep`` checkpoints, and those at ``keep_steps`` for good.
 
     ``read_only``: only restores (another run's checkpoints, e.g. a branch source).
+    ``bound(what)``: a context manager around each wait on storage (module docstring).
     """
     self.directory = storage.join(storage.resolve(workdir), "checkpoints")
     self.keep_steps = sorted(set(int(s) for s in keep_steps))
+    self.committed_step: int | None = None
+    self._pending: int | None = None   # saved, not yet waited for
+    self._bound = bound
     preserve = cm.LatestN(keep)
     if self.keep_steps:
       preserve = cm.AnyPreservationPolicy([preserve, cm.CustomSteps(self.keep_steps)])
-    self.manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(
-            create=not read_only, read_only=read_only, preservation_policy=preserve,
-            enable_async_checkpointing=async_save))
+    with bound("listing the checkpoints"):
+      self.manager = ocp.CheckpointManager(
+          self.directory,
+          options=ocp.CheckpointManagerOptions(
+              create=not read_only, read_only=read_only, preservation_policy=preserve,
+              enable_async_checkpointing=async_save))
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -86,9 +100,37 @@ class Checkpointer:
     """Starts an asynchronous save of ``state`` and the iterator position at ``step``."""
     if step in self.manager.all_steps():
       return
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        data=grain_checkpoint.CheckpointSave(data_iterator)), force=True)
+    with self._bound(f"saving checkpoint {step}"):
+      # Orbax first waits for the previous save: returning means that one is committed.
+      self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          data=grain_checkpoint.CheckpointSave(data_iterator)), force=True)
+    self._committed()
+    self._pending = step
+    if storage.is_remote(self.directory):
+      threading.Thread(target=self._watch_commit, args=(step,), daemon=True,
+                       name=f"checkpoint-{step}-commit").start()
+
+  def _committed(self) -> None:
+    """The pending save was waited for without an error: it is committed."""
+    if self._pending is not None:
+      self.committed_step = max(self._pending, self.committed_step or 0)
+      self._pending = None
+
+  def _watch_commit(self, step: int) -> None:
+    """Notes ``step`` committed as soon as orbax's background save ends with its marker.
+
+    Polls ``is_saving_in_progress`` (a flag, no I/O): waiting on orbax here would
+    log a failed save's traceback a second time. A daemon thread, left behind when
+    storage stops answering.
+    """
+    while self.manager.is_saving_in_progress():
+      time.sleep(0.1)
+    try:
+      if is_complete(storage.parent(self.directory), step):
+        self.committed_step = max(step, self.committed_step or 0)
+    except Exception:  # pylint: disable=broad-except  (unknown stays unknown)
+      pass
 
   def restore(self, step: int, abstract_state: Any, data_iterator: Any) -> Any:
     """The state at ``step`` laid out as ``abstract_state``; moves ``data_iterator`` in place.
@@ -101,22 +143,26 @@ class Checkpointer:
     """
     data_dir = storage.join(self.directory, str(step), "data")
     own_file = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
-    files = sorted(n for n in storage.listdir(data_dir)
-                   if n.startswith("process_") and n.endswith(".json")) if storage.isdir(
-                       data_dir) else []
-    if own_file in files or not files:
+    with self._bound(f"listing checkpoint {step}"):
+      files = sorted(n for n in storage.listdir(data_dir)
+                     if n.startswith("process_") and n.endswith(".json")) if storage.isdir(
+                         data_dir) else []
+    with self._bound(f"restoring checkpoint {step}"):
+      if own_file in files or not files:
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            data=grain_checkpoint.CheckpointRestore(data_iterator)))
+        return restored["state"]
+      states = {name: json.loads(storage.read_text(storage.join(data_dir, name)))
+                for name in files}
+      if any(state != next(iter(states.values())) for state in states.values()):
+        raise ValueError(f"the per-process iterator files in {data_dir} disagree "
+                         f"({sorted(states)}); cannot restore onto {jax.process_count()} "
+                         "process(es)")
       restored = self.manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state),
-          data=grain_checkpoint.CheckpointRestore(data_iterator)))
+          state=ocp.args.StandardRestore(abstract_state)))
+      data_iterator.set_state(next(iter(states.values())))
       return restored["state"]
-    states = {name: json.loads(storage.read_text(storage.join(data_dir, name))) for name in files}
-    if any(state != next(iter(states.values())) for state in states.values()):
-      raise ValueError(f"the per-process iterator files in {data_dir} disagree "
-                       f"({sorted(states)}); cannot restore onto {jax.process_count()} process(es)")
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state)))
-    data_iterator.set_state(next(iter(states.values())))
-    return restored["state"]
 
   def restore_params(self, step: int, abstract_params: Any) -> Any:
     """Only the parameters of the state at ``step``, laid out as ``abstract_params``
@@ -147,10 +193,12 @@ class Checkpointer:
         log(f"checkpoint {step} in {self.directory} does not restore ({_first_line(e)})")
         continue
       if failures:
-        moved = [self._set_aside(bad) if primary else f"step {bad}" for bad, _ in failures]
-        self.manager.reload()
+        with self._bound("setting damaged checkpoints aside"):
+          moved = [self._set_aside(bad) if primary else f"step {bad}" for bad, _ in failures]
+          self.manager.reload()
         log(f"RESUMING FROM AN OLDER CHECKPOINT: step {step}; the damaged newer "
             f"checkpoint(s) were moved to {', '.join(moved)}")
+      self.committed_step = step
       return step, state
     if failures:
       raise CheckpointError(
@@ -172,7 +220,12 @@ class Checkpointer:
     return self.manager.reached_preemption(step)
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    with self._bound(f"waiting for checkpoint {self._pending} to be written"
+                     if self._pending is not None else "waiting for the checkpoint writes"):
+      self.manager.wait_until_finished()
+    self._committed()
 
   def close(self) -> None:
-    self.manager.close()
+    with self._bound("finishing the checkpoint writes"):
+      self.manager.close()
+    self._committed()

@@ -41,8 +41,10 @@ run with ``status="diverged"`` (the rule: ``optbench_jax/divergence.py``) withou
 Reliability: the work directory is locked (``workdir_lock``), the
 config is checked against the run's record (``run_record``), the data and the
 checkpoints directory are checked before compiling (``preflight``), a damaged
-newest checkpoint falls back to the previous one (``checkpoint``), and a
-rerun of a completed run reports it unchanged.
+newest checkpoint falls back to the previous one (``checkpoint``), a
+rerun of a completed run reports it unchanged, and on a ``gs://`` work
+directory no wait on storage outlasts ``train.storage_timeout_s``: the process
+then exits with status 3 and one line (``storage_deadline``).
 
 The loop dispatches step t+1 before pulling step t's metrics to the host, so
 the device never waits for Python; it synchronises only at log, eval and
@@ -78,6 +80,7 @@ from optbench_jax.train import metrics as metrics_lib
 from optbench_jax.train import preflight
 from optbench_jax.train import profiling
 from optbench_jax.train import run_record
+from optbench_jax.train import storage_deadline
 from optbench_jax.train import wandb_sink
 from optbench_jax.train import weight_averaging
 from optbench_jax.config import ConfigError
@@ -99,10 +102,12 @@ class _StopSignal:
   same step. Installing a Python handler there would replace JAX's.
   """
 
-  def __init__(self, enabled: bool = True):
+  def __init__(self, enabled: bool = True, waiting_on=lambda: None):
+    """``waiting_on()``: the wait on storage in progress, if any, for the log line."""
     self.received = False
     self._previous = None
     self._enabled = enabled
+    self._waiting_on = waiting_on
 
   def __enter__(self):
     if self._enabled and threading.current_thread() is threading.main_thread():
@@ -111,7 +116,9 @@ class _StopSignal:
 
   def _handle(self, signum, frame):
     del frame
-    logging.warning("received signal %d: checkpointing and stopping", signum)
+    waiting = self._waiting_on()
+    logging.warning("received signal %d: checkpointing and stopping%s", signum,
+                    f" once storage answers: {waiting}" if waiting else "")
     self.received = True
 
   def __exit__(self, *exc):
@@ -169,12 +176,15 @@ def run(config: Any, workdir: str, devices: list | None = None,
   if not config_lib.downstream_tasks(run_.config):
     downstream = None
   workdir = preflight.workdir_path(workdir)
+  deadline = storage_deadline.StorageDeadline(workdir, run_.config.train.storage_timeout_s)
   created, lock, setup_failed = not storage.exists(workdir), None, False
   if jax.process_index() == 0:
     storage.makedirs(workdir)
-    lock = workdir_lock.for_directory(workdir, "trainer", log=logging.warning).acquire()
+    lock = workdir_lock.for_directory(workdir, "trainer", log=logging.warning,
+                                      **deadline.lock_options()).acquire()
   try:
-    return _run(run_, workdir, devices, allow_config_change, started, downstream)
+    with deadline.running(lock):
+      return _run(run_, workdir, devices, allow_config_change, started, downstream, deadline)
   except ConfigError:
     setup_failed = True
     raise
@@ -187,7 +197,8 @@ def run(config: Any, workdir: str, devices: list | None = None,
 
 
 def _run(run_: assembly.Run, workdir: str, devices: list, allow_config_change: bool,
-         started: tuple[float, float], downstream: DownstreamEvaluator | None) -> dict:
+         started: tuple[float, float], downstream: DownstreamEvaluator | None,
+         deadline: storage_deadline.StorageDeadline) -> dict:
   start_time, start_perf = started
   _quiet_orbax()
   is_writer = jax.process_index() == 0
@@ -202,7 +213,8 @@ def _run(run_: assembly.Run, workdir: str, devices: list, allow_config_change: b
   if is_writer:
     preflight.check_writable(storage.join(workdir, "checkpoints"))
   checkpointer = checkpoint_lib.Checkpointer(workdir, keep=t.keep_checkpoints,
-                                             keep_steps=t.keep_steps)
+                                             keep_steps=t.keep_steps, bound=deadline.bound)
+  deadline.committed_step = lambda: checkpointer.committed_step
   latest = checkpointer.latest_step()
   if latest is None and t.branch_from:
     branching.check(config)   # before anything is compiled or restored
@@ -336,7 +348,8 @@ def _run(run_: assembly.Run, workdir: str, devices: list, allow_config_change: b
     pending, pending_steps = None, 0
 
   try:
-    with _StopSignal(enabled=jax.process_count() == 1) as stop:
+    with _StopSignal(enabled=jax.process_count() == 1,
+                     waiting_on=deadline.waiting_on) as stop:
       while step < t.steps:
         if stop.received or (jax.process_count() > 1 and checkpointer.reached_preemption(step)):
           ok, message = check(previous) if previous is not None else (True, "")

@@ -12,8 +12,9 @@ Operational keys do not change what is computed and are not compared: the mesh
 (a checkpoint restores onto any mesh), the attention kernel (exact attention
 either way: a run may resume on another backend), the data prefetch threads, and how often
 the run logs, checkpoints and records training dynamics, how many checkpoints
-it keeps, where its records go (``logging``: Weights & Biases), and where a run
-branched from (``branching`` checks that the branch computes the same steps).
+it keeps, how long it waits on storage, where its records go (``logging``:
+Weights & Biases), and where a run branched from (``branching`` checks that the
+branch computes the same steps).
 
 Also here: what a rerun of a finished run does (a completed run is reported as
 it stands, not re-evaluated), and the summary fields a rerun that trains no
@@ -37,7 +38,7 @@ SUMMARY_NAME = workdir_files.SUMMARY
 OPERATIONAL_KEYS = ("mesh", "model.attention_impl", "model.scan_layers", "data.prefetch_threads",
                     "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
                     "train.keep_steps", "train.branch_from", "train.branch_step",
-                    "train.dynamics_every", "logging")
+                    "train.dynamics_every", "train.storage_timeout_s", "logging")
 # Measured by the process that trained; a rerun that only reports keeps them.
 CARRIED_OVER = ("tokens_per_s", "mfu", "compile_time_s", "peak_flops", "peak_flops_source")
 

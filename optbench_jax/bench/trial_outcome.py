@@ -8,7 +8,9 @@
   a completed run whose final eval loss is not finite is ``diverged``;
 * ``diverged`` when the supervisor stopped it by that rule, or the trainer
   stopped it as diverged;
-* ``None`` (interrupted: resume later) when the trainer was preempted;
+* ``None`` (interrupted: resume later) when the trainer was preempted, or
+  exited because its ``gs://`` storage stopped answering (``cli_errors.
+  STORAGE_UNAVAILABLE``: its last committed checkpoint is intact);
 * ``failed`` otherwise, with the exit code, the tail of host 0's log and each
   other host's error line.
 """
@@ -20,6 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import ml_collections
 
+from optbench_jax import cli_errors
 from optbench_jax import divergence
 from optbench_jax import storage
 from optbench_jax import workdir_files
@@ -118,7 +121,7 @@ def classify(trial: trial_plan.Trial, trial_dir: str, config: ml_collections.Con
     reason = (summary.get("message") or divergence.reason_in_records(records, math.inf)
               or "trainer stopped: diverged")
     return outcome(results_store.DIVERGED, str(reason))
-  if status == "preempted":
+  if status == "preempted" or returncode == cli_errors.STORAGE_UNAVAILABLE:
     return None
   tail = trial_process.log_tail(log_path(0))
   reason = f"exit code {returncode}" + (f"; log tail:\n{tail}" if tail else "")

@@ -11,13 +11,15 @@ Planted behaviour (so tests know the right answers):
   with k = 2 for nadamw and 1 otherwise: at the best lr the loss is the power law
   L(D) = alpha D^-0.5 + 1.5 and nadamw's token speedup is exactly 2; nadamw also
   reports half the throughput (step-time overhead 2, wall-clock speedup 1).
-  lr == 0.5  -> crashes with exit code 3 at step 2 (a "failed" trial)
+  lr == 0.5  -> crashes with exit code 1 at step 2 (a "failed" trial)
   lr == 0.3  -> training loss becomes NaN at step 3 (a "diverged" trial)
   lr == 0.2  -> training loss stays at 9.0 (diverged by the loss-threshold rule); each
                step then takes 0.1 s so the runner stops it well before the end
   lr == 0.1  -> hangs (sleeps) after step 1, ignoring SIGTERM (a deadlocked trial)
 Environment:
   FAKE_PREEMPT_AT=k  -> stop at step k with status "preempted" unless resuming
+  FAKE_STORAGE_OUT_AT=k -> checkpoint at step k, then exit 3 (storage stopped answering)
+                          without a summary, unless resuming
   FAKE_STEP_SLEEP=s  -> seconds per step (default 0.002)
   FAKE_EVENTS=path   -> append "start <id> <time>" / "end <id> <time>" lines
 """
@@ -50,6 +52,7 @@ def main(config_path, workdir):
     with open(checkpoint) as f:
       start = json.load(f)["step"]
   preempt_at = int(os.environ.get("FAKE_PREEMPT_AT", "0"))
+  storage_out_at = int(os.environ.get("FAKE_STORAGE_OUT_AT", "0"))
   sleep = float(os.environ.get("FAKE_STEP_SLEEP", "0.002"))
   speedup = 2.0 if config["optimizer"]["name"] == "nadamw" else 1.0
   final = 1.5 + (math.log10(lr) + 2.5) ** 2 + 4.0 / math.sqrt(speedup * steps)
@@ -64,7 +67,7 @@ def main(config_path, workdir):
         time.sleep(3600)
       if lr == 0.5 and step == 2:
         print("fake trainer: simulated crash", file=sys.stderr)
-        sys.exit(3)
+        sys.exit(1)
       loss = final + 3.0 * (1 - step / steps)
       if lr == 0.3 and step >= 3:
         loss = float("nan")
@@ -78,6 +81,11 @@ def main(config_path, workdir):
       if not math.isfinite(loss):
         status = "diverged"
         break
+      if storage_out_at and step == storage_out_at and not resumed:
+        with open(checkpoint, "w") as f:
+          json.dump({"step": step}, f)
+        print("error: storage did not answer within 3 s; rerun to resume", file=sys.stderr)
+        sys.exit(3)
       if preempt_at and step == preempt_at and not resumed:
         with open(checkpoint, "w") as f:
           json.dump({"step": step}, f)

@@ -59,7 +59,7 @@ def test_grid_sweep_records_outcomes_and_continues(tmp_path):
   assert out.launched == 6 and out.recorded == {"completed": 3, "diverged": 2, "failed": 1}
   _, results = by_lr(str(tmp_path / "results.sqlite"))
   assert results[(0.5, 0)].status == rs.FAILED
-  assert "exit code 3" in results[(0.5, 0)].reason and "simulated crash" in results[(0.5, 0)].reason
+  assert "exit code 1" in results[(0.5, 0)].reason and "simulated crash" in results[(0.5, 0)].reason
   assert results[(0.3, 0)].status == rs.DIVERGED and "nan" in results[(0.3, 0)].reason
   # Stopped by the runner at the rule's step (0.25 * 40 = 10), not run to the end.
   assert results[(0.2, 0)].status == rs.DIVERGED and ">= 6.0" in results[(0.2, 0)].reason
@@ -104,6 +104,20 @@ def test_interrupted_trials_resume_from_checkpoint(tmp_path, monkeypatch):
     steps = [r["step"] for r in workdir_files.read_metrics(result.workdir)
              if "loss" in r]
     assert steps == list(range(1, BUDGET + 1))    # resumed at 8, nothing repeated
+
+
+def test_a_trial_whose_storage_stopped_answering_is_interrupted_not_failed(tmp_path,
+                                                                          monkeypatch):
+  """Exit 3 (cli_errors.STORAGE_UNAVAILABLE: the trainer gave up on its gs:// storage, its
+  last committed checkpoint intact) is an interruption: a rerun resumes it."""
+  spec = make_sweep(seeds=[0], optimizers={"adamw": dict(
+      baseline={"b2": 0.95}, grid={"learning_rate": [1e-3]})})
+  monkeypatch.setenv("FAKE_STORAGE_OUT_AT", "7")
+  out = run(spec, tmp_path)
+  assert len(out.interrupted) == 1 and sum(out.recorded.values()) == 0
+  monkeypatch.delenv("FAKE_STORAGE_OUT_AT")
+  out = run(spec, tmp_path)
+  assert out.launched == 1 and out.recorded["completed"] == 1
 
 
 def test_parallel_runs_trials_concurrently(tmp_path, monkeypatch):
@@ -301,7 +315,7 @@ def test_a_failed_trial_shows_the_trainers_error_line_not_its_command(tmp_path):
                         launcher=fake_launcher)
   assert out.recorded["failed"] == 1
   (line,) = [l for l in logged if ": failed" in l]
-  assert line.endswith("(exit code 3; log tail:: fake trainer: simulated crash)"), line
+  assert line.endswith("(exit code 1; log tail:: fake trainer: simulated crash)"), line
 
 
 def test_a_second_driver_and_a_bad_corpus_are_refused_before_any_trial(tmp_path):

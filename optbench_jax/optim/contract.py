@@ -469,7 +469,7 @@ def check_memory_and_speed(factory, hparams, tree: str = "124m", repeats: int = 
   full = dict(hparams)
   if "batch_axes" in inspect.signature(factory).parameters:
     full.setdefault("batch_axes", batch_axes)
-  ours, bytes_per_param = _step_seconds(factory(**full), params, repeats)
+  ours, bytes_per_param = _step_seconds(as_the_trainer_calls(factory(**full)), params, repeats)
   reference, _ = _step_seconds(adam.adamw(1e-3), params, repeats)
   return (f"{bytes_per_param:.2f} state bytes/param; step {ours * 1e3:.1f} ms = "
           f"{ours / reference:.2f} x AdamW's ({tree} tree)")

@@ -168,6 +168,8 @@ class RayTrial:
     retries = self.executor.max_node_retries
     if self.node_losses <= retries:   # (before the note: --status never sees one without it)
       self._mark_rescheduling({"retry": self.node_losses, "of": retries, "time": time.time()})
+    else:                             # the driver gives the trial up: it is not rescheduled
+      self._mark_rescheduling(None)
     self._note(f"node lost ({why}); " + (
         f"rescheduling, node retry {self.node_losses} of {retries}"
         if self.node_losses <= retries else "no node retries left"))
@@ -178,7 +180,10 @@ class RayTrial:
   def _mark_rescheduling(self, value: dict | None) -> None:
     """``--status`` reads this: a trial between attempts (and while its next attempt starts)
     is the live driver's to restart, not an interrupted one to rerun by hand. Kept until the
-    trial is closed; a running attempt's lock holder shows it as running meanwhile."""
+    runner has settled the trial's outcome (:meth:`settle`: its result recorded, or counted
+    interrupted), so no moment after the last attempt shows it as one to rerun; a running
+    attempt's lock holder shows it as running meanwhile. ``--status`` ignores a marker older
+    than the live driver (one left by a driver that was killed)."""
     path = workdir_files.path(self.trial_dir, workdir_files.RESCHEDULING)
     try:
       if value is not None:
@@ -331,10 +336,15 @@ class RayTrial:
       self._code, self._state = -15, "done"
       self._drop_quietly()
 
+  def settle(self) -> None:
+    """The runner has recorded the trial's result, or counted it interrupted: the driver no
+    longer restarts it."""
+    self._mark_rescheduling(None)
+
   def close(self) -> None:
     """Closes the supervisors (logs), kills their actors and frees the placement group."""
-    self._mark_rescheduling(None)
     if self.executor.head.gone:
+      self._mark_rescheduling(None)
       if self._state != "done":
         self._log_line(f"interrupted: {self.executor.head.gone}; the trial resumes from its "
                        "last checkpoint when the sweep is rerun")

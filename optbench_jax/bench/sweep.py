@@ -234,6 +234,7 @@ class SweepRunner:
       for run in running.values():     # interrupted sweep: trials checkpoint and stop
         run.stop()
         run.close()
+        run.settle()
     return outcome
 
   def _loop(self, outcome, queue, running, plan, known, progress) -> None:
@@ -282,10 +283,12 @@ class SweepRunner:
                                 workdir_files.read_metrics(run.trial_dir))
         if result is None:
           outcome.interrupted.append(tid)
+          run.settle()
           self.log(f"[sweep] {tid}: interrupted (preempted); rerun the sweep to resume it")
           plan.forget(tid)
           continue
         self._record(result)
+        run.settle()
         outcome.recorded[result.status] += 1
         outcome.finished.append(tid)
         progress.trial_finished(time.time() - run.started)

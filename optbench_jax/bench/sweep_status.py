@@ -106,7 +106,7 @@ def collect(workdir: str) -> tuple[str, list[TrialRow]]:
       continue
     steps = workdir_files.last_step(trial_dir)
     holder = workdir_lock.read_holder(trial_dir) if storage.isdir(trial_dir) else None
-    rescheduling = _rescheduling(trial_dir) if holder is None and driver is not None else None
+    rescheduling = _rescheduling(trial_dir, driver) if holder is None and driver is not None else None
     if holder is not None:
       state, note = RUNNING, f"pid {holder.get('pid')} on {holder.get('host', '?')}"
     elif rescheduling is not None:
@@ -125,13 +125,20 @@ def collect(workdir: str) -> tuple[str, list[TrialRow]]:
   return str(plain.get("name", "")), rows
 
 
-def _rescheduling(trial_dir: str) -> dict | None:
+def _rescheduling(trial_dir: str, driver: dict) -> dict | None:
+  """The trial's rescheduling marker when the live driver wrote it (not one left behind by
+  an earlier driver that was killed), else None."""
   path = workdir_files.path(trial_dir, workdir_files.RESCHEDULING)
   try:
     value = storage.read_json(path) if storage.exists(path) else None
   except (OSError, ValueError):
     return None
-  return value if isinstance(value, dict) else None
+  if not isinstance(value, dict):
+    return None
+  written, started = value.get("time"), driver.get("started")
+  if isinstance(written, (int, float)) and isinstance(started, (int, float)) and written < started:
+    return None
+  return value
 
 
 def counts(rows: list[TrialRow]) -> dict[str, int]:

@@ -185,6 +185,9 @@ class TrialProcess:
     """SIGTERM to every process (the trainer checkpoints), SIGKILL after ``STOP_GRACE_S``."""
     self.group.stop(grace_s=STOP_GRACE_S)
 
+  def settle(self) -> None:
+    """Nothing to do: a local trial is never between attempts."""
+
   def close(self) -> None:
     for index, log in zip(self._log_ids, self._logs):
       log.close()
@@ -206,8 +209,9 @@ class LocalExecutor:
 
   The seam a cluster executor replaces: ``launch(trial, trial_dir, argv, divergence,
   log_dir=None)`` returns a handle with ``trial``, ``trial_dir``, ``started``,
-  ``diverged``, ``timed_out``, ``check_divergence()``, ``poll()``, ``stop()`` and
-  ``close()``; ``log_dir`` is where the trial's logs are written (local) when
+  ``diverged``, ``timed_out``, ``check_divergence()``, ``poll()``, ``stop()``,
+  ``close()`` and ``settle()`` (called once the runner has recorded the trial's result or
+  counted it interrupted); ``log_dir`` is where the trial's logs are written (local) when
   ``trial_dir`` is a gs:// URL.
   """
 

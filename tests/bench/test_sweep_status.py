@@ -4,6 +4,7 @@ import io
 import os
 import subprocess
 import sys
+import time
 
 
 from optbench_jax.bench import sweep_progress, sweep_status
@@ -47,14 +48,18 @@ def test_a_trial_the_live_driver_reschedules_is_not_shown_as_interrupted(tmp_pat
   _, rows = sweep_status.collect(str(tmp_path))
   trial = next(r for r in rows if r.state == "interrupted")
   marker = tmp_path / "trials" / trial.trial_id / workdir_files.RESCHEDULING
-  marker.write_text(json.dumps({"retry": 1, "of": 3, "time": 0}))
+  marker.write_text(json.dumps({"retry": 1, "of": 3, "time": time.time()}))
   states = lambda: {r.trial_id: (r.state, r.note) for r in sweep_status.collect(str(tmp_path))[1]}
   assert states()[trial.trial_id][0] == "interrupted"     # no live driver: rerun it
+  time.sleep(0.01)
   lock = workdir_lock.for_directory(str(tmp_path), "sweep driver").acquire()
   try:
+    stale = states()[trial.trial_id][0]   # a killed driver's marker: the live one restarts
+    marker.write_text(json.dumps({"retry": 1, "of": 3, "time": time.time()}))
     state, note = states()[trial.trial_id]
   finally:
     lock.release()
+  assert stale == "interrupted", stale
   assert state == "rescheduling" and note.startswith("node lost; retry 1 of 3"), note
 
 

@@ -24,7 +24,8 @@ Writes ``OUT/lr_transfer.json`` (every run's loss, the optima, the slopes) and
 ``OUT/lr_transfer.png`` (loss vs lr per width, a panel per optimizer and
 parametrization, optima marked). Finished runs are kept in the JSON, so a rerun
 with the same settings resumes. Hyperball (``adamh``, ``muonh``) is accepted in
-``--optimizers``; it applies no rate rule (``native``).
+``--optimizers``; it applies no rate rule (``native``), and its Adam branch
+(embedding, vectors) takes 0.4 x the swept rate, the authors' ratio.
 """
 
 from __future__ import annotations
@@ -42,27 +43,36 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 # The grid's centre (log2 of the learning rate) per optimizer: its usual rate at small width.
-CENTRES = {"adamw": -6, "muon": -5, "adamh": -6, "muonh": -6}
+# Hyperball's rate is an angle per step; at d = 32..64 its optimum lay on the edge of a grid
+# centred on its default 0.02 (2^-6 +- 3), so its grid reaches 2^-1.
+CENTRES = {"adamw": -6, "muon": -5, "adamh": -5, "muonh": -5}
 # Muon's AdamW branch (embedding = tied readout, vectors) takes the swept rate too
 # (``adam_learning_rate=None``): held at a constant tuned for ``standard`` it is far below what
 # the µP readout wants at large width (1/m_w logits), and the sweep would measure that branch,
 # not the transfer (first run of this benchmark, BUILD_NOTES). Hyperball's rate is an angle,
-# not comparable with Adam's: its Adam branch keeps the authors' 0.008.
+# not comparable with Adam's: its Adam branch moves with the swept rate at the authors' ratio
+# (0.008 / 0.02); held at 0.008 it starved the embedding at small width (BUILD_NOTES).
 HPARAMS = {"adamw": dict(b1=0.9, b2=0.99), "muon": dict(adam_learning_rate=None),
            "adamh": {}, "muonh": {}}
+ADAM_BRANCH_RATIO = {"adamh": 0.4, "muonh": 0.4}
 
 
 def run_config(data_dir: str, optimizer: str, parametrization: str, width: int, base: int,
-               lr: float, steps: int):
-  """The trainer config of one run (a tiny Llama on the synthetic corpus, one device)."""
+               lr: float, steps: int, init_std: float | None = None):
+  """The trainer config of one run (a tiny Llama on the synthetic corpus, one device);
+  ``init_std`` replaces the model's default sigma (0.02)."""
   from configs import tiny   # pylint: disable=import-outside-toplevel
   c = tiny.get_config()
   c.model.update(num_layers=2, d_model=width, num_heads=4, ffn_dim=4 * width, vocab_size=512,
                  parametrization=parametrization, base_width=base, base_depth=2)
+  if init_std is not None:
+    c.model.init_std = init_std
   c.data.update(path=data_dir, seq_len=64, global_batch_size=8, synthetic_vocab_size=512,
                 synthetic_train_tokens=400_000, synthetic_val_tokens=8_192, prefetch_threads=0)
   c.optimizer.update(name=optimizer, learning_rate=lr, weight_decay=0.0, grad_clip=1.0)
   c.optimizer.hparams = dict(HPARAMS.get(optimizer, {}))
+  if optimizer in ADAM_BRANCH_RATIO:
+    c.optimizer.hparams["adam_learning_rate"] = ADAM_BRANCH_RATIO[optimizer] * lr
   c.optimizer.schedule.update(name="cosine", warmup_steps=max(1, steps // 10),
                               final_fraction=0.1)
   c.train.update(steps=steps, log_every=steps, eval_every=steps, eval_batches=4,
@@ -159,6 +169,9 @@ def main(argv=None) -> int:
   parser.add_argument("--parametrizations", default="standard,mup")
   parser.add_argument("--lrs", type=int, default=9, help="learning rates per grid (>= 6)")
   parser.add_argument("--steps", type=int, default=200)
+  parser.add_argument("--init_std", type=float, default=None,
+                      help="the models' init sigma (default: the config's 0.02); Hyperball's "
+                           "radius is the initial norm, so it sets Hyperball's weight scale")
   args = parser.parse_args(argv)
   widths = sorted(int(w) for w in args.widths.split(","))
   optimizers = args.optimizers.split(",")
@@ -176,19 +189,20 @@ def main(argv=None) -> int:
   import jax   # pylint: disable=import-outside-toplevel
   os.makedirs(args.out, exist_ok=True)
   path = os.path.join(args.out, "lr_transfer.json")
-  settings = {"widths": widths, "steps": args.steps, "lrs": {o: lrs_of(o) for o in optimizers},
+  settings = {"widths": widths, "steps": args.steps, "init_std": args.init_std,
+              "lrs": {o: lrs_of(o) for o in optimizers},
               "optimizers": optimizers, "parametrizations": parametrizations}
   runs = {}
   if os.path.exists(path):
     previous = json.load(open(path))
-    if previous.get("steps") == args.steps:
+    if previous.get("steps") == args.steps and previous.get("init_std") == args.init_std:
       runs = previous.get("runs", {})
   data_dir = os.path.join(args.out, "data")
   todo = [(o, p, w, lr) for o in optimizers for p in parametrizations for w in widths
           for lr in lrs_of(o) if run_key(o, p, w, lr) not in runs]
   start = time.time()
   for n, (opt, par, width, lr) in enumerate(todo, 1):
-    config = run_config(data_dir, opt, par, width, widths[0], lr, args.steps)
+    config = run_config(data_dir, opt, par, width, widths[0], lr, args.steps, args.init_std)
     with tempfile.TemporaryDirectory() as workdir:
       summary = train.run(config, workdir, devices=jax.devices()[:1])
     if summary["status"] == "preempted":   # stopped by a signal: not a result; rerun resumes

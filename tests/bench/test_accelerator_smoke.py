@@ -5,19 +5,13 @@ backend cannot run are recorded as unavailable with the reason, and the run
 goes on.
 """
 
-import importlib.util
 import json
-import pathlib
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+from tests import benchmark_scripts
 
 
 def _load():
-  spec = importlib.util.spec_from_file_location("accelerator", ROOT / "benchmarks" /
-                                                "accelerator.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return benchmark_scripts.load("accelerator")
 
 
 def test_smoke_writes_every_section(tmp_path):

@@ -1,21 +1,15 @@
 """benchmarks/lr_transfer.py's analysis on planted sweeps: the optimum, its drift per doubling
 of width and the transfer regret, with known answers (no training)."""
 
-import importlib.util
 import math
-import pathlib
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+from tests import benchmark_scripts
 
 
 def _load():
-  spec = importlib.util.spec_from_file_location("lr_transfer", ROOT / "benchmarks" /
-                                                "lr_transfer.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return benchmark_scripts.load("lr_transfer")
 
 
 LRS = [2.0 ** k for k in range(-9, 0)]

@@ -27,7 +27,10 @@ changed on purpose) than the files.
 from __future__ import annotations
 
 import contextlib
+import gc
+import inspect
 import json
+import sys
 import threading
 import time
 from typing import Any, Callable, ContextManager, Sequence
@@ -57,6 +60,44 @@ class CheckpointError(RuntimeError):
 def _first_line(error: BaseException) -> str:
   text = str(error).strip().splitlines()
   return f"{type(error).__name__}: {text[0][:300] if text else ''}"
+
+
+def _is_abandoned_read(unraisable) -> bool:
+  """An error of a read a failed restore abandoned (see ``_drop_abandoned_reads``)."""
+  obj, error = unraisable.object, unraisable.exc_value
+  code = getattr(obj, "cr_code", None)
+  if inspect.iscoroutine(obj) and code is not None and "orbax" in code.co_filename:
+    return True   # a shard read never awaited, collected with its error
+  if obj is None and isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+    tb = unraisable.exc_traceback
+    while tb is not None and tb.tb_next is not None:
+      tb = tb.tb_next
+    # a read that finished after its restore's loop was closed
+    return tb is not None and tb.tb_frame.f_code.co_filename.endswith("asyncio/base_events.py")
+  return False
+
+
+def _drop_abandoned_reads() -> None:
+  """Silences the reads a failed restore abandons, from now on in this process (installed
+  before the first restore: they can surface while the failure is still propagating).
+
+  When one array of a checkpoint fails to read, orbax's reads of its other shards are left
+  behind: coroutines never awaited, each holding the same error, and reads that finish after
+  the restore's event loop has closed. Python prints every one as it is collected or
+  completes ("Exception ignored in: ..." and a traceback), screens repeating the damage
+  already reported in one line. Only those two kinds are dropped; any other unraisable
+  exception goes to the hook that was installed.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_abandoned_reads", False):
+    return
+
+  def hook(unraisable):
+    if not _is_abandoned_read(unraisable):
+      previous(unraisable)
+
+  hook.drops_abandoned_reads = True
+  sys.unraisablehook = hook
 
 
 class Checkpointer:
@@ -184,13 +225,17 @@ class Checkpointer:
     Newer checkpoints that fail to restore are moved to ``checkpoints_damaged``
     (by the ``primary`` process) once an older one has restored.
     """
-    failures = []
+    failures = []   # (step, the error's first line): no live error keeps its reads alive
+    _drop_abandoned_reads()   # before: a failing read's siblings finish while it propagates
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
         state = self.restore(step, abstract_state, data_iterator)
       except Exception as e:  # pylint: disable=broad-except  # orbax/tensorstore/grain: many types
-        failures.append((step, e))
-        log(f"checkpoint {step} in {self.directory} does not restore ({_first_line(e)})")
+        failures.append((step, _first_line(e)))
+        state = None
+      if state is None:
+        gc.collect()    # the abandoned reads, now, while the log is about them
+        log(f"checkpoint {step} in {self.directory} does not restore ({failures[-1][1]})")
         continue
       if failures:
         with self._bound("setting damaged checkpoints aside"):
@@ -203,7 +248,7 @@ class Checkpointer:
     if failures:
       raise CheckpointError(
           f"no checkpoint in {self.directory} restores: " +
-          "; ".join(f"step {s}: {_first_line(e)}" for s, e in failures) +
+          "; ".join(f"step {s}: {why}" for s, why in failures) +
           " (if the model or optimizer changed, use a new workdir)")
     return None, None
 

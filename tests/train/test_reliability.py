@@ -86,6 +86,8 @@ def _damage(step_dir, kind):
     (step_dir / "state" / "_METADATA").write_text("")
 
 
+# The reads a failed restore abandons are collected quietly (no "Exception ignored in" screens).
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("kind", ["truncated_arrays", "missing_iterator_file", "empty_metadata"])
 def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, data_dir, six_steps,
                                                                  kind, caplog):

@@ -24,9 +24,9 @@ Faults:
   since no trial can be rescheduled without it. :meth:`RayTrial.poll` (and the
   node-loss path, before it counts a retry) raises ``ray_executor.ClusterGone``;
   the runner stops, and :meth:`RayTrial.stop` / :meth:`RayTrial.close` then only
-  send the stop to the trial's actors (those on the nodes left still hear it) and
-  clear the trial's rescheduling marker: placement groups and kills would wait on
-  the dead GCS;
+  send the stop to the trial's actors (those on the nodes left still hear it):
+  placement groups and kills would wait on the dead GCS; the runner's
+  :meth:`RayTrial.settle` clears the trial's rescheduling marker, as for every trial;
 * a trainer that exits with an error is the trial's own failure: recorded
   ``failed`` with its log tail, as locally;
 * the driver killed: the actors are owned by the driver (not detached), so Ray
@@ -344,7 +344,6 @@ class RayTrial:
   def close(self) -> None:
     """Closes the supervisors (logs), kills their actors and frees the placement group."""
     if self.executor.head.gone:
-      self._mark_rescheduling(None)
       if self._state != "done":
         self._log_line(f"interrupted: {self.executor.head.gone}; the trial resumes from its "
                        "last checkpoint when the sweep is rerun")

@@ -106,7 +106,8 @@ def collect(workdir: str) -> tuple[str, list[TrialRow]]:
       continue
     steps = workdir_files.last_step(trial_dir)
     holder = workdir_lock.read_holder(trial_dir) if storage.isdir(trial_dir) else None
-    rescheduling = _rescheduling(trial_dir, driver) if holder is None and driver is not None else None
+    rescheduling = (_rescheduling(trial_dir, driver)
+                    if holder is None and driver is not None else None)
     if holder is not None:
       state, note = RUNNING, f"pid {holder.get('pid')} on {holder.get('host', '?')}"
     elif rescheduling is not None:

@@ -232,19 +232,17 @@ class Checkpointer:
         state = self.restore(step, abstract_state, data_iterator)
       except Exception as e:  # pylint: disable=broad-except  # orbax/tensorstore/grain: many types
         failures.append((step, _first_line(e)))
-        state = None
-      if state is None:
-        gc.collect()    # the abandoned reads, now, while the log is about them
-        log(f"checkpoint {step} in {self.directory} does not restore ({failures[-1][1]})")
-        continue
-      if failures:
-        with self._bound("setting damaged checkpoints aside"):
-          moved = [self._set_aside(bad) if primary else f"step {bad}" for bad, _ in failures]
-          self.manager.reload()
-        log(f"RESUMING FROM AN OLDER CHECKPOINT: step {step}; the damaged newer "
-            f"checkpoint(s) were moved to {', '.join(moved)}")
-      self.committed_step = step
-      return step, state
+      else:
+        if failures:
+          with self._bound("setting damaged checkpoints aside"):
+            moved = [self._set_aside(bad) if primary else f"step {bad}" for bad, _ in failures]
+            self.manager.reload()
+          log(f"RESUMING FROM AN OLDER CHECKPOINT: step {step}; the damaged newer "
+              f"checkpoint(s) were moved to {', '.join(moved)}")
+        self.committed_step = step
+        return step, state
+      gc.collect()    # out of the except block (its traceback released): the abandoned reads
+      log(f"checkpoint {step} in {self.directory} does not restore ({failures[-1][1]})")
     if failures:
       raise CheckpointError(
           f"no checkpoint in {self.directory} restores: " +
